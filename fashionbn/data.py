@@ -1,0 +1,172 @@
+"""FashionMNIST -> in-memory tensors: find or prepare the files, load, validate, batch.
+
+torchvision parses the IDX files; the images are then converted once to float32 in
+[0, 1] (the values transforms.ToTensor() gives) instead of once per sample per epoch.
+"""
+
+import gzip
+import logging
+import os
+import shutil
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import torch
+from torchvision.datasets import FashionMNIST
+
+log = logging.getLogger(__name__)
+
+# raw file name -> number of dimensions in its IDX header (all are unsigned bytes)
+IDX_FILES = {
+    "train-images-idx3-ubyte": 3,
+    "train-labels-idx1-ubyte": 1,
+    "t10k-images-idx3-ubyte": 3,
+    "t10k-labels-idx1-ubyte": 1,
+}
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+APT_COMMAND = "apt-get update && apt-get install -y dataset-fashion-mnist"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No FashionMNIST files anywhere we are allowed to look."""
+
+
+class DatasetCorruptError(ValueError):
+    """A dataset file exists but cannot be what it claims to be."""
+
+
+class FashionData(NamedTuple):
+    train_images: torch.Tensor  # (N_train, 28, 28) float32 in [0, 1]
+    train_labels: torch.Tensor  # (N_train,) int64 in [0, 10)
+    test_images: torch.Tensor  # (N_test, 28, 28) float32 in [0, 1]
+    test_labels: torch.Tensor  # (N_test,) int64 in [0, 10)
+
+
+def raw_dir(root: str | Path) -> Path:
+    """Where torchvision's FashionMNIST expects the uncompressed IDX files."""
+    return Path(root) / "FashionMNIST" / "raw"
+
+
+def check_idx_file(path: Path) -> None:
+    """Raise DatasetCorruptError naming `path` unless its size matches its IDX header."""
+    expected_dims = IDX_FILES[path.name]
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * expected_dims)
+    if len(header) < 4 + 4 * expected_dims:
+        raise DatasetCorruptError(f"{path}: truncated IDX file (incomplete header)")
+    if header[0:2] != b"\x00\x00" or header[2] != 0x08 or header[3] != expected_dims:
+        raise DatasetCorruptError(
+            f"{path}: not an unsigned-byte IDX file with {expected_dims} dimension(s) "
+            f"(magic bytes {header[:4].hex()})"
+        )
+    dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(3)][
+        :expected_dims
+    ]
+    expected_size = len(header) + _prod(dims)
+    actual_size = path.stat().st_size
+    if actual_size != expected_size:
+        raise DatasetCorruptError(
+            f"{path}: size {actual_size} bytes, but its header {dims} needs "
+            f"{expected_size} (truncated or corrupt file)"
+        )
+
+
+def _prod(values: list[int]) -> int:
+    result = 1
+    for value in values:
+        result *= value
+    return result
+
+
+def _has_raw_files(root: str | Path) -> bool:
+    return all((raw_dir(root) / name).is_file() for name in IDX_FILES)
+
+
+def prepare_from_system_dir(root: str | Path, system_dir: str | Path) -> bool:
+    """Decompress the four `.gz` files of `system_dir` into `root`; False if absent."""
+    sources = {name: Path(system_dir) / f"{name}.gz" for name in IDX_FILES}
+    if not all(path.is_file() for path in sources.values()):
+        return False
+    target_dir = raw_dir(root)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for name, source in sources.items():
+        target = target_dir / name
+        if target.is_file():
+            continue
+        partial = target.with_name(f"{name}.partial-{os.getpid()}")
+        try:
+            with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError, zlib.error) as err:
+            partial.unlink(missing_ok=True)
+            raise DatasetCorruptError(f"{source}: cannot decompress ({err})") from err
+        os.replace(partial, target)  # a kill never leaves a half-written file behind
+    log.info("prepared FashionMNIST in %s from %s", target_dir, system_dir)
+    return True
+
+
+def ensure_dataset(
+    root: str | Path, system_dir: Optional[str | Path], download: bool
+) -> None:
+    """Make sure `root` holds the raw IDX files, or raise one clear error."""
+    if _has_raw_files(root):
+        return
+    if system_dir is not None and prepare_from_system_dir(root, system_dir):
+        return
+    if download:
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+        return
+    raise DatasetNotFoundError(
+        f"FashionMNIST not found: no IDX files in {raw_dir(root)} and no .gz files in "
+        f"data.system_dir={system_dir}. Get it one of three ways: "
+        f"(1) install Debian's package: {APT_COMMAND} (or run `make setup`); "
+        f"(2) put the four *-ubyte files in {raw_dir(root)} "
+        f"(or point data.root=<dir> at a copy that has them); "
+        f"(3) allow torchvision to download with data.download=true (needs internet)."
+    )
+
+
+def _load_split(root: Path, train: bool, size: Optional[int]) -> tuple:
+    prefix = "train" if train else "t10k"
+    for name in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+        check_idx_file(raw_dir(root) / name)
+    dataset = FashionMNIST(str(root), train=train, download=False)
+    images, labels = dataset.data, dataset.targets  # (N, 28, 28) uint8, (N,) int64
+    split = "train" if train else "test"
+    if images.shape[1:] != IMAGE_SHAPE or len(images) != len(labels):
+        raise DatasetCorruptError(
+            f"{raw_dir(root)}: {split} images {tuple(images.shape)} do not match "
+            f"{len(labels)} labels of 28x28 images"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DatasetCorruptError(f"{raw_dir(root)}: {split} labels outside 0..9")
+    if size is not None:
+        if not 0 < size <= len(labels):
+            raise ValueError(
+                f"data.{split}_size={size} but the {split} set has {len(labels)} "
+                f"samples; use a value in 1..{len(labels)} or null for all"
+            )
+        images, labels = images[:size], labels[:size]  # fixed, seed-independent subset
+    # the same arithmetic as transforms.ToTensor(): uint8 -> float32, / 255
+    return images.to(torch.float32).div(255), labels
+
+
+def load_fashion_mnist(data_cfg) -> FashionData:
+    """Find (or prepare) FashionMNIST as `data_cfg` says and return it as tensors."""
+    root = Path(data_cfg.root)
+    ensure_dataset(root, data_cfg.system_dir, data_cfg.download)
+    train_images, train_labels = _load_split(root, True, data_cfg.train_size)
+    test_images, test_labels = _load_split(root, False, data_cfg.test_size)
+    return FashionData(train_images, train_labels, test_images, test_labels)
+
+
+def shuffled_batches(
+    num_samples: int, batch_size: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Yield index tensors of one shuffled epoch, like DataLoader(shuffle=True)."""
+    order = torch.randperm(num_samples, generator=generator)
+    yield from order.split(batch_size)

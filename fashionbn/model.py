@@ -1,0 +1,38 @@
+"""build_model(model_cfg) -> the MLP, with or without BatchNorm."""
+
+from torch import nn
+
+
+def build_model(model_cfg) -> nn.Sequential:
+    """Flatten -> [Linear -> (BN) -> ReLU -> (BN)] per hidden width -> Linear."""
+    hidden = list(model_cfg.hidden)
+    if not hidden or any(width <= 0 for width in hidden):
+        raise ValueError(
+            f"model.hidden={hidden}: give one or more positive layer widths, "
+            "e.g. model.hidden=[64,32]"
+        )
+    placement = str(getattr(model_cfg.bn_placement, "value", model_cfg.bn_placement))
+    if placement not in ("before", "after"):
+        raise ValueError(f"model.bn_placement={placement}: use before or after")
+
+    layers: list[nn.Module] = [nn.Flatten()]  # (B, 28, 28) -> (B, 784)
+    in_features = model_cfg.in_features
+    for width in hidden:
+        layers.append(nn.Linear(in_features, width))  # (B, in) -> (B, width)
+        norm = (
+            [nn.BatchNorm1d(width, eps=model_cfg.bn_eps, momentum=model_cfg.bn_momentum)]
+            if model_cfg.batch_norm
+            else []
+        )
+        if placement == "before":
+            layers += [*norm, nn.ReLU()]
+        else:
+            layers += [nn.ReLU(), *norm]
+        in_features = width
+    layers.append(nn.Linear(in_features, model_cfg.num_classes))  # (B, 10) logits
+    return nn.Sequential(*layers)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (BatchNorm running stats are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
