@@ -51,7 +51,7 @@ def raw_dir(root: str | Path) -> Path:
 
 
 def check_idx_file(path: Path) -> None:
-    """Raise DatasetCorruptError naming `path` unless its size matches its IDX header."""
+    """Raise DatasetCorruptError naming `path` unless its size fits its IDX header."""
     expected_dims = IDX_FILES[path.name]
     with open(path, "rb") as f:
         header = f.read(4 + 4 * expected_dims)

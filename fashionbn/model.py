@@ -20,7 +20,11 @@ def build_model(model_cfg) -> nn.Sequential:
     for width in hidden:
         layers.append(nn.Linear(in_features, width))  # (B, in) -> (B, width)
         norm = (
-            [nn.BatchNorm1d(width, eps=model_cfg.bn_eps, momentum=model_cfg.bn_momentum)]
+            [
+                nn.BatchNorm1d(
+                    width, eps=model_cfg.bn_eps, momentum=model_cfg.bn_momentum
+                )
+            ]
             if model_cfg.batch_norm
             else []
         )
@@ -34,5 +38,5 @@ def build_model(model_cfg) -> nn.Sequential:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters (BatchNorm running stats are buffers, not counted)."""
+    """Trainable parameters (BatchNorm running stats are buffers, not counted)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

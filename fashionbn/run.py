@@ -22,7 +22,7 @@ OmegaConf.register_new_resolver(
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Train cfg's model, write metrics.csv into the job's output dir, return test_acc."""
+    """Train cfg's model, write metrics.csv into the job dir, return test_acc."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg.data.root = to_absolute_path(cfg.data.root)  # jobs may run from another cwd
     records = train_and_evaluate(cfg, out_dir)

@@ -19,7 +19,14 @@ from fashionbn.model import build_model
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "seconds",
+]
 METRICS_FILE = "metrics.csv"
 
 
@@ -29,7 +36,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)  # raises on nonsense such as device=gpu0
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but CUDA is not available here; use device=cpu")
+        raise ValueError(
+            f"device={name} but CUDA is not available here; use device=cpu"
+        )
     return device
 
 
@@ -81,7 +90,7 @@ def train_one_epoch(
     seen = 0
     for batch in shuffled_batches(len(labels), batch_size, generator):
         if len(batch) == 1 and _has_batch_norm(model):
-            continue  # BatchNorm cannot train on a single sample; DataLoader would crash
+            continue  # BatchNorm cannot train on one sample (DataLoader would crash)
         batch = batch.to(device, non_blocking=True)
         x, y = images[batch], labels[batch]  # (B, 28, 28), (B,)
         logits = model(x)  # (B, 10)
@@ -117,7 +126,7 @@ def _has_batch_norm(model: nn.Module) -> bool:
 
 
 def write_metrics(records: list[dict], path: Path) -> None:
-    """Write metrics.csv via a temporary file and a rename, so it is never half-written."""
+    """Write metrics.csv via a temporary file and a rename: never half-written."""
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     with open(partial, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
@@ -184,6 +193,8 @@ def train_and_evaluate(
             seconds, len(train_y) / seconds,
         )  # fmt: skip
         if not math.isfinite(train_loss):
-            log.warning("epoch %d: training loss is %s; stopping (diverged)", epoch, train_loss)
+            log.warning(
+                "epoch %d: training loss is %s; stopping (diverged)", epoch, train_loss
+            )
             break
     return records

@@ -1,0 +1,99 @@
+"""Shared fixtures: the composed config, the real dataset, tiny generated IDX files."""
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from fashionbn.config import register_configs
+from fashionbn.data import prepare_from_system_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+register_configs()
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> None:
+    """Write `array` (uint8) as a gzipped IDX file, the format FashionMNIST ships in."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_tiny_system_dir(directory: Path, n_train: int = 96, n_test: int = 40) -> dict:
+    """Four tiny IDX .gz files named like Debian's; returns the arrays written."""
+    rng = np.random.default_rng(1234)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, np.uint8),
+    }
+    arrays["train-images-idx3-ubyte"][0, 0, :3] = [
+        0,
+        255,
+        128,
+    ]  # pin both ends of the range
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        write_idx_gz(directory / f"{name}.gz", array)
+    return arrays
+
+
+@pytest.fixture
+def tiny_system_dir(tmp_path: Path) -> tuple[Path, dict]:
+    return tmp_path / "system", make_tiny_system_dir(tmp_path / "system")
+
+
+@pytest.fixture(scope="session")
+def real_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data.root prepared from the real FashionMNIST (installed by make setup)."""
+    if not (SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(
+            f"real FashionMNIST missing in {SYSTEM_DIR}: run `make setup` first"
+        )
+    root = tmp_path_factory.mktemp("real_data")
+    assert prepare_from_system_dir(root, SYSTEM_DIR)
+    return root
+
+
+def compose_config(overrides: list[str]):
+    """The real conf/ composed with `overrides`, as fashionbn.run would see it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def small_real_overrides(real_data_root: Path) -> list[str]:
+    """Shrink the default config for speed: 1 epoch, data subsets, cpu, real data."""
+    return [
+        f"data.root={real_data_root}",
+        "data.train_size=2048",
+        "data.test_size=1000",
+        "epochs=1",
+        "device=cpu",
+    ]
+
+
+@pytest.fixture
+def small_real_cfg(small_real_overrides: list[str]):
+    return compose_config(small_real_overrides)
+
+
+def run_module(args: list[str], cwd: Path, timeout: int = 600):
+    """Run `python -m <module> ...` as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

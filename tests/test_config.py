@@ -1,0 +1,53 @@
+"""The composed config: defaults, documented overrides, schema errors at start-up."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from tests.conftest import compose_config
+
+
+def test_defaults_match_the_original_experiment() -> None:
+    cfg = compose_config([])
+    assert (cfg.seed, cfg.epochs, cfg.batch_size, cfg.device) == (0, 5, 64, "auto")
+    assert cfg.model.name == "baseline" and list(cfg.model.hidden) == [64, 32]
+    assert cfg.model.batch_norm is False
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 0.001, 0.0)
+    assert cfg.optim.weight_decay == 0.0
+    assert cfg.data.root == "data/"
+    assert cfg.data.system_dir == "/usr/share/datasets/fashion-mnist"
+    assert (cfg.data.download, cfg.data.train_size, cfg.data.test_size) == (
+        False, None, None,
+    )  # fmt: skip
+
+
+def test_batchnorm_group_switches_bn_on_before_relu() -> None:
+    cfg = compose_config(["model=batchnorm"])
+    assert cfg.model.batch_norm is True
+    assert cfg.model.bn_placement.value == "before"
+
+
+def test_documented_overrides_compose() -> None:
+    cfg = compose_config(
+        ["optim=adam", "optim.lr=0.01", "epochs=10", "batch_size=128",
+         "model.hidden=[128,64,32]"]
+    )  # fmt: skip
+    assert cfg.optim.name == "adam" and cfg.optim.lr == 0.01
+    assert list(cfg.optim.betas) == [0.9, 0.999]
+    assert (cfg.epochs, cfg.batch_size) == (10, 128)
+    assert list(cfg.model.hidden) == [128, 64, 32]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "epochs=five",  # wrong type
+        "model.hiden=[1]",  # unknown key in a group
+        "optim.momentum=fast",  # wrong type in a group
+        "model.bn_placement=sideways",  # not one of the enum's values
+        "model=foo",  # unknown group option
+    ],
+)
+def test_bad_overrides_fail_at_composition(override: str) -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_config([override])

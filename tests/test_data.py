@@ -1,0 +1,144 @@
+"""The loader, on tiny generated IDX files and on the real FashionMNIST."""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from torchvision import transforms
+
+from fashionbn.data import (
+    DatasetCorruptError,
+    DatasetNotFoundError,
+    load_fashion_mnist,
+    raw_dir,
+    shuffled_batches,
+)
+from tests.conftest import compose_config
+
+
+def data_cfg(root: Path, system_dir, **overrides):
+    cfg = compose_config([]).data
+    cfg.root, cfg.system_dir = (
+        str(root),
+        None if system_dir is None else str(system_dir),
+    )
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def test_tiny_idx_files_load_scaled_like_to_tensor(tmp_path, tiny_system_dir) -> None:
+    system_dir, arrays = tiny_system_dir
+    data = load_fashion_mnist(data_cfg(tmp_path / "root", system_dir))
+    assert data.train_images.shape == (96, 28, 28)
+    assert data.test_images.shape == (40, 28, 28)
+    assert data.train_images.dtype == torch.float32
+    expected = torch.from_numpy(
+        arrays["train-images-idx3-ubyte"].astype(np.float32) / 255
+    )
+    assert torch.equal(data.train_images, expected)
+    assert data.train_images[0, 0, :3].tolist() == pytest.approx([0.0, 1.0, 128 / 255])
+    assert torch.equal(
+        data.test_labels,
+        torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64)),
+    )
+    # the same values as the notebook's PIL -> ToTensor path, sample by sample
+    to_tensor = transforms.ToTensor()
+    for i in (0, 7, 95):
+        pil = Image.fromarray(arrays["train-images-idx3-ubyte"][i], mode="L")
+        assert torch.equal(to_tensor(pil)[0], data.train_images[i])
+    # prepared once, in torchvision's layout, from the .gz files
+    assert sorted(p.name for p in raw_dir(tmp_path / "root").iterdir()) == [
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    ]  # fmt: skip
+
+
+def test_subset_is_the_first_n_samples(tmp_path, tiny_system_dir) -> None:
+    system_dir, arrays = tiny_system_dir
+    cfg = data_cfg(tmp_path / "root", system_dir, train_size=10, test_size=5)
+    data = load_fashion_mnist(cfg)
+    assert len(data.train_labels) == 10 and len(data.test_labels) == 5
+    first = arrays["train-labels-idx1-ubyte"][:10].astype(np.int64)
+    assert data.train_labels.tolist() == first.tolist()
+
+
+def test_subset_larger_than_dataset_is_refused(tmp_path, tiny_system_dir) -> None:
+    system_dir, _ = tiny_system_dir
+    cfg = data_cfg(tmp_path / "root", system_dir, train_size=97)
+    with pytest.raises(ValueError, match=r"data.train_size=97 .* 96 samples"):
+        load_fashion_mnist(cfg)
+
+
+def test_missing_dataset_names_the_three_ways(tmp_path) -> None:
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(data_cfg(tmp_path / "empty", None))
+    message = str(info.value)
+    assert "apt-get install -y dataset-fashion-mnist" in message
+    assert "data.root=" in message and "data.download=true" in message
+
+
+def test_truncated_gz_is_named(tmp_path, tiny_system_dir) -> None:
+    system_dir, _ = tiny_system_dir
+    victim = system_dir / "t10k-images-idx3-ubyte.gz"
+    victim.write_bytes(victim.read_bytes()[:200])
+    with pytest.raises(DatasetCorruptError, match="t10k-images-idx3-ubyte.gz"):
+        load_fashion_mnist(data_cfg(tmp_path / "root", system_dir))
+    assert not (raw_dir(tmp_path / "root") / "t10k-images-idx3-ubyte").exists()
+
+
+def test_truncated_idx_file_is_named(tmp_path, tiny_system_dir) -> None:
+    system_dir, _ = tiny_system_dir
+    root = tmp_path / "root"
+    load_fashion_mnist(data_cfg(root, system_dir))
+    victim = raw_dir(root) / "train-images-idx3-ubyte"
+    victim.write_bytes(victim.read_bytes()[:-100])
+    with pytest.raises(DatasetCorruptError, match="train-images-idx3-ubyte: size"):
+        load_fashion_mnist(data_cfg(root, None))
+
+
+def test_wrong_magic_is_named(tmp_path, tiny_system_dir) -> None:
+    system_dir, _ = tiny_system_dir
+    victim = system_dir / "train-labels-idx1-ubyte.gz"
+    with gzip.open(victim, "wb") as f:
+        f.write(b"not an idx file at all")
+    with pytest.raises(DatasetCorruptError, match="train-labels-idx1-ubyte: not an"):
+        load_fashion_mnist(data_cfg(tmp_path / "root", system_dir))
+
+
+def test_shuffled_batches_cover_every_sample_once() -> None:
+    batches = list(shuffled_batches(130, 64, torch.Generator().manual_seed(0)))
+    assert [len(b) for b in batches] == [64, 64, 2]
+    assert sorted(torch.cat(batches).tolist()) == list(range(130))
+    again = list(shuffled_batches(130, 64, torch.Generator().manual_seed(0)))
+    other = list(shuffled_batches(130, 64, torch.Generator().manual_seed(1)))
+    assert torch.equal(torch.cat(batches), torch.cat(again))
+    assert not torch.equal(torch.cat(batches), torch.cat(other))
+
+
+@pytest.mark.slow
+def test_real_fashion_mnist(real_data_root: Path) -> None:
+    data = load_fashion_mnist(data_cfg(real_data_root, None))
+    assert data.train_images.shape == (60_000, 28, 28)
+    assert data.test_images.shape == (10_000, 28, 28)
+    assert sorted(data.train_labels.unique().tolist()) == list(range(10))
+    assert sorted(data.test_labels.unique().tolist()) == list(range(10))
+    # FashionMNIST is balanced: 6,000 / 1,000 images per class
+    assert data.train_labels.bincount().tolist() == [6000] * 10
+    assert data.test_labels.bincount().tolist() == [1000] * 10
+    assert data.train_images.min() == 0.0 and data.train_images.max() == 1.0
+    # identical to the notebook's torchvision + ToTensor path
+    from torchvision.datasets import FashionMNIST
+
+    reference = FashionMNIST(
+        str(real_data_root), train=False, transform=transforms.ToTensor()
+    )
+    for i in (0, 1234, 9999):
+        image, label = reference[i]
+        assert (
+            torch.equal(image[0], data.test_images[i]) and label == data.test_labels[i]
+        )

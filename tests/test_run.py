@@ -1,0 +1,70 @@
+"""The CLI entrypoint as a user runs it: real subprocesses, real Hydra multirun."""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from fashionbn.train import METRIC_COLUMNS
+from tests.conftest import run_module
+
+
+def read_metrics(job_dir: Path) -> list[dict]:
+    with open(job_dir / "metrics.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == METRIC_COLUMNS
+        return list(reader)
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_dir_per_job(real_data_root: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    result = run_module(
+        ["fashionbn.run", "-m", "model=baseline,batchnorm", "seed=0,1", "epochs=1",
+         "data.train_size=2048", "data.test_size=1000", f"data.root={real_data_root}",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_dirs = sorted(p.parent for p in sweep_dir.glob("*/metrics.csv"))
+    assert [p.name for p in job_dirs] == [
+        "data.test_size=1000,data.train_size=2048,epochs=1,model=baseline,seed=0",
+        "data.test_size=1000,data.train_size=2048,epochs=1,model=baseline,seed=1",
+        "data.test_size=1000,data.train_size=2048,epochs=1,model=batchnorm,seed=0",
+        "data.test_size=1000,data.train_size=2048,epochs=1,model=batchnorm,seed=1",
+    ]
+    for job_dir in job_dirs:
+        assert len(read_metrics(job_dir)) == 1
+        assert (job_dir / ".hydra" / "config.yaml").is_file()
+        assert (job_dir / ".hydra" / "overrides.yaml").is_file()
+    # the data.root override says where, not what: it stays out of the dir names
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_single_run_with_documented_overrides(real_data_root: Path, tmp_path) -> None:
+    result = run_module(
+        ["fashionbn.run", "optim=adam", "optim.lr=0.01", "epochs=2", "batch_size=128",
+         "model.hidden=[128,64,32]", "data.train_size=1024", "data.test_size=500",
+         f"data.root={real_data_root}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = read_metrics(tmp_path / "run")
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    config = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+    assert "name: adam" in config and "- 128" in config
+    assert "epoch 2/2" in result.stderr + result.stdout  # per-epoch progress lines
+
+
+@pytest.mark.slow
+def test_missing_dataset_stops_with_one_clear_message(tmp_path: Path) -> None:
+    result = run_module(
+        ["fashionbn.run", "data.system_dir=null", f"data.root={tmp_path / 'empty'}",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "FashionMNIST not found" in result.stderr
+    assert "apt-get install -y dataset-fashion-mnist" in result.stderr
+    assert not (tmp_path / "run" / "metrics.csv").exists()

@@ -1,0 +1,78 @@
+"""Training on the real data through the composed config."""
+
+import csv
+import math
+
+import pytest
+import torch
+
+from fashionbn.train import METRIC_COLUMNS, resolve_device, train_and_evaluate
+from tests.conftest import compose_config
+
+
+def without_seconds(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+@pytest.mark.slow
+def test_one_epoch_on_real_data_writes_metrics(small_real_cfg, tmp_path) -> None:
+    records = train_and_evaluate(small_real_cfg, tmp_path)
+    assert len(records) == 1 and records[0]["epoch"] == 1
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == METRIC_COLUMNS
+    assert len(rows) == 1
+    assert float(rows[0]["test_acc"]) == records[0]["test_acc"]
+    for key in ("train_acc", "test_acc"):
+        assert 0.0 <= records[0][key] <= 1.0
+    # test_acc is a count over 1,000 test samples
+    assert math.isclose(
+        records[0]["test_acc"] * 1000, round(records[0]["test_acc"] * 1000)
+    )
+    # one epoch of plain SGD at lr=0.001 barely moves from chance: loss near ln(10)
+    assert 1.5 < records[0]["train_loss"] < 2.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["baseline", "batchnorm"])
+def test_same_config_twice_gives_identical_numbers(small_real_overrides, model) -> None:
+    cfg = compose_config([*small_real_overrides, f"model={model}", "epochs=2"])
+    first = without_seconds(train_and_evaluate(cfg))
+    second = without_seconds(train_and_evaluate(cfg))
+    assert first == second
+    cfg.seed = 1
+    assert without_seconds(train_and_evaluate(cfg)) != first
+
+
+@pytest.mark.slow
+def test_batchnorm_learns_faster_than_baseline(small_real_overrides) -> None:
+    """The experiment's headline on a subset: after 1 epoch BN is far ahead."""
+    overrides = [*small_real_overrides, "data.train_size=10000"]
+    baseline = train_and_evaluate(compose_config(overrides))[-1]["test_acc"]
+    batchnorm = train_and_evaluate(compose_config([*overrides, "model=batchnorm"]))
+    assert batchnorm[-1]["test_acc"] > baseline + 0.15
+
+
+def test_device_auto_picks_cuda_only_when_available() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused() -> None:
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("epochs", 0, "epochs=0"), ("batch_size", -1, "batch_size=-1")],
+)
+def test_bad_run_values_are_refused_before_training(
+    small_real_cfg, key, value, message
+):
+    setattr(small_real_cfg, key, value)
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(small_real_cfg)
