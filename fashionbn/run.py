@@ -9,6 +9,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from fashionbn.config import register_configs
+from fashionbn.results import METRICS_FILE
 from fashionbn.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg.data.root = to_absolute_path(cfg.data.root)  # jobs may run from another cwd
     records = train_and_evaluate(cfg, out_dir)
-    log.info("metrics written to %s", out_dir / "metrics.csv")
+    log.info("metrics written to %s", out_dir / METRICS_FILE)
     return records[-1]["test_acc"]
 
 

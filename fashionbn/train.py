@@ -1,9 +1,7 @@
 """train_and_evaluate(cfg, out_dir): one seeded run, one metrics row per epoch."""
 
-import csv
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -16,18 +14,9 @@ from torch import nn
 
 from fashionbn.data import FashionData, load_fashion_mnist, shuffled_batches
 from fashionbn.model import build_model
+from fashionbn.results import write_metrics
 
 log = logging.getLogger(__name__)
-
-METRIC_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "seconds",
-]
-METRICS_FILE = "metrics.csv"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,16 +114,6 @@ def _has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
 
 
-def write_metrics(records: list[dict], path: Path) -> None:
-    """Write metrics.csv via a temporary file and a rename: never half-written."""
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    with open(partial, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        writer.writerows(records)
-    os.replace(partial, path)
-
-
 def check_run_config(cfg) -> None:
     """Refuse values that would only fail (or mislead) after training started."""
     if cfg.epochs <= 0:
@@ -185,7 +164,7 @@ def train_and_evaluate(
             )
         )
         if out_dir is not None:
-            write_metrics(records, Path(out_dir) / METRICS_FILE)
+            write_metrics(records, Path(out_dir))
         log.info(
             "epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  "
             "test_acc %.4f  (%.1fs, %.0f samples/s)",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fashionbn.train import METRIC_COLUMNS
+from fashionbn.results import METRIC_COLUMNS
 from tests.conftest import run_module
 
 

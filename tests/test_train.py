@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from fashionbn.train import METRIC_COLUMNS, resolve_device, train_and_evaluate
+from fashionbn.results import METRIC_COLUMNS
+from fashionbn.train import resolve_device, train_and_evaluate
 from tests.conftest import compose_config
 
 
