@@ -7,14 +7,18 @@ SYSTEM_DATA := /usr/share/datasets/fashion-mnist
 LOCAL_DATA := data/FashionMNIST/raw
 APT_INSTALL := apt-get update && apt-get install -y dataset-fashion-mnist
 
-.PHONY: setup dataset test sweep lint clean
+# where `make sweep` writes (fixed once per make call); choose with SWEEP_DIR=<dir>
+ifndef SWEEP_DIR
+SWEEP_DIR := multirun/$(shell date +%Y-%m-%d/%H-%M-%S)
+endif
+
+.PHONY: setup dataset test sweep plots lint clean
 
 setup: $(STAMP) dataset
 
 # re-installs only when pyproject.toml changes
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev,launchers]"
 	touch $(STAMP)
 
@@ -34,8 +38,14 @@ dataset:
 test: setup
 	$(PY) -m pytest
 
+# the default sweep, then its tables, plots and report
 sweep: setup
-	$(PY) -m fashionbn.run -m model=baseline,batchnorm seed=0,1,2
+	$(PY) -m fashionbn.run -m model=baseline,batchnorm seed=0,1,2 hydra.sweep.dir=$(SWEEP_DIR)
+	$(PY) -m fashionbn.aggregate $(SWEEP_DIR)
+
+# regenerate tables, plots and report of the newest sweep under multirun/ (no training)
+plots: setup
+	$(PY) -m fashionbn.aggregate
 
 lint: setup
 	$(PY) -m ruff check fashionbn tests

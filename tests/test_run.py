@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fashionbn.results import METRIC_COLUMNS
@@ -16,8 +17,10 @@ def read_metrics(job_dir: Path) -> list[dict]:
         return list(reader)
 
 
-@pytest.mark.slow
-def test_multirun_writes_one_dir_per_job(real_data_root: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_sweep(real_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2 models x 2 seeds multirun (1 epoch, data subsets) in a subprocess."""
+    tmp_path = tmp_path_factory.mktemp("tiny_sweep")
     sweep_dir = tmp_path / "sweep"
     result = run_module(
         ["fashionbn.run", "-m", "model=baseline,batchnorm", "seed=0,1", "epochs=1",
@@ -26,6 +29,12 @@ def test_multirun_writes_one_dir_per_job(real_data_root: Path, tmp_path: Path) -
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_dir_per_job(tiny_sweep: Path) -> None:
+    sweep_dir = tiny_sweep
     job_dirs = sorted(p.parent for p in sweep_dir.glob("*/metrics.csv"))
     assert [p.name for p in job_dirs] == [
         "data.test_size=1000,data.train_size=2048,epochs=1,model=baseline,seed=0",
@@ -38,7 +47,23 @@ def test_multirun_writes_one_dir_per_job(real_data_root: Path, tmp_path: Path) -
         assert (job_dir / ".hydra" / "config.yaml").is_file()
         assert (job_dir / ".hydra" / "overrides.yaml").is_file()
     # the data.root override says where, not what: it stays out of the dir names
-    assert not (tmp_path / "data").exists()
+    assert not any("data.root" in p.name for p in job_dirs)
+
+
+@pytest.mark.slow
+def test_aggregate_a_real_sweep_end_to_end(tiny_sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aggregate"
+    result = run_module(
+        ["fashionbn.aggregate", str(tiny_sweep), "--out", str(out)], tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"report: {out / 'report.md'}" in result.stdout
+    for name in ("results.csv", "summary.csv", "summary.md", "test_accuracy.png",
+                 "accuracy_gap.png", "report.md"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 4 and set(results["model"]) == {"baseline", "batchnorm"}
+    assert "Gap batchnorm − baseline at epoch 1" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
