@@ -152,7 +152,7 @@ def _load_split(root: Path, train: bool, size: Optional[int]) -> tuple:
             )
         images, labels = images[:size], labels[:size]  # fixed, seed-independent subset
     # the same arithmetic as transforms.ToTensor(): uint8 -> float32, / 255
-    return images.to(torch.float32).div(255), labels
+    return images.to(torch.float32).div_(255), labels  # in place: one 188 MB pass less
 
 
 def load_fashion_mnist(data_cfg) -> FashionData:
@@ -165,8 +165,15 @@ def load_fashion_mnist(data_cfg) -> FashionData:
 
 
 def shuffled_batches(
-    num_samples: int, batch_size: int, generator: torch.Generator
+    num_samples: int,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
 ) -> Iterator[torch.Tensor]:
-    """Yield index tensors of one shuffled epoch, like DataLoader(shuffle=True)."""
-    order = torch.randperm(num_samples, generator=generator)
+    """Yield index tensors of one shuffled epoch, like DataLoader(shuffle=True).
+
+    The order comes from the (CPU) `generator`, so a seed gives the same batches on
+    every device; it is moved to `device` once per epoch, not once per batch.
+    """
+    order = torch.randperm(num_samples, generator=generator).to(device)
     yield from order.split(batch_size)

@@ -4,6 +4,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -62,6 +63,36 @@ def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
     raise ValueError(f"optim.name={optim_cfg.name}: known optimizers are sgd, adam")
 
 
+def make_update(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """A function applying one optimizer step to the current gradients.
+
+    For plain SGD (no momentum, weight decay, nesterov or maximize) this is the update
+    torch.optim.SGD itself computes, p -= lr * grad, as one foreach call without
+    optimizer.step()'s per-call bookkeeping (profiled: ~15 % of a step of this small
+    MLP); the numbers are bit-identical (tests/test_train.py checks it).
+    """
+    groups = optimizer.param_groups
+    plain_sgd = (
+        type(optimizer) is torch.optim.SGD
+        and len(groups) == 1
+        and not optimizer.state
+        and groups[0]["momentum"] == 0
+        and groups[0]["weight_decay"] == 0
+        and not groups[0]["nesterov"]
+        and not groups[0]["maximize"]
+    )
+    if not plain_sgd:
+        return optimizer.step
+    params = [p for p in groups[0]["params"] if p.requires_grad]
+
+    @torch.no_grad()
+    def sgd_update() -> None:
+        grads = [p.grad for p in params]
+        torch._foreach_add_(params, grads, alpha=-groups[0]["lr"])
+
+    return sgd_update
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -72,27 +103,30 @@ def train_one_epoch(
 ) -> tuple[float, float]:
     """One shuffled pass; returns (mean batch loss, accuracy)."""
     model.train()
+    update = make_update(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     device = images.device
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    num_batches = 0
-    seen = 0
-    for batch in shuffled_batches(len(labels), batch_size, generator):
+    predictions, targets = [], []
+    for batch in shuffled_batches(len(labels), batch_size, generator, device):
         if len(batch) == 1 and _has_batch_norm(model):
             continue  # BatchNorm cannot train on one sample (DataLoader would crash)
-        batch = batch.to(device, non_blocking=True)
-        x, y = images[batch], labels[batch]  # (B, 28, 28), (B,)
+        # index_select is ~3x faster than images[batch] for this gather (profiled)
+        x = images.index_select(0, batch)  # (B, 28, 28)
+        y = labels.index_select(0, batch)  # (B,)
         logits = model(x)  # (B, 10)
         loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
+        for p in params:  # = optimizer.zero_grad(set_to_none=True), minus its overhead
+            p.grad = None
         loss.backward()
-        optimizer.step()
-        # accumulate on the device: one host sync per epoch, not per step
+        update()
+        # kept on the device: one host sync per epoch, not per step
         loss_sum += loss.detach()
-        correct += (logits.detach().argmax(dim=1) == y).sum()
-        num_batches += 1
-        seen += len(batch)
-    return loss_sum.item() / num_batches, correct.item() / seen
+        predictions.append(logits.argmax(dim=1))  # (B,); argmax records no graph
+        targets.append(y)
+    seen = torch.cat(targets)
+    correct = (torch.cat(predictions) == seen).sum().item()
+    return loss_sum.item() / len(predictions), correct / len(seen)
 
 
 @torch.inference_mode()

@@ -5,9 +5,19 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from fashionbn.data import load_fashion_mnist, shuffled_batches
+from fashionbn.model import build_model
 from fashionbn.results import METRIC_COLUMNS
-from fashionbn.train import resolve_device, train_and_evaluate
+from fashionbn.train import (
+    make_optimizer,
+    make_update,
+    resolve_device,
+    seed_everything,
+    train_and_evaluate,
+    train_one_epoch,
+)
 from tests.conftest import compose_config
 
 
@@ -77,3 +87,50 @@ def test_bad_run_values_are_refused_before_training(
     setattr(small_real_cfg, key, value)
     with pytest.raises(ValueError, match=message):
         train_and_evaluate(small_real_cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["baseline", "batchnorm"])
+def test_fast_sgd_update_is_bit_identical_to_optimizer_step(
+    small_real_overrides, model
+) -> None:
+    """train_one_epoch's plain-SGD shortcut gives torch.optim.SGD's exact numbers."""
+    cfg = compose_config([*small_real_overrides, f"model={model}"])
+    data = load_fashion_mnist(cfg.data)
+
+    seed_everything(0)
+    fast_model = build_model(cfg.model)
+    fast_optimizer = make_optimizer(fast_model.parameters(), cfg.optim)
+    assert make_update(fast_optimizer) != fast_optimizer.step  # the shortcut is used
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        train_one_epoch(fast_model, fast_optimizer, data.train_images,
+                        data.train_labels, 64, generator)  # fmt: skip
+
+    seed_everything(0)
+    model_ = build_model(cfg.model)
+    optimizer = torch.optim.SGD(model_.parameters(), lr=cfg.optim.lr)
+    generator = torch.Generator().manual_seed(0)
+    model_.train()
+    for _ in range(2):
+        for batch in shuffled_batches(len(data.train_labels), 64, generator):
+            logits = model_(data.train_images[batch])
+            loss = F.cross_entropy(logits, data.train_labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    fast_state, state = fast_model.state_dict(), model_.state_dict()
+    assert fast_state.keys() == state.keys()
+    for name in state:
+        assert torch.equal(fast_state[name], state[name]), name
+
+
+@pytest.mark.parametrize(
+    "overrides", [["optim.momentum=0.9"], ["optim.weight_decay=0.01"], ["optim=adam"]]
+)
+def test_other_optimizers_use_their_own_step(overrides) -> None:
+    cfg = compose_config(overrides)
+    model = build_model(cfg.model)
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    assert make_update(optimizer) == optimizer.step

@@ -1,0 +1,125 @@
+"""`python -m fashionbn.bench`: fashionbn's training path vs the notebook's pipeline.
+
+Both train the same model with the same optimizer on the real FashionMNIST, one after
+the other in this process (alternating, several repeats); the median is reported.
+- reference: torchvision FashionMNIST with transform=ToTensor() and
+  DataLoader(batch_size=64, shuffle=True), the loop of the original notebook;
+- fashionbn: fashionbn.train.train_and_evaluate, exactly what fashionbn.run calls.
+Timings include loading the data, training and the per-epoch test evaluation.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchvision import transforms
+from torchvision.datasets import FashionMNIST
+
+from fashionbn.config import register_configs
+from fashionbn.data import ensure_dataset
+from fashionbn.model import build_model
+from fashionbn.train import seed_everything, train_and_evaluate
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def reference_run(cfg) -> float:
+    """The notebook's pipeline: PIL images through ToTensor per sample, every epoch."""
+    seed_everything(cfg.seed)
+    train_set = FashionMNIST(cfg.data.root, train=True, transform=transforms.ToTensor())
+    test_set = FashionMNIST(cfg.data.root, train=False, transform=transforms.ToTensor())
+    if cfg.data.train_size:  # the same first-N subsets as fashionbn.data
+        train_set = Subset(train_set, range(cfg.data.train_size))
+    if cfg.data.test_size:
+        test_set = Subset(test_set, range(cfg.data.test_size))
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=cfg.batch_size, shuffle=False)
+    model = build_model(cfg.model)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+    test_acc = 0.0
+    for _ in range(cfg.epochs):
+        model.train()
+        running_loss = 0.0
+        for images, labels in train_loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for images, labels in test_loader:
+                correct += (model(images).argmax(dim=1) == labels).sum().item()
+        test_acc = correct / len(test_set)
+    return test_acc
+
+
+def fashionbn_run(cfg) -> float:
+    """fashionbn's own path, writing metrics.csv to a throwaway dir like a real job."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        return train_and_evaluate(cfg, Path(out_dir))[-1]["test_acc"]
+
+
+PIPELINES = {"reference": reference_run, "fashionbn": fashionbn_run}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m fashionbn.bench",
+        description="Time fashionbn's training path against the notebook's "
+        "DataLoader+ToTensor pipeline on the real FashionMNIST (default config).",
+    )
+    parser.add_argument("--models", nargs="+", default=["baseline", "batchnorm"])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="extra Hydra overrides, e.g. threads=1 data.root=...",
+    )
+    args = parser.parse_args(argv)
+
+    register_configs()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.epochs} epochs, {args.repeats} repeats (median), seed {args.seed}"
+    )
+    print(
+        f"{'model':<10} {'pipeline':<10} {'seconds':>8} {'samples/s':>10} "
+        f"{'test_acc':>9} {'ratio':>6}"
+    )
+    for model in args.models:
+        overrides = [f"model={model}", f"epochs={args.epochs}", f"seed={args.seed}"]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides, *args.overrides])
+        ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download)
+        seconds = {name: [] for name in PIPELINES}
+        accuracy = {}
+        for _ in range(args.repeats):
+            for name, run in PIPELINES.items():  # alternate: shared noise hits both
+                start = time.perf_counter()
+                accuracy[name] = run(cfg)
+                seconds[name].append(time.perf_counter() - start)
+        samples = args.epochs * (cfg.data.train_size or 60_000)
+        median = {name: statistics.median(times) for name, times in seconds.items()}
+        for name in PIPELINES:
+            ratio = median["reference"] / median[name]
+            rate = samples / median[name]
+            print(
+                f"{model:<10} {name:<10} {median[name]:>8.2f} {rate:>10,.0f} "
+                f"{accuracy[name]:>9.4f} {ratio:>5.1f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
