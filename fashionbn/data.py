@@ -4,6 +4,7 @@ torchvision parses the IDX files; the images are then converted once to float32 
 [0, 1] (the values transforms.ToTensor() gives) instead of once per sample per epoch.
 """
 
+import functools
 import gzip
 import logging
 import os
@@ -156,12 +157,33 @@ def _load_split(root: Path, train: bool, size: Optional[int]) -> tuple:
 
 
 def load_fashion_mnist(data_cfg) -> FashionData:
-    """Find (or prepare) FashionMNIST as `data_cfg` says and return it as tensors."""
-    root = Path(data_cfg.root)
+    """Find (or prepare) FashionMNIST as `data_cfg` says and return it as tensors.
+
+    The tensors are cached for the process (treat them as read-only), so the jobs of a
+    sweep that run in one process parse and convert the files only once.
+    """
+    root = Path(data_cfg.root).resolve()
     ensure_dataset(root, data_cfg.system_dir, data_cfg.download)
-    train_images, train_labels = _load_split(root, True, data_cfg.train_size)
-    test_images, test_labels = _load_split(root, False, data_cfg.test_size)
+    # the files' sizes and times are part of the key: a changed file is read again
+    stamps = tuple(
+        (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in (raw_dir(root) / name for name in IDX_FILES)
+    )
+    return _load_cached(root, data_cfg.train_size, data_cfg.test_size, stamps)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_cached(
+    root: Path, train_size: Optional[int], test_size: Optional[int], stamps: tuple
+) -> FashionData:
+    train_images, train_labels = _load_split(root, True, train_size)
+    test_images, test_labels = _load_split(root, False, test_size)
     return FashionData(train_images, train_labels, test_images, test_labels)
+
+
+def clear_cache() -> None:
+    """Forget the cached tensors (the benchmark times cold loads)."""
+    _load_cached.cache_clear()
 
 
 def shuffled_batches(

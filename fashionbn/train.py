@@ -174,9 +174,10 @@ def train_and_evaluate(
     # the whole dataset moves to the device once, not batch by batch
     train_x, train_y, test_x, test_y = (t.to(device) for t in data)
     log.info(
-        "%s + %s(lr=%g), seed=%d, %d train / %d test samples, %d epochs on %s",
+        "%s + %s(lr=%g), seed=%d, %d train / %d test samples, %d epochs on %s "
+        "(%d torch threads)",
         cfg.model.name, cfg.optim.name, cfg.optim.lr, cfg.seed,
-        len(train_y), len(test_y), cfg.epochs, device,
+        len(train_y), len(test_y), cfg.epochs, device, torch.get_num_threads(),
     )  # fmt: skip
 
     records: list[dict] = []

@@ -93,3 +93,53 @@ def test_missing_dataset_stops_with_one_clear_message(tmp_path: Path) -> None:
     assert "FashionMNIST not found" in result.stderr
     assert "apt-get install -y dataset-fashion-mnist" in result.stderr
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher, threads",
+    [
+        (["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"], 1),
+        (
+            [
+                "hydra/launcher=submitit_local",
+                "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.timeout_min=10",
+            ],
+            1,
+        ),
+    ],  # fmt: skip
+    ids=["joblib", "submitit_local"],
+)
+def test_parallel_launchers_run_jobs_as_separate_processes(
+    launcher: list[str], threads: int, tiny_sweep: Path, real_data_root: Path, tmp_path
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    result = run_module(
+        ["fashionbn.run", "-m", *launcher, "model=baseline,batchnorm", "seed=0",
+         "epochs=1", "data.train_size=2048", "data.test_size=1000",
+         f"data.root={real_data_root}", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # launcher keys stay out of the dir names: the same config lands in the same place
+    names = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.csv"))
+    common = "data.test_size=1000,data.train_size=2048,epochs=1"
+    assert names == [
+        f"{common},model=baseline,seed=0",
+        f"{common},model=batchnorm,seed=0",
+    ]
+    for job in names:
+        log = (sweep_dir / job / "run.log").read_text()
+        assert f"({threads} torch threads)" in log  # n_jobs x threads <= cores
+    # the baseline's numbers do not depend on the launcher or the thread count
+    here = read_metrics(sweep_dir / names[0])
+    basic = read_metrics(tiny_sweep / names[0])
+    assert [{k: r[k] for k in r if k != "seconds"} for r in here] == [
+        {k: r[k] for k in r if k != "seconds"} for r in basic
+    ]
+    aggregated = run_module(["fashionbn.aggregate", str(sweep_dir)], tmp_path)
+    assert aggregated.returncode == 0, aggregated.stderr
+    assert (sweep_dir / "report.md").is_file() and (
+        sweep_dir / "accuracy_gap.png"
+    ).is_file()
