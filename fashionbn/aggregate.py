@@ -17,7 +17,15 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from fashionbn.results import METRIC_COLUMNS, METRICS_FILE, atomic_write
+from fashionbn.results import (
+    COMPLETE,
+    DIVERGED,
+    FAILED,
+    METRIC_COLUMNS,
+    METRICS_FILE,
+    atomic_write,
+    read_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,10 @@ class AggregateError(Exception):
     """Nothing usable to aggregate; the message says why."""
 
 
+class RunDiverged(ValueError):
+    """The run stopped early because its loss blew up (status.json says so)."""
+
+
 @dataclass
 class Sweep:
     """Everything read from one or more sweep dirs."""
@@ -39,6 +51,7 @@ class Sweep:
     results: pd.DataFrame  # tidy: one row per (run, epoch)
     params: list[str]  # override keys found, as columns of `results`
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run dir, reason)
+    diverged: list[tuple[str, str]] = field(default_factory=list)  # (run dir, how)
 
     @property
     def group_keys(self) -> list[str]:
@@ -96,7 +109,17 @@ def read_run(job_dir: Path) -> tuple[dict, pd.DataFrame]:
     epochs = config.get("epochs")
     if metrics["epoch"].tolist() != list(range(1, len(metrics) + 1)):
         raise ValueError(f"{METRICS_FILE} epochs are not 1..n")
-    if len(metrics) != epochs:
+    status = read_status(job_dir) or {}  # hand-made dirs may have none
+    if status.get("status") == DIVERGED:
+        raise RunDiverged(
+            f"diverged at epoch {len(metrics)} (train_loss "
+            f"{metrics['train_loss'].iloc[-1]:.4g})"
+        )
+    if status.get("status") == FAILED:
+        raise ValueError(
+            f"failed after {len(metrics)} of {epochs} epochs: {status.get('error')}"
+        )
+    if len(metrics) != epochs or status.get("status", COMPLETE) != COMPLETE:
         raise ValueError(f"incomplete: {len(metrics)} of {epochs} epochs")
     return params, metrics
 
@@ -108,13 +131,16 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
 
 def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     """Read every job of the given sweep dirs; incomplete or broken runs are skipped."""
-    rows, skipped, params = [], [], []
+    rows, skipped, diverged, params = [], [], [], []
     for sweep_dir in sweep_dirs:
         if not sweep_dir.is_dir():
             raise AggregateError(f"{sweep_dir}: no such directory")
         for job_dir in find_job_dirs(sweep_dir):
             try:
                 run_params, metrics = read_run(job_dir)
+            except RunDiverged as err:
+                diverged.append((str(job_dir), str(err)))
+                continue
             except ValueError as err:
                 skipped.append((str(job_dir), str(err)))
                 continue
@@ -122,12 +148,14 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
             rows.append(metrics.assign(run=str(job_dir), **run_params))
     if not rows:
         where = ", ".join(map(str, sweep_dirs))
-        detail = f"; {len(skipped)} unusable" if skipped else ""
+        detail = (
+            f"; {len(skipped) + len(diverged)} unusable" if skipped or diverged else ""
+        )
         raise AggregateError(f"no complete runs found in {where}{detail}")
     params = [p for p in ("model", *sorted(params)) if p != "seed"] + ["seed"]
     params = list(dict.fromkeys(params))
     results = pd.concat(rows, ignore_index=True)[["run", *params, *METRIC_COLUMNS]]
-    return Sweep(results=results, params=params, skipped=skipped)
+    return Sweep(results=results, params=params, skipped=skipped, diverged=diverged)
 
 
 def load_sweep(*sweep_dirs: str | Path) -> pd.DataFrame:
@@ -200,10 +228,14 @@ def group_label(row: pd.Series, group_keys: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in group_keys) or "all runs"
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def mean_std(mean: float, std: float, n: int) -> str:
     """'0.8093 ± 0.0041 (n=3)'; std is undefined for a single run."""
     spread = f" ± {std:.4f}" if n > 1 else ""
-    return f"{mean:.4f}{spread} (n={n})"
+    return f"{mean:.4f}{spread} (n={int(n)})"
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -246,8 +278,10 @@ def write_report(
         "# fashionbn report",
         "",
         f"Sweep: {', '.join(f'`{d}`' for d in sweep_dirs)}. "
-        f"{sweep.results['run'].nunique()} complete runs"
-        + (f"; {len(sweep.skipped)} skipped (listed below)." if sweep.skipped else "."),
+        f"{plural(sweep.results['run'].nunique(), 'complete run')}"
+        + (f"; {len(sweep.diverged)} diverged" if sweep.diverged else "")
+        + (f"; {len(sweep.skipped)} skipped" if sweep.skipped else "")
+        + (" (listed below)." if sweep.skipped or sweep.diverged else "."),
         f"Groups differ in: {', '.join(keys) if keys else 'nothing but seed'}; "
         "± is the standard deviation across seeds (n runs).",
         "",
@@ -273,7 +307,7 @@ def write_report(
             where = "" if where == "all runs" else f" ({where})"
             ci = (
                 f"95 % CI [{row.ci_low:+.4f}, {row.ci_high:+.4f}], paired t-interval "
-                f"over n={row.n} seeds"
+                f"over n={int(row.n)} seeds"
                 if row.n > 1
                 else "n=1, no interval"
             )
@@ -293,7 +327,8 @@ def write_report(
     cells = []
     for _, row in reach.iterrows():
         reached = (
-            f"epoch {row.mean_epoch:.1f} on average ({row.reached}/{row.n} runs)"
+            f"epoch {row.mean_epoch:.1f} on average "
+            f"({int(row.reached)}/{int(row.n)} runs)"
             if row.reached
             else "not reached"
         )
@@ -307,6 +342,10 @@ def write_report(
         lines += ["## Figures", ""]
         lines += [f"![{name}]({name})" for name in figures]
         lines += [f"*{note}*" for note in notes]
+        lines.append("")
+    if sweep.diverged:
+        lines += ["## Diverged runs (left out of every number above)", ""]
+        lines += [f"- `{run}`: {how}" for run, how in sweep.diverged]
         lines.append("")
     if sweep.skipped:
         lines += ["## Skipped runs (left out of every number above)", ""]
@@ -332,6 +371,8 @@ def aggregate(
     sweep = read_sweep(sweep_dirs)
     out_dir = Path(out_dir or sweep_dirs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
+    for run, how in sweep.diverged:
+        print(f"diverged {run}: {how}", file=sys.stderr)
     for run, reason in sweep.skipped:
         print(f"skipped {run}: {reason}", file=sys.stderr)
     keys = sweep.group_keys

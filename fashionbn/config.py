@@ -12,6 +12,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+class FashionbnError(Exception):
+    """A problem with the user's input (config, data, job dir): one clear line."""
+
+
+class ConfigError(FashionbnError, ValueError):
+    """A config value that cannot work, found before any training starts."""
+
+
 class BNPlacement(str, Enum):
     """Where BatchNorm1d sits relative to the activation of a hidden layer."""
 
@@ -71,6 +79,7 @@ class Config:
     device: str = "auto"
     threads: Optional[int] = None
     force: bool = False
+    divergence_loss: float = 100.0
 
 
 def register_configs() -> None:

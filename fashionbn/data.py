@@ -17,6 +17,8 @@ from typing import NamedTuple, Optional
 import torch
 from torchvision.datasets import FashionMNIST
 
+from fashionbn.config import ConfigError, FashionbnError
+
 log = logging.getLogger(__name__)
 
 # raw file name -> number of dimensions in its IDX header (all are unsigned bytes)
@@ -31,11 +33,11 @@ NUM_CLASSES = 10
 APT_COMMAND = "apt-get update && apt-get install -y dataset-fashion-mnist"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(FashionbnError, FileNotFoundError):
     """No FashionMNIST files anywhere we are allowed to look."""
 
 
-class DatasetCorruptError(ValueError):
+class DatasetCorruptError(FashionbnError, ValueError):
     """A dataset file exists but cannot be what it claims to be."""
 
 
@@ -147,7 +149,7 @@ def _load_split(root: Path, train: bool, size: Optional[int]) -> tuple:
         raise DatasetCorruptError(f"{raw_dir(root)}: {split} labels outside 0..9")
     if size is not None:
         if not 0 < size <= len(labels):
-            raise ValueError(
+            raise ConfigError(
                 f"data.{split}_size={size} but the {split} set has {len(labels)} "
                 f"samples; use a value in 1..{len(labels)} or null for all"
             )

@@ -2,18 +2,20 @@
 
 from torch import nn
 
+from fashionbn.config import ConfigError
+
 
 def build_model(model_cfg) -> nn.Sequential:
     """Flatten -> [Linear -> (BN) -> ReLU -> (BN)] per hidden width -> Linear."""
     hidden = list(model_cfg.hidden)
     if not hidden or any(width <= 0 for width in hidden):
-        raise ValueError(
+        raise ConfigError(
             f"model.hidden={hidden}: give one or more positive layer widths, "
             "e.g. model.hidden=[64,32]"
         )
     placement = str(getattr(model_cfg.bn_placement, "value", model_cfg.bn_placement))
     if placement not in ("before", "after"):
-        raise ValueError(f"model.bn_placement={placement}: use before or after")
+        raise ConfigError(f"model.bn_placement={placement}: use before or after")
 
     layers: list[nn.Module] = [nn.Flatten()]  # (B, 28, 28) -> (B, 784)
     in_features = model_cfg.in_features

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Optional
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from fashionbn.config import register_configs
+from fashionbn.config import FashionbnError, register_configs
 from fashionbn.results import METRICS_FILE
 from fashionbn.train import train_and_evaluate
 
@@ -34,14 +35,28 @@ def threads_per_job(launcher_cfg: DictConfig) -> Optional[int]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Train cfg's model, write metrics.csv into the job dir, return test_acc."""
+    """Train cfg's model into the job dir (or finish / skip it); return test_acc.
+
+    A problem with the input (config values, dataset, a job dir holding another
+    config) is logged as one line and, where the job runs in this process (basic
+    launcher), ends it with exit code 2 before any training; under parallel launchers
+    it fails that job and the launcher reports it.
+    """
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     cfg.data.root = to_absolute_path(cfg.data.root)  # jobs may run from another cwd
     if cfg.threads is None:
-        cfg.threads = threads_per_job(hydra_cfg.launcher)
-    records = train_and_evaluate(cfg, out_dir)
-    log.info("metrics written to %s", out_dir / METRICS_FILE)
+        threads = threads_per_job(hydra_cfg.launcher)
+        if threads is not None:
+            torch.set_num_threads(threads)
+    try:
+        records = train_and_evaluate(cfg, out_dir)
+    except FashionbnError as err:
+        log.error("error: %s", err)
+        if hydra_cfg.launcher._target_.endswith("BasicLauncher"):
+            raise SystemExit(2) from None
+        raise
+    log.info("metrics in %s", out_dir / METRICS_FILE)
     return records[-1]["test_acc"]
 
 

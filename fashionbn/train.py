@@ -11,11 +11,26 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
+from fashionbn.config import ConfigError
 from fashionbn.data import FashionData, load_fashion_mnist, shuffled_batches
 from fashionbn.model import build_model
-from fashionbn.results import write_metrics
+from fashionbn.results import (
+    CHECKPOINT_FILE,
+    COMPLETE,
+    DIVERGED,
+    FAILED,
+    METRICS_FILE,
+    RUNNING,
+    STATUS_FILE,
+    atomic_write,
+    read_metrics,
+    read_status,
+    write_metrics,
+    write_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +39,12 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda if available else cpu; refuse cuda when there is none."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)  # raises on nonsense such as device=gpu0
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:  # e.g. device=gpu0
+        raise ConfigError(f"device={name}: use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise ConfigError(
             f"device={name} but CUDA is not available here; use device=cpu"
         )
     return device
@@ -43,7 +61,7 @@ def seed_everything(seed: int) -> torch.Generator:
 def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
     """SGD or Adam from the `optim` config group."""
     if optim_cfg.lr <= 0:
-        raise ValueError(f"optim.lr={optim_cfg.lr}: the learning rate must be > 0")
+        raise ConfigError(f"optim.lr={optim_cfg.lr}: the learning rate must be > 0")
     if optim_cfg.name == "sgd":
         return torch.optim.SGD(
             params,
@@ -60,7 +78,7 @@ def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
             eps=optim_cfg.eps,
             weight_decay=optim_cfg.weight_decay,
         )
-    raise ValueError(f"optim.name={optim_cfg.name}: known optimizers are sgd, adam")
+    raise ConfigError(f"optim.name={optim_cfg.name}: known optimizers are sgd, adam")
 
 
 def make_update(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
@@ -151,37 +169,156 @@ def _has_batch_norm(model: nn.Module) -> bool:
 def check_run_config(cfg) -> None:
     """Refuse values that would only fail (or mislead) after training started."""
     if cfg.epochs <= 0:
-        raise ValueError(f"epochs={cfg.epochs}: must be >= 1")
+        raise ConfigError(f"epochs={cfg.epochs}: must be >= 1")
     if cfg.batch_size <= 0:
-        raise ValueError(f"batch_size={cfg.batch_size}: must be >= 1")
+        raise ConfigError(f"batch_size={cfg.batch_size}: must be >= 1")
     if cfg.threads is not None and cfg.threads <= 0:
-        raise ValueError(f"threads={cfg.threads}: must be >= 1 or null")
+        raise ConfigError(f"threads={cfg.threads}: must be >= 1 or null")
+    if not cfg.divergence_loss > 0:
+        raise ConfigError(f"divergence_loss={cfg.divergence_loss}: must be > 0")
+
+
+def run_identity(cfg) -> dict:
+    """The part of cfg that decides what a run computes: all but paths and `force`."""
+    identity = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    identity.pop("force", None)
+    for key in ("root", "system_dir", "download"):
+        identity["data"].pop(key, None)
+    return identity
+
+
+def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[str]:
+    """'optim.lr: 0.001 -> 0.01' for every leaf that differs between two configs."""
+    differences = []
+    for key in sorted(set(stored) | set(requested)):
+        old, new = stored.get(key), requested.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += config_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key}: {old} -> {new}")
+    return differences
+
+
+def previous_run(cfg, job_dir: Path, identity: dict) -> tuple[str, Optional[dict]]:
+    """What `job_dir` already holds: ('fresh', None), ('resume', checkpoint) or
+    ('done', None). A run of another config there is refused unless force=true."""
+    status = read_status(job_dir)
+    if status is None:
+        return "fresh", None
+    if status.get("config") != identity and not cfg.force:
+        changes = "; ".join(config_differences(status.get("config") or {}, identity))
+        raise ConfigError(
+            f"{job_dir} holds a run of another config ({changes}); refusing to mix "
+            "them: use another hydra.sweep.dir/hydra.run.dir, or force=true to "
+            "discard the old run"
+        )
+    if cfg.force:
+        log.warning("force=true: discarding the earlier run in %s", job_dir)
+        for name in (CHECKPOINT_FILE, METRICS_FILE, STATUS_FILE):
+            (job_dir / name).unlink(missing_ok=True)
+        return "fresh", None
+    if status["status"] in (COMPLETE, DIVERGED):
+        return "done", None
+    if not (job_dir / CHECKPOINT_FILE).is_file():  # stopped before its first epoch
+        return "fresh", None
+    # our own file: it holds RNG states (numpy arrays, tuples), not only tensors
+    return "resume", torch.load(job_dir / CHECKPOINT_FILE, weights_only=False)
+
+
+def save_checkpoint(
+    job_dir: Path, model: nn.Module, optimizer, generator, records: list[dict]
+) -> None:
+    """Everything needed to continue bit-identically after the last finished epoch."""
+    checkpoint = {
+        "records": records,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    atomic_write(
+        job_dir / CHECKPOINT_FILE, lambda f: torch.save(checkpoint, f), mode="wb"
+    )
+
+
+def restore_checkpoint(
+    checkpoint: dict, model: nn.Module, optimizer, generator
+) -> list[dict]:
+    """Put model, optimizer and every RNG back as saved; return the finished epochs."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    generator.set_state(checkpoint["generator"])
+    torch.set_rng_state(checkpoint["torch"])
+    if checkpoint["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["cuda"])
+    np.random.set_state(checkpoint["numpy"])
+    random.setstate(checkpoint["python"])
+    return checkpoint["records"]
 
 
 def train_and_evaluate(
     cfg, out_dir: Optional[Path] = None, data: Optional[FashionData] = None
 ) -> list[dict]:
-    """Train cfg.model with cfg.optim for cfg.epochs; write metrics.csv into out_dir."""
+    """Train cfg.model with cfg.optim for cfg.epochs, one record per epoch.
+
+    With an out_dir, every finished epoch is saved there (metrics.csv, status.json,
+    checkpoint.pt), a complete run found there is not repeated, and an interrupted
+    one continues from its last finished epoch with the same numbers.
+    """
     check_run_config(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    identity = run_identity(cfg)
     generator = seed_everything(cfg.seed)
     model = build_model(cfg.model).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
+    job_dir = Path(out_dir) if out_dir is not None else None
+    state, checkpoint = (
+        previous_run(cfg, job_dir, identity) if job_dir else ("fresh", None)
+    )
+    if state == "done":
+        log.info("%s is complete already; skipping it (force=true re-runs)", job_dir)
+        return read_metrics(job_dir)
     if data is None:
         data = load_fashion_mnist(cfg.data)
     # the whole dataset moves to the device once, not batch by batch
     train_x, train_y, test_x, test_y = (t.to(device) for t in data)
+    records: list[dict] = []
+    if checkpoint is not None:
+        records = restore_checkpoint(checkpoint, model, optimizer, generator)
+        log.info("resuming %s after epoch %d", job_dir, len(records))
     log.info(
         "%s + %s(lr=%g), seed=%d, %d train / %d test samples, %d epochs on %s "
         "(%d torch threads)",
         cfg.model.name, cfg.optim.name, cfg.optim.lr, cfg.seed,
         len(train_y), len(test_y), cfg.epochs, device, torch.get_num_threads(),
     )  # fmt: skip
+    if job_dir is not None:
+        write_status(job_dir, RUNNING, identity, len(records))
+    try:
+        status = train_epochs(
+            cfg, model, optimizer, generator, (train_x, train_y, test_x, test_y),
+            records, job_dir, identity,
+        )  # fmt: skip
+    except Exception as err:
+        if job_dir is not None:  # the finished epochs stay; a re-run continues them
+            write_status(job_dir, FAILED, identity, len(records), error=repr(err))
+        raise
+    if job_dir is not None:
+        write_status(job_dir, status, identity, len(records))
+    return records
 
-    records: list[dict] = []
-    for epoch in range(1, cfg.epochs + 1):
+
+def train_epochs(
+    cfg, model, optimizer, generator, tensors, records, job_dir, identity
+) -> str:
+    """Run the epochs after those in `records`, appending to it; COMPLETE/DIVERGED."""
+    train_x, train_y, test_x, test_y = tensors
+    for epoch in range(len(records) + 1, cfg.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
             model, optimizer, train_x, train_y, cfg.batch_size, generator
@@ -198,17 +335,24 @@ def train_and_evaluate(
                 seconds=seconds,
             )
         )
-        if out_dir is not None:
-            write_metrics(records, Path(out_dir))
+        # NaN/inf, or so far above chance (ln 10 = 2.3) that training has blown up
+        diverged = not math.isfinite(train_loss) or train_loss > cfg.divergence_loss
+        if job_dir is not None:
+            # checkpoint first: metrics.csv is rebuilt from it if a kill comes between
+            save_checkpoint(job_dir, model, optimizer, generator, records)
+            write_metrics(records, job_dir)
+            write_status(job_dir, DIVERGED if diverged else RUNNING, identity, epoch)
         log.info(
             "epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  "
             "test_acc %.4f  (%.1fs, %.0f samples/s)",
             epoch, cfg.epochs, train_loss, train_acc, test_loss, test_acc,
             seconds, len(train_y) / seconds,
         )  # fmt: skip
-        if not math.isfinite(train_loss):
+        if diverged:
             log.warning(
-                "epoch %d: training loss is %s; stopping (diverged)", epoch, train_loss
-            )
-            break
-    return records
+                "epoch %d: training loss %s is not finite or above divergence_loss=%g; "
+                "the run diverged and stops here (status 'diverged' in its dir)",
+                epoch, train_loss, cfg.divergence_loss,
+            )  # fmt: skip
+            return DIVERGED
+    return COMPLETE
