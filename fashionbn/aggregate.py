@@ -94,6 +94,13 @@ def read_run(job_dir: Path) -> tuple[dict, pd.DataFrame]:
     params.setdefault("model", config.get("model", {}).get("name"))
     params.setdefault("seed", config.get("seed"))
 
+    epochs = config.get("epochs")
+    status = read_status(job_dir) or {}  # hand-made or older dirs may have none
+    if status.get("status") == FAILED:
+        raise ValueError(
+            f"failed after {status.get('epochs_done')} of {epochs} epochs: "
+            f"{status.get('error')}"
+        )
     metrics_path = job_dir / METRICS_FILE
     if not metrics_path.is_file():
         raise ValueError(f"no {METRICS_FILE}")
@@ -106,18 +113,12 @@ def read_run(job_dir: Path) -> tuple[dict, pd.DataFrame]:
             f"{METRICS_FILE} has columns {list(metrics.columns)}, "
             f"expected {METRIC_COLUMNS}"
         )
-    epochs = config.get("epochs")
     if metrics["epoch"].tolist() != list(range(1, len(metrics) + 1)):
         raise ValueError(f"{METRICS_FILE} epochs are not 1..n")
-    status = read_status(job_dir) or {}  # hand-made dirs may have none
     if status.get("status") == DIVERGED:
         raise RunDiverged(
             f"diverged at epoch {len(metrics)} (train_loss "
             f"{metrics['train_loss'].iloc[-1]:.4g})"
-        )
-    if status.get("status") == FAILED:
-        raise ValueError(
-            f"failed after {len(metrics)} of {epochs} epochs: {status.get('error')}"
         )
     if len(metrics) != epochs or status.get("status", COMPLETE) != COMPLETE:
         raise ValueError(f"incomplete: {len(metrics)} of {epochs} epochs")

@@ -277,6 +277,8 @@ def train_and_evaluate(
     model = build_model(cfg.model).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     job_dir = Path(out_dir) if out_dir is not None else None
+    if job_dir is not None:
+        job_dir.mkdir(parents=True, exist_ok=True)
     state, checkpoint = (
         previous_run(cfg, job_dir, identity) if job_dir else ("fresh", None)
     )
