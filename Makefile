@@ -7,10 +7,9 @@ SYSTEM_DATA := /usr/share/datasets/fashion-mnist
 LOCAL_DATA := data/FashionMNIST/raw
 APT_INSTALL := apt-get update && apt-get install -y dataset-fashion-mnist
 
-# where `make sweep` writes (fixed once per make call); choose with SWEEP_DIR=<dir>
-ifndef SWEEP_DIR
-SWEEP_DIR := multirun/$(shell date +%Y-%m-%d/%H-%M-%S)
-endif
+# where `make sweep` writes. Fixed, so that running it again resumes an interrupted
+# sweep and skips finished runs; `make sweep SWEEP_DIR=multirun/other` starts another.
+SWEEP_DIR ?= multirun/sweep
 
 .PHONY: setup dataset test sweep plots lint clean
 
