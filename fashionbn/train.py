@@ -142,6 +142,11 @@ def train_one_epoch(
         loss_sum += loss.detach()
         predictions.append(logits.argmax(dim=1))  # (B,); argmax records no graph
         targets.append(y)
+    if not predictions:
+        raise ConfigError(
+            f"batch_size={batch_size} with {len(labels)} training sample(s) leaves "
+            "only one-sample batches, which BatchNorm cannot train on"
+        )
     seen = torch.cat(targets)
     correct = (torch.cat(predictions) == seen).sum().item()
     return loss_sum.item() / len(predictions), correct / len(seen)
@@ -292,6 +297,7 @@ def train_and_evaluate(
     records: list[dict] = []
     if checkpoint is not None:
         records = restore_checkpoint(checkpoint, model, optimizer, generator)
+        write_metrics(records, job_dir)  # a kill may have come before metrics.csv
         log.info("resuming %s after epoch %d", job_dir, len(records))
     log.info(
         "%s + %s(lr=%g), seed=%d, %d train / %d test samples, %d epochs on %s "
@@ -340,7 +346,7 @@ def train_epochs(
         # NaN/inf, or so far above chance (ln 10 = 2.3) that training has blown up
         diverged = not math.isfinite(train_loss) or train_loss > cfg.divergence_loss
         if job_dir is not None:
-            # checkpoint first: metrics.csv is rebuilt from it if a kill comes between
+            # checkpoint first: a resume rewrites metrics.csv from it
             save_checkpoint(job_dir, model, optimizer, generator, records)
             write_metrics(records, job_dir)
             write_status(job_dir, DIVERGED if diverged else RUNNING, identity, epoch)

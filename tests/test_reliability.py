@@ -16,7 +16,7 @@ import fashionbn.train
 from fashionbn.aggregate import read_sweep
 from fashionbn.config import FashionbnError
 from fashionbn.data import raw_dir
-from fashionbn.results import atomic_write, read_metrics, read_status
+from fashionbn.results import atomic_write, read_metrics, read_status, write_status
 from fashionbn.train import train_and_evaluate
 from tests.conftest import compose_config, run_module
 
@@ -61,6 +61,24 @@ def test_interrupted_run_resumes_with_identical_numbers(cfg3, tmp_path, monkeypa
         read_metrics(tmp_path / "whole")
     )
     assert read_status(tmp_path / "split")["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_kill_between_checkpoint_and_metrics_loses_nothing(cfg3, tmp_path, monkeypatch):
+    """The last epoch's checkpoint was written, then the kill came: metrics.csv and
+    status.json still say 2 epochs. The re-run completes them without training."""
+    full = train_and_evaluate(cfg3, tmp_path)
+    metrics = (tmp_path / "metrics.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "metrics.csv").write_text("".join(metrics[:-1]))
+    write_status(tmp_path, "running", read_status(tmp_path)["config"], 2)
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the checkpointed epoch was trained again")
+
+    monkeypatch.setattr(fashionbn.train, "train_one_epoch", must_not_train)
+    assert train_and_evaluate(cfg3, tmp_path) == full
+    assert read_metrics(tmp_path) == full
+    assert read_status(tmp_path)["status"] == "complete"
 
 
 @pytest.mark.slow
