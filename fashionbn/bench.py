@@ -95,6 +95,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     register_configs()
+    configs = {}
+    for model in args.models:
+        overrides = [f"model={model}", f"epochs={args.epochs}", f"seed={args.seed}"]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            configs[model] = compose("config", overrides=[*overrides, *args.overrides])
+        if configs[model].threads is not None:  # both pipelines run with it
+            torch.set_num_threads(configs[model].threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{args.epochs} epochs, {args.repeats} repeats (median), seed {args.seed}"
@@ -103,10 +110,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         f"{'model':<10} {'pipeline':<10} {'seconds':>8} {'samples/s':>10} "
         f"{'test_acc':>9} {'ratio':>6}"
     )
-    for model in args.models:
-        overrides = [f"model={model}", f"epochs={args.epochs}", f"seed={args.seed}"]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, *args.overrides])
+    for model, cfg in configs.items():
         ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download)
         seconds = {name: [] for name in PIPELINES}
         accuracy = {}

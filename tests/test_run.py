@@ -143,3 +143,23 @@ def test_parallel_launchers_run_jobs_as_separate_processes(
     assert (sweep_dir / "report.md").is_file() and (
         sweep_dir / "accuracy_gap.png"
     ).is_file()
+
+
+@pytest.mark.slow
+def test_benchmark_command_runs_both_pipelines(real_data_root: Path, tmp_path) -> None:
+    """A smoke test only: speed is measured by the command, never asserted here."""
+    result = run_module(
+        ["fashionbn.bench", "--models", "baseline", "batchnorm", "--epochs", "1",
+         "--repeats", "1", "data.train_size=2048", "data.test_size=1000",
+         f"data.root={real_data_root}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert [row[:2] for row in rows] == [
+        ["baseline", "reference"], ["baseline", "fashionbn"],
+        ["batchnorm", "reference"], ["batchnorm", "fashionbn"],
+    ]  # fmt: skip
+    for row in rows:
+        assert float(row[3].replace(",", "")) > 0  # samples/s
+        assert 0.0 <= float(row[4]) <= 1.0  # test accuracy
