@@ -1,12 +1,11 @@
 """`python -m fashionbn.aggregate [SWEEP_DIR ...]`: sweep dirs -> tables, plots, report.
 
 Reads only what the runs left on disk (`.hydra/config.yaml`, `.hydra/overrides.yaml`,
-`metrics.csv`), never trains, so it can be re-run at any time, also on a sweep copied
-from another machine.
+`metrics.csv`, `status.json` where present), never trains, so it can be re-run at any
+time, also on a sweep copied from another machine.
 """
 
 import argparse
-import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from fashionbn.results import (
     atomic_write,
     read_status,
 )
-
-log = logging.getLogger(__name__)
 
 METRICS = ["test_acc", "test_loss", "train_acc", "train_loss", "seconds"]
 BASELINE = "baseline"

@@ -7,7 +7,6 @@ torchvision parses the IDX files; the images are then converted once to float32 
 import functools
 import gzip
 import logging
-import os
 import shutil
 import zlib
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import torch
 from torchvision.datasets import FashionMNIST
 
 from fashionbn.config import ConfigError, FashionbnError
+from fashionbn.results import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,11 @@ def prepare_from_system_dir(root: str | Path, system_dir: str | Path) -> bool:
         target = target_dir / name
         if target.is_file():
             continue
-        partial = target.with_name(f"{name}.partial-{os.getpid()}")
-        try:
-            with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        try:  # a kill or a bad file never leaves a half-written target behind
+            with gzip.open(source, "rb") as src:
+                atomic_write(target, lambda dst: shutil.copyfileobj(src, dst), "wb")
         except (OSError, EOFError, zlib.error) as err:
-            partial.unlink(missing_ok=True)
             raise DatasetCorruptError(f"{source}: cannot decompress ({err})") from err
-        os.replace(partial, target)  # a kill never leaves a half-written file behind
     log.info("prepared FashionMNIST in %s from %s", target_dir, system_dir)
     return True
 
