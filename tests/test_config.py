@@ -1,10 +1,11 @@
 """The composed config: defaults, documented overrides, schema errors at start-up."""
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from tests.conftest import compose_config
+from tests.conftest import CONF_DIR, compose_config
 
 
 def test_defaults_match_the_original_experiment() -> None:
@@ -51,3 +52,20 @@ def test_documented_overrides_compose() -> None:
 def test_bad_overrides_fail_at_composition(override: str) -> None:
     with pytest.raises((ConfigCompositionException, ValidationError)):
         compose_config([override])
+
+
+@pytest.mark.parametrize(
+    "preset, params",
+    [
+        ("seed_repro", {"model": "baseline,batchnorm", "seed": "range(0,5)"}),
+        ("bn_placement",
+         {"model": "baseline,batchnorm,batchnorm_after", "seed": "range(0,3)"}),
+        ("lr_sweep", {"model": "baseline,batchnorm", "optim.lr": "0.001,0.01,0.1",
+                      "seed": "range(0,3)"}),
+    ],
+)  # fmt: skip
+def test_experiment_presets_set_the_sweep(preset: str, params: dict) -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", [f"experiment={preset}"], return_hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == params
+    assert cfg.epochs == 5 and cfg.model.name == "baseline"  # defaults untouched
