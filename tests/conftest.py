@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from fashionbn.config import register_configs
-from fashionbn.data import prepare_from_system_dir
+from fashionbn.data import prepare_from_system_dir, raw_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -55,14 +55,17 @@ def tiny_system_dir(tmp_path: Path) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="session")
 def real_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data.root prepared from the real FashionMNIST (installed by make setup)."""
-    if not (SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(
-            f"real FashionMNIST missing in {SYSTEM_DIR}: run `make setup` first"
-        )
-    root = tmp_path_factory.mktemp("real_data")
-    assert prepare_from_system_dir(root, SYSTEM_DIR)
-    return root
+    """A data.root with the real FashionMNIST: prepared from the Debian package's .gz
+    files (what `make setup` installs), or else the repo's own prepared data/."""
+    if (SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file():
+        root = tmp_path_factory.mktemp("real_data")
+        assert prepare_from_system_dir(root, SYSTEM_DIR)
+        return root
+    if (raw_dir(REPO / "data") / "train-images-idx3-ubyte").is_file():
+        return REPO / "data"
+    pytest.fail(
+        f"real FashionMNIST missing in {SYSTEM_DIR} and data/: run `make setup`"
+    )
 
 
 def compose_config(overrides: list[str]):
