@@ -382,7 +382,7 @@ def aggregate(
     write_csv(out_dir / "summary.csv", summary)
     write_text(out_dir / "summary.md", summary_markdown(summary, keys) + "\n")
     figures, notes = ["test_accuracy.png"], []
-    plot.save(plot.test_accuracy(sweep.results, keys), out_dir / "test_accuracy.png")
+    plot.save(plot.accuracy_curves(sweep.results, keys), out_dir / "test_accuracy.png")
     if intervals.empty:
         notes.append(
             "accuracy_gap.png skipped: the sweep needs model=baseline and another "

@@ -33,7 +33,7 @@ def _with_facet(
     return frame, FACET
 
 
-def test_accuracy(results: pd.DataFrame, keys: list[str]) -> Figure:
+def accuracy_curves(results: pd.DataFrame, keys: list[str]) -> Figure:
     """Test accuracy over epochs: a line per group, band = ±1 std across seeds."""
     sns.set_theme(style="whitegrid")
     hue = "model" if "model" in keys else (keys[0] if keys else None)
