@@ -96,7 +96,7 @@ def test_complete_run_is_skipped_not_retrained(cfg3, tmp_path, monkeypatch) -> N
 
 
 @pytest.mark.slow
-def test_changed_config_is_refused_and_force_reruns(cfg3, tmp_path) -> None:
+def test_changed_config_is_refused_and_nothing_is_mixed(cfg3, tmp_path) -> None:
     train_and_evaluate(cfg3, tmp_path)
     original = (tmp_path / "metrics.csv").read_text()
     cfg3.optim.lr = 0.01
