@@ -100,3 +100,8 @@ def run_module(args: list[str], cwd: Path, timeout: int = 600):
         text=True,
         timeout=timeout,
     )
+
+
+def without_seconds(records: list[dict]) -> list[dict]:
+    """Metric records minus `seconds`, the one column allowed to differ between runs."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]

@@ -18,12 +18,7 @@ from fashionbn.config import FashionbnError
 from fashionbn.data import raw_dir
 from fashionbn.results import atomic_write, read_metrics, read_status, write_status
 from fashionbn.train import train_and_evaluate
-from tests.conftest import compose_config, run_module
-
-
-def without_seconds(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
-
+from tests.conftest import compose_config, run_module, without_seconds
 
 # --- resume, skip, refuse (in-process, real data) -------------------------------
 

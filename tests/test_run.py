@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from fashionbn.results import METRIC_COLUMNS
-from tests.conftest import run_module
+from tests.conftest import run_module, without_seconds
 
 
 def read_metrics(job_dir: Path) -> list[dict]:
@@ -135,9 +135,7 @@ def test_parallel_launchers_run_jobs_as_separate_processes(
     # the baseline's numbers do not depend on the launcher or the thread count
     here = read_metrics(sweep_dir / names[0])
     basic = read_metrics(tiny_sweep / names[0])
-    assert [{k: r[k] for k in r if k != "seconds"} for r in here] == [
-        {k: r[k] for k in r if k != "seconds"} for r in basic
-    ]
+    assert without_seconds(here) == without_seconds(basic)
     aggregated = run_module(["fashionbn.aggregate", str(sweep_dir)], tmp_path)
     assert aggregated.returncode == 0, aggregated.stderr
     assert (sweep_dir / "report.md").is_file() and (

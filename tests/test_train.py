@@ -18,11 +18,7 @@ from fashionbn.train import (
     train_and_evaluate,
     train_one_epoch,
 )
-from tests.conftest import compose_config
-
-
-def without_seconds(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+from tests.conftest import compose_config, without_seconds
 
 
 @pytest.mark.slow
