@@ -4,7 +4,7 @@ Both train the same model with the same optimizer on the real FashionMNIST, one 
 the other in this process (alternating, several repeats); the median is reported.
 - reference: torchvision FashionMNIST with transform=ToTensor() and
   DataLoader(batch_size=64, shuffle=True), the loop of the original notebook;
-- fashionbn: fashionbn.train.train_and_evaluate, exactly what fashionbn.run calls.
+- fashionbn: fashionbn.job.run_job, exactly what fashionbn.run calls.
 Timings include loading the data, training and the per-epoch test evaluation.
 """
 
@@ -24,8 +24,9 @@ from torchvision.datasets import FashionMNIST
 
 from fashionbn.config import register_configs
 from fashionbn.data import clear_cache, ensure_dataset
+from fashionbn.job import run_job
 from fashionbn.model import build_model
-from fashionbn.train import seed_everything, train_and_evaluate
+from fashionbn.train import seed_everything
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -71,7 +72,7 @@ def fashionbn_run(cfg) -> float:
     """
     clear_cache()
     with tempfile.TemporaryDirectory() as out_dir:
-        return train_and_evaluate(cfg, Path(out_dir))[-1]["test_acc"]
+        return run_job(cfg, Path(out_dir))[-1]["test_acc"]
 
 
 PIPELINES = {"reference": reference_run, "fashionbn": fashionbn_run}

@@ -5,8 +5,12 @@ from torch import nn
 from fashionbn.config import ConfigError
 
 
-def build_model(model_cfg) -> nn.Sequential:
-    """Flatten -> [Linear -> (BN) -> ReLU -> (BN)] per hidden width -> Linear."""
+def build_model(
+    model_cfg, in_features: int = 28 * 28, num_classes: int = 10
+) -> nn.Sequential:
+    """Flatten -> [Linear -> (BN) -> ReLU -> (BN)] per hidden width -> Linear.
+
+    `in_features` and `num_classes` are facts of the dataset, not config keys."""
     hidden = list(model_cfg.hidden)
     if not hidden or any(width <= 0 for width in hidden):
         raise ConfigError(
@@ -18,7 +22,6 @@ def build_model(model_cfg) -> nn.Sequential:
         raise ConfigError(f"model.bn_placement={placement}: use before or after")
 
     layers: list[nn.Module] = [nn.Flatten()]  # (B, 28, 28) -> (B, 784)
-    in_features = model_cfg.in_features
     for width in hidden:
         layers.append(nn.Linear(in_features, width))  # (B, in) -> (B, width)
         norm = (
@@ -35,7 +38,7 @@ def build_model(model_cfg) -> nn.Sequential:
         else:
             layers += [nn.ReLU(), *norm]
         in_features = width
-    layers.append(nn.Linear(in_features, model_cfg.num_classes))  # (B, 10) logits
+    layers.append(nn.Linear(in_features, num_classes))  # (B, 10) logits
     return nn.Sequential(*layers)
 
 

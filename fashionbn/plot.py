@@ -1,6 +1,6 @@
 """Tidy results -> seaborn figures. Imports nothing from training."""
 
-from pathlib import Path
+import io
 from typing import Optional
 
 import matplotlib
@@ -12,8 +12,6 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from fashionbn.results import atomic_write  # noqa: E402
 
 FACET = "facet"
 
@@ -103,7 +101,9 @@ def accuracy_gap(intervals: pd.DataFrame, facet_keys: list[str]) -> Figure:
     return fig
 
 
-def save(fig: Figure, path: Path) -> None:
-    """Save `fig` as a PNG (atomically) and free it."""
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
+def png(fig: Figure) -> bytes:
+    """`fig` as PNG bytes (the caller writes them); frees the figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    return buffer.getvalue()

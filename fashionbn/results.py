@@ -1,18 +1,34 @@
 """The files a run leaves in its job dir: the interface from training to aggregation.
 
-A job dir holds Hydra's `.hydra/` (config.yaml, overrides.yaml), `metrics.csv` (one
-row per finished epoch), `status.json` (running / complete / diverged / failed, and the
-config the run computes) and `checkpoint.pt` (everything needed to continue after the
-last finished epoch). Every file here is written to a temporary name and renamed into
-place: a kill at any moment never leaves a half-written file that a later step trusts.
+A job dir holds Hydra's `.hydra/` and `run.log`, and fashionbn's own files:
+- `metrics.csv`: one row per finished epoch (METRIC_COLUMNS; later versions may add
+  columns after these, never change these);
+- `status.json`: running / complete / diverged / failed, the epochs done, the results
+  format, the run's identity (the config that determines its numbers) and how it ran;
+- `checkpoint.pt`: everything needed to continue after the last finished epoch, with
+  its own identity and digest (written and read by fashionbn.job only).
+Every file is written to a temporary name and renamed into place: a kill at any moment
+never leaves a half-written file that a later step trusts. A full or read-only disk is
+reported as one line (WriteError), not as a library's traceback.
 """
 
 import csv
+import errno
+import hashlib
+import io
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Optional
+
+from fashionbn.config import FashionbnError
+
+# 1: fashionbn before results formats were recorded (no "format" in status.json);
+# 2: status.json has format, execution and a normalised identity; checkpoint.pt carries
+#    its identity and a digest.
+RESULTS_FORMAT = 2
 
 METRIC_COLUMNS = [
     "epoch",
@@ -23,59 +39,135 @@ METRIC_COLUMNS = [
     "seconds",
 ]
 METRICS_FILE = "metrics.csv"
+STATUS_FILE = "status.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".lock"
+# what a fresh start removes (with any debris of interrupted atomic writes)
+RUN_FILES = (STATUS_FILE, METRICS_FILE, CHECKPOINT_FILE)
+# what a job dir's status.json can say
+RUNNING, COMPLETE, DIVERGED, FAILED = "running", "complete", "diverged", "failed"
+STATUSES = (RUNNING, COMPLETE, DIVERGED, FAILED)
+# errors that mean "this disk cannot take the file", not "the data is bad"
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+class WriteError(FashionbnError):
+    """A file could not be written (disk full, read-only, no permission)."""
 
 
 def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "w") -> None:
     """Call write(file) on a temporary file next to `path`, then rename it to `path`."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial = partial_name(path)
     try:
         with open(partial, mode, **({"newline": ""} if "b" not in mode else {})) as f:
             write(f)
         os.replace(partial, path)
+    except OSError as err:
+        if err.errno in _DISK_ERRNOS:
+            reason = (err.strerror or str(err)).lower()
+            raise WriteError(f"cannot write {path}: {reason}") from err
+        raise
     finally:
         partial.unlink(missing_ok=True)
 
 
-def write_metrics(records: list[dict], job_dir: Path) -> None:
-    """Write all epochs' records as `job_dir/metrics.csv` (columns: METRIC_COLUMNS)."""
-
-    def write(f: IO) -> None:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        writer.writerows(records)
-
-    atomic_write(Path(job_dir) / METRICS_FILE, write)
+def partial_name(path: Path) -> Path:
+    """The temporary name atomic_write uses for `path` in this process."""
+    return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
-STATUS_FILE = "status.json"
-CHECKPOINT_FILE = "checkpoint.pt"  # written and read by fashionbn.train only
-# what a job dir's status.json can say
-RUNNING, COMPLETE, DIVERGED, FAILED = "running", "complete", "diverged", "failed"
+def write_metrics(records: list[dict], job_dir: Path) -> str:
+    """Write all epochs' records as `job_dir/metrics.csv` (columns: METRIC_COLUMNS);
+    return the file's SHA-256 (status.json records it to detect later changes)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    data = buffer.getvalue().encode()
+    atomic_write(Path(job_dir) / METRICS_FILE, lambda f: f.write(data), mode="wb")
+    return hashlib.sha256(data).hexdigest()
 
 
-def write_status(job_dir: Path, status: str, config: dict, epochs_done: int, **extra):
-    """Record the run's state and the config it computes, as `job_dir/status.json`."""
-    record = {"status": status, "epochs_done": epochs_done, **extra, "config": config}
+def write_status(
+    job_dir: Path,
+    status: str,
+    identity: dict,
+    epochs_done: int,
+    execution: Optional[list[dict]] = None,
+    **extra,
+) -> None:
+    """Record the run's state, identity and how it ran, as `job_dir/status.json`."""
+    record = {
+        "status": status,
+        "epochs_done": epochs_done,
+        **extra,
+        "format": RESULTS_FORMAT,
+        "execution": execution or [],
+        "config": identity,
+    }
     text = json.dumps(record, indent=2, default=str) + "\n"
     atomic_write(Path(job_dir) / STATUS_FILE, lambda f: f.write(text))
 
 
-def read_status(job_dir: Path) -> Optional[dict]:
-    """The job dir's status.json, or None when there is none (or it is unreadable)."""
+def read_status(job_dir: Path) -> tuple[Optional[dict], Optional[str]]:
+    """(status.json as a dict, None), (None, what is wrong with it), or (None, None)
+    when there is none. A status is only returned if it has every field it needs."""
+    path = Path(job_dir) / STATUS_FILE
+    if not path.exists():
+        return None, None
     try:
-        return json.loads((Path(job_dir) / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+        status = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return None, f"{STATUS_FILE} is unreadable ({type(err).__name__}: {err})"
+    if not isinstance(status, dict):
+        return None, f"{STATUS_FILE} holds a {type(status).__name__}, not a record"
+    missing = [k for k in ("status", "epochs_done", "config") if k not in status]
+    if missing:
+        return None, f"{STATUS_FILE} lacks {', '.join(missing)}"
+    if status["status"] not in STATUSES:
+        return None, f"{STATUS_FILE} has an unknown status {status['status']!r}"
+    epochs_done = status["epochs_done"]
+    if not isinstance(epochs_done, int) or epochs_done < 0:
+        return None, f"{STATUS_FILE} has epochs_done={epochs_done!r}"
+    if not isinstance(status["config"], dict) or not status["config"]:
+        return None, f"{STATUS_FILE} has no config"
+    status.setdefault("format", 1)
+    return status, None
 
 
 def read_metrics(job_dir: Path) -> list[dict]:
-    """metrics.csv as records: `epoch` an int, every other column a float."""
-    with open(Path(job_dir) / METRICS_FILE, newline="") as f:
-        return [
-            {
-                key: int(value) if key == "epoch" else float(value)
-                for key, value in row.items()
-            }
-            for row in csv.DictReader(f)
-        ]
+    """metrics.csv as records (`epoch` an int, every other column a float; an empty
+    cell is NaN). Raises ValueError saying what is wrong with the file."""
+    path = Path(job_dir) / METRICS_FILE
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except OSError as err:
+        raise ValueError(f"unreadable {METRICS_FILE} ({err.strerror})") from err
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise ValueError(f"unreadable {METRICS_FILE} ({err})") from err
+    if columns[: len(METRIC_COLUMNS)] != METRIC_COLUMNS:
+        raise ValueError(
+            f"{METRICS_FILE} has columns {columns}, expected {METRIC_COLUMNS}"
+        )
+    records = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            records.append(
+                {
+                    key: int(value) if key == "epoch" else _float(value)
+                    for key, value in row.items()
+                }
+            )
+        except (TypeError, ValueError):
+            raise ValueError(f"{METRICS_FILE} line {line} is damaged: {row}") from None
+    if [r["epoch"] for r in records] != list(range(1, len(records) + 1)):
+        raise ValueError(f"{METRICS_FILE} epochs are not 1..{len(records)}")
+    return records
+
+
+def _float(text: str) -> float:
+    return math.nan if text == "" else float(text)

@@ -2,22 +2,31 @@
 
 import logging
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from fashionbn.config import FashionbnError, register_configs
+from fashionbn.job import JobBusy, run_job
 from fashionbn.results import METRICS_FILE
-from fashionbn.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
 
 register_configs()
+
+
+class JobFailed(CompactHydraException):
+    """A job of a sweep failed with a FashionbnError; Hydra prints just this line."""
 
 
 def threads_per_job(launcher_cfg: DictConfig) -> Optional[int]:
@@ -33,32 +42,91 @@ def threads_per_job(launcher_cfg: DictConfig) -> Optional[int]:
     return launcher_cfg.get("cpus_per_task")
 
 
+def stop_when_orphaned(interval: float = 0.1) -> None:
+    """In a joblib worker: exit at once when the sweep process that started it is
+    gone (killed or stopped), so that no orphan keeps training and writing.
+
+    Every file is written atomically, so exiting at any moment is safe; the job's
+    next run continues from its last finished epoch.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fashionbn-orphan-watch", daemon=True).start()
+
+
+def preset_needs_multirun(hydra_cfg) -> Optional[str]:
+    """The error for `experiment=<sweep preset>` without -m, or None."""
+    params = hydra_cfg.sweeper.get("params") or {}
+    if hydra_cfg.mode == RunMode.RUN and params:
+        preset = hydra_cfg.runtime.choices.get("experiment")
+        return (
+            f"experiment={preset} is a sweep preset ({', '.join(params)}): run it "
+            f"with -m, e.g. python -m fashionbn.run -m experiment={preset}"
+        )
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> Optional[float]:
     """Train cfg's model into the job dir (or finish / skip it); return test_acc.
 
-    A problem with the input (config values, dataset, a job dir holding another
-    config) is logged as one line and, where the job runs in this process (basic
-    launcher), ends it with exit code 2 before any training; under parallel launchers
-    it fails that job and the launcher reports it.
+    A problem with the input (config values, dataset, a job dir that holds another
+    config, is damaged, or a full disk) is logged as one line. A single run then ends
+    with exit code 2; in a sweep that job fails, the others still run, and Hydra ends
+    the sweep with that line and exit code 1. A job dir another process is training
+    is skipped with one line.
     """
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    single_run = hydra_cfg.mode == RunMode.RUN
     cfg.data.root = to_absolute_path(cfg.data.root)  # jobs may run from another cwd
     if cfg.threads is None:
         threads = threads_per_job(hydra_cfg.launcher)
         if threads is not None:
             torch.set_num_threads(threads)
+    if "JoblibLauncher" in hydra_cfg.launcher.get("_target_", ""):
+        stop_when_orphaned()
     try:
-        records = train_and_evaluate(cfg, out_dir)
+        problem = preset_needs_multirun(hydra_cfg)
+        if problem:
+            raise FashionbnError(problem)
+        records = run_job(cfg, out_dir)
+    except JobBusy as busy:
+        log.warning("%s", busy)
+        return None
     except FashionbnError as err:
         log.error("error: %s", err)
-        if hydra_cfg.launcher._target_.endswith("BasicLauncher"):
+        if single_run:
             raise SystemExit(2) from None
-        raise
+        raise JobFailed(f"error: {err}") from None
     log.info("metrics in %s", out_dir / METRICS_FILE)
     return records[-1]["test_acc"]
 
 
+def interrupt(signum: int, frame) -> None:
+    """SIGTERM -> KeyboardInterrupt, so a sweep stops its jobs as on Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def cli() -> int:
+    """The command: main(), with SIGTERM/SIGINT stopping every job of the sweep."""
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished epochs are saved; re-run the same command (same "
+            "hydra.sweep.dir) to continue",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -1,52 +1,53 @@
-"""train_and_evaluate(cfg, out_dir): one seeded run, one metrics row per epoch."""
+"""The training loop alone: seeding, optimizer, epochs, evaluation. No file I/O.
+
+`start_training` seeds everything and builds model, optimizer and shuffle generator;
+`train_epochs` runs the epochs and hands each finished epoch to a callback (which
+fashionbn.job uses to save it); `train_and_evaluate` does a whole run in memory.
+"""
 
 import logging
 import math
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
-from fashionbn.config import ConfigError
+from fashionbn.config import ConfigError, check_config
 from fashionbn.data import FashionData, load_fashion_mnist, shuffled_batches
 from fashionbn.model import build_model
-from fashionbn.results import (
-    CHECKPOINT_FILE,
-    COMPLETE,
-    DIVERGED,
-    FAILED,
-    METRICS_FILE,
-    RUNNING,
-    STATUS_FILE,
-    atomic_write,
-    read_metrics,
-    read_status,
-    write_metrics,
-    write_status,
-)
+from fashionbn.results import COMPLETE, DIVERGED
 
 log = logging.getLogger(__name__)
 
+DEVICE_HINT = "use auto, cpu, cuda or cuda:N"
+
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; refuse cuda when there is none."""
+    """'auto' -> cuda if available else cpu; refuse devices fashionbn cannot use."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:  # e.g. device=gpu0
-        raise ConfigError(f"device={name}: use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={name} but CUDA is not available here; use device=cpu"
-        )
+        raise ConfigError(f"device={name}: {DEVICE_HINT}") from err
+    if device.type not in ("cpu", "cuda"):  # e.g. mps, xpu, meta
+        raise ConfigError(f"device={name}: {DEVICE_HINT}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device={name} but CUDA is not available here; use device=cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={name} but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
     return device
 
 
@@ -60,8 +61,6 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
     """SGD or Adam from the `optim` config group."""
-    if optim_cfg.lr <= 0:
-        raise ConfigError(f"optim.lr={optim_cfg.lr}: the learning rate must be > 0")
     if optim_cfg.name == "sgd":
         return torch.optim.SGD(
             params,
@@ -171,167 +170,79 @@ def _has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
 
 
-def check_run_config(cfg) -> None:
-    """Refuse values that would only fail (or mislead) after training started."""
-    if cfg.epochs <= 0:
-        raise ConfigError(f"epochs={cfg.epochs}: must be >= 1")
-    if cfg.batch_size <= 0:
-        raise ConfigError(f"batch_size={cfg.batch_size}: must be >= 1")
-    if cfg.threads is not None and cfg.threads <= 0:
-        raise ConfigError(f"threads={cfg.threads}: must be >= 1 or null")
-    if not cfg.divergence_loss > 0:
-        raise ConfigError(f"divergence_loss={cfg.divergence_loss}: must be > 0")
+@dataclass
+class Training:
+    """What a run changes as it trains: weights, optimizer state, the shuffle order."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
 
 
-def run_identity(cfg) -> dict:
-    """The part of cfg that decides what a run computes: all but paths and `force`."""
-    identity = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    identity.pop("force", None)
-    for key in ("root", "system_dir", "download"):
-        identity["data"].pop(key, None)
-    return identity
+def start_training(cfg, device: torch.device) -> Training:
+    """Seed everything from cfg.seed, then build the model and its optimizer."""
+    generator = seed_everything(cfg.seed)
+    model = build_model(cfg.model).to(device)
+    return Training(model, make_optimizer(model.parameters(), cfg.optim), generator)
 
 
-def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[str]:
-    """'optim.lr: 0.001 -> 0.01' for every leaf that differs between two configs."""
-    differences = []
-    for key in sorted(set(stored) | set(requested)):
-        old, new = stored.get(key), requested.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            differences += config_differences(old, new, f"{prefix}{key}.")
-        elif old != new:
-            differences.append(f"{prefix}{key}: {old} -> {new}")
-    return differences
-
-
-def previous_run(cfg, job_dir: Path, identity: dict) -> tuple[str, Optional[dict]]:
-    """What `job_dir` already holds: ('fresh', None), ('resume', checkpoint) or
-    ('done', None). A run of another config there is refused unless force=true."""
-    status = read_status(job_dir)
-    if status is None:
-        return "fresh", None
-    if status.get("config") != identity and not cfg.force:
-        changes = "; ".join(config_differences(status.get("config") or {}, identity))
-        raise ConfigError(
-            f"{job_dir} holds a run of another config ({changes}); refusing to mix "
-            "them: use another hydra.sweep.dir/hydra.run.dir, or force=true to "
-            "discard the old run"
-        )
-    if cfg.force:
-        log.warning("force=true: discarding the earlier run in %s", job_dir)
-        for name in (CHECKPOINT_FILE, METRICS_FILE, STATUS_FILE):
-            (job_dir / name).unlink(missing_ok=True)
-        return "fresh", None
-    if status["status"] in (COMPLETE, DIVERGED):
-        return "done", None
-    if not (job_dir / CHECKPOINT_FILE).is_file():  # stopped before its first epoch
-        return "fresh", None
-    # our own file: it holds RNG states (numpy arrays, tuples), not only tensors
-    return "resume", torch.load(job_dir / CHECKPOINT_FILE, weights_only=False)
-
-
-def save_checkpoint(
-    job_dir: Path, model: nn.Module, optimizer, generator, records: list[dict]
-) -> None:
-    """Everything needed to continue bit-identically after the last finished epoch."""
-    checkpoint = {
-        "records": records,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
+def training_state(training: Training) -> dict:
+    """Everything needed to continue bit-identically: weights, optimizer, every RNG."""
+    return {
+        "model": training.model.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        "generator": training.generator.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
-    atomic_write(
-        job_dir / CHECKPOINT_FILE, lambda f: torch.save(checkpoint, f), mode="wb"
-    )
 
 
-def restore_checkpoint(
-    checkpoint: dict, model: nn.Module, optimizer, generator
-) -> list[dict]:
-    """Put model, optimizer and every RNG back as saved; return the finished epochs."""
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    generator.set_state(checkpoint["generator"])
-    torch.set_rng_state(checkpoint["torch"])
-    if checkpoint["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(checkpoint["cuda"])
-    np.random.set_state(checkpoint["numpy"])
-    random.setstate(checkpoint["python"])
-    return checkpoint["records"]
+def restore_training(training: Training, state: dict) -> None:
+    """Put weights, optimizer and every RNG back as `training_state` saved them."""
+    training.model.load_state_dict(state["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
 
 
-def train_and_evaluate(
-    cfg, out_dir: Optional[Path] = None, data: Optional[FashionData] = None
-) -> list[dict]:
-    """Train cfg.model with cfg.optim for cfg.epochs, one record per epoch.
-
-    With an out_dir, every finished epoch is saved there (metrics.csv, status.json,
-    checkpoint.pt), a complete run found there is not repeated, and an interrupted
-    one continues from its last finished epoch with the same numbers.
-    """
-    check_run_config(cfg)
-    device = resolve_device(cfg.device)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    identity = run_identity(cfg)
-    generator = seed_everything(cfg.seed)
-    model = build_model(cfg.model).to(device)
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
-    job_dir = Path(out_dir) if out_dir is not None else None
-    if job_dir is not None:
-        job_dir.mkdir(parents=True, exist_ok=True)
-    state, checkpoint = (
-        previous_run(cfg, job_dir, identity) if job_dir else ("fresh", None)
-    )
-    if state == "done":
-        log.info("%s is complete already; skipping it (force=true re-runs)", job_dir)
-        return read_metrics(job_dir)
-    if data is None:
-        data = load_fashion_mnist(cfg.data)
-    # the whole dataset moves to the device once, not batch by batch
-    train_x, train_y, test_x, test_y = (t.to(device) for t in data)
-    records: list[dict] = []
-    if checkpoint is not None:
-        records = restore_checkpoint(checkpoint, model, optimizer, generator)
-        write_metrics(records, job_dir)  # a kill may have come before metrics.csv
-        log.info("resuming %s after epoch %d", job_dir, len(records))
+def log_start(cfg, data: FashionData, device: torch.device) -> None:
     log.info(
         "%s + %s(lr=%g), seed=%d, %d train / %d test samples, %d epochs on %s "
         "(%d torch threads)",
         cfg.model.name, cfg.optim.name, cfg.optim.lr, cfg.seed,
-        len(train_y), len(test_y), cfg.epochs, device, torch.get_num_threads(),
+        len(data.train_labels), len(data.test_labels), cfg.epochs, device,
+        torch.get_num_threads(),
     )  # fmt: skip
-    if job_dir is not None:
-        write_status(job_dir, RUNNING, identity, len(records))
-    try:
-        status = train_epochs(
-            cfg, model, optimizer, generator, (train_x, train_y, test_x, test_y),
-            records, job_dir, identity,
-        )  # fmt: skip
-    except Exception as err:
-        if job_dir is not None:  # the finished epochs stay; a re-run continues them
-            write_status(job_dir, FAILED, identity, len(records), error=repr(err))
-        raise
-    if job_dir is not None:
-        write_status(job_dir, status, identity, len(records))
-    return records
+
+
+EpochCallback = Callable[[list[dict], bool], None]  # (records so far, diverged)
 
 
 def train_epochs(
-    cfg, model, optimizer, generator, tensors, records, job_dir, identity
+    cfg,
+    training: Training,
+    data: FashionData,
+    records: list[dict],
+    on_epoch: Optional[EpochCallback] = None,
 ) -> str:
-    """Run the epochs after those in `records`, appending to it; COMPLETE/DIVERGED."""
-    train_x, train_y, test_x, test_y = tensors
+    """Run the epochs after those in `records`, appending one record per epoch and
+    calling on_epoch(records, diverged) after each; return COMPLETE or DIVERGED."""
+    model, optimizer, generator = training.model, training.optimizer, training.generator
     for epoch in range(len(records) + 1, cfg.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            model, optimizer, train_x, train_y, cfg.batch_size, generator
+            model, optimizer, data.train_images, data.train_labels, cfg.batch_size,
+            generator,
+        )  # fmt: skip
+        test_loss, test_acc = evaluate(
+            model, data.test_images, data.test_labels, cfg.data.eval_batch_size
         )
-        test_loss, test_acc = evaluate(model, test_x, test_y, cfg.data.eval_batch_size)
         seconds = time.perf_counter() - start
         records.append(
             dict(
@@ -345,16 +256,13 @@ def train_epochs(
         )
         # NaN/inf, or so far above chance (ln 10 = 2.3) that training has blown up
         diverged = not math.isfinite(train_loss) or train_loss > cfg.divergence_loss
-        if job_dir is not None:
-            # checkpoint first: a resume rewrites metrics.csv from it
-            save_checkpoint(job_dir, model, optimizer, generator, records)
-            write_metrics(records, job_dir)
-            write_status(job_dir, DIVERGED if diverged else RUNNING, identity, epoch)
+        if on_epoch is not None:
+            on_epoch(records, diverged)
         log.info(
             "epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  "
             "test_acc %.4f  (%.1fs, %.0f samples/s)",
             epoch, cfg.epochs, train_loss, train_acc, test_loss, test_acc,
-            seconds, len(train_y) / seconds,
+            seconds, len(data.train_labels) / seconds,
         )  # fmt: skip
         if diverged:
             log.warning(
@@ -364,3 +272,22 @@ def train_epochs(
             )  # fmt: skip
             return DIVERGED
     return COMPLETE
+
+
+def train_and_evaluate(cfg, data: Optional[FashionData] = None) -> list[dict]:
+    """A whole run in memory, no files: one record per epoch (tests, notebooks)."""
+    check_config(cfg)
+    device = resolve_device(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    training = start_training(cfg, device)
+    data = to_device(data if data is not None else load_fashion_mnist(cfg.data), device)
+    log_start(cfg, data, device)
+    records: list[dict] = []
+    train_epochs(cfg, training, data, records)
+    return records
+
+
+def to_device(data: FashionData, device: torch.device) -> FashionData:
+    """The whole dataset on the device once, not batch by batch."""
+    return FashionData(*(t.to(device) for t in data))

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from fashionbn.config import register_configs
 from fashionbn.data import prepare_from_system_dir, raw_dir
+from fashionbn.job import run_identity
+from fashionbn.results import write_metrics, write_status
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -105,3 +109,66 @@ def run_module(args: list[str], cwd: Path, timeout: int = 600):
 def without_seconds(records: list[dict]) -> list[dict]:
     """Metric records minus `seconds`, the one column allowed to differ between runs."""
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+CPU_2_THREADS = [{"device": "cpu", "torch_threads": 2, "torch": "test"}]
+
+
+def make_job_dir(
+    job_dir: Path,
+    overrides: list[str],
+    accuracy: list[float],
+    status: str = "complete",
+    execution: list[dict] = CPU_2_THREADS,
+) -> Path:
+    """A job dir as fashionbn.run leaves it: .hydra/ from the real config composed
+    with `overrides`, status.json with its identity, and a metrics.csv whose test_acc
+    per epoch is `accuracy` (the other metrics derived from it). `epochs` is
+    len(accuracy) unless `overrides` set it."""
+    if not any(o.startswith("epochs=") for o in overrides):
+        overrides = [*overrides, f"epochs={len(accuracy)}"]
+    cfg = compose_config(overrides)
+    (job_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, job_dir / ".hydra" / "config.yaml")
+    (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    rows = [
+        {"epoch": e, "train_loss": 2.0 - a, "train_acc": a - 0.05,
+         "test_loss": 1.5 - a, "test_acc": a, "seconds": 0.5}
+        for e, a in enumerate(accuracy, start=1)
+    ]  # fmt: skip
+    digest = write_metrics(rows, job_dir)
+    write_status(
+        job_dir, status, run_identity(cfg), len(rows), execution,
+        metrics_sha256=digest,
+    )  # fmt: skip
+    return job_dir
+
+
+def _mount_tmpfs(path: Path, options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]
+    try:
+        return subprocess.run(command, capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):
+    """A real 300 KB file system, to fill up (needs root; skipped otherwise)."""
+    path = tmp_path / "tmpfs"
+    if not _mount_tmpfs(path, "size=300k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """A real read-only file system (root can write anywhere else; skipped if no
+    mount is possible)."""
+    path = tmp_path / "read_only"
+    if not _mount_tmpfs(path, "ro,size=64k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)

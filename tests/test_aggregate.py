@@ -1,17 +1,21 @@
-"""Aggregation on hand-made sweep dirs with known numbers."""
+"""Aggregation on hand-made job dirs with known numbers."""
 
+import json
 import math
 import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
-from fashionbn.aggregate import aggregate, load_sweep, main, newest_sweep, read_sweep
+from fashionbn.aggregate import OUTPUTS, aggregate, main, newest_sweep
 from fashionbn.results import METRIC_COLUMNS
+from fashionbn.sweep import AggregateError, load_sweep, read_sweep
+from tests.conftest import make_job_dir
 
 T_975_DF2 = 4.302652729911275  # Student t quantile 0.975, 2 degrees of freedom (table)
 
@@ -26,23 +30,9 @@ ACCURACY = {
 }
 
 
-def make_job(
-    sweep: Path, overrides: list[str], accuracy: list[float], epochs: int = 2, **config
-) -> Path:
-    """A job dir as fashionbn.run leaves it, `accuracy` as its test_acc per epoch."""
-    job = sweep / ",".join(overrides)
-    (job / ".hydra").mkdir(parents=True)
-    model = next((o.split("=")[1] for o in overrides if o.startswith("model=")), "x")
-    full_config = {"model": {"name": model}, "seed": 0, "epochs": epochs, **config}
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(full_config))
-    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    rows = [
-        {"epoch": e, "train_loss": 2.0 - a, "train_acc": a - 0.05, "test_loss": 1.5 - a,
-         "test_acc": a, "seconds": 0.5}
-        for e, a in enumerate(accuracy, start=1)
-    ]  # fmt: skip
-    pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(job / "metrics.csv", index=False)
-    return job
+def make_job(sweep: Path, overrides: list[str], accuracy: list[float], **kw) -> Path:
+    """A job dir named like Hydra names it, from `overrides`."""
+    return make_job_dir(sweep / ",".join(overrides), overrides, accuracy, **kw)
 
 
 def make_sweep(sweep: Path, extra: list[str] = ()) -> Path:
@@ -52,14 +42,26 @@ def make_sweep(sweep: Path, extra: list[str] = ()) -> Path:
     return sweep
 
 
-def test_results_are_tidy_with_swept_parameters(tmp_path: Path) -> None:
-    sweep = make_sweep(tmp_path / "sweep", extra=["data.root=/somewhere", "epochs=2"])
+def report_of(sweep: Path) -> str:
+    return (sweep / "report.md").read_text()
+
+
+def test_results_are_tidy_with_every_parameter(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path / "sweep", extra=["data.root=/somewhere"])
     results = load_sweep(sweep)
     assert len(results) == 12  # 6 runs x 2 epochs
-    assert list(results.columns) == ["run", "model", "epochs", "seed", *METRIC_COLUMNS]
+    columns = list(results.columns)
+    assert columns[:2] == ["run", "model"] and columns[-7:] == ["seed", *METRIC_COLUMNS]
+    # parameters come from the resolved config: also those nobody overrode
+    assert {"optim.lr", "optim", "model.batch_norm", "epochs", "batch_size"} <= set(
+        columns
+    )
+    assert not {"data.root", "device", "threads", "force"} & set(columns)
     row = results[(results["model"] == "batchnorm") & (results["seed"] == 1)]
     assert row["test_acc"].tolist() == [0.72, 0.81]
-    assert results["seed"].dtype.kind == "i"  # parsed, not strings
+    assert set(row["optim.lr"]) == {0.001} and set(row["model.batch_norm"]) == {True}
+    assert results["seed"].dtype.kind == "i"
+    assert read_sweep([sweep]).group_keys == ["model"]
 
 
 def test_summary_means_stds_and_n(tmp_path: Path) -> None:
@@ -80,7 +82,7 @@ def test_summary_means_stds_and_n(tmp_path: Path) -> None:
 def test_gap_confidence_interval_is_a_paired_t_interval(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path / "sweep")
     aggregate([sweep])
-    report = (sweep / "report.md").read_text()
+    report = report_of(sweep)
     for epoch in (1, 2):
         gaps = [
             ACCURACY[("batchnorm", s)][epoch - 1] - ACCURACY[("baseline", s)][epoch - 1]
@@ -94,7 +96,7 @@ def test_gap_confidence_interval_is_a_paired_t_interval(tmp_path: Path) -> None:
         ) in report
     assert "Epochs to reach 70% test accuracy: model=baseline: not reached; " in report
     assert "model=batchnorm: epoch 1.0 on average (3/3 runs)" in report
-    assert "Most stable across seeds at epoch 2: model=batchnorm" in report
+    assert "Most stable across seeds at the last epoch (2): model=batchnorm" in report
     assert "![accuracy_gap.png](accuracy_gap.png)" in report
 
 
@@ -106,7 +108,7 @@ def test_pairing_is_by_seed_not_by_order(tmp_path: Path) -> None:
     make_job(sweep, ["model=batchnorm", "seed=0"], [0.2, 0.2])
     aggregate([sweep])
     # both pairs differ by exactly +0.1, so the interval has zero width
-    assert "+0.1000 (95 % CI [+0.1000, +0.1000]" in (sweep / "report.md").read_text()
+    assert "+0.1000 (95 % CI [+0.1000, +0.1000]" in report_of(sweep)
 
 
 def test_extra_swept_key_groups_and_facets(tmp_path: Path) -> None:
@@ -117,14 +119,13 @@ def test_extra_swept_key_groups_and_facets(tmp_path: Path) -> None:
             make_job(
                 sweep, [f"model={model}", f"optim.lr={lr}", f"seed={seed}"], shifted
             )
-    sweep_data = read_sweep([sweep])
-    assert sweep_data.group_keys == ["model", "optim.lr"]
+    assert read_sweep([sweep]).group_keys == ["model", "optim.lr"]
     aggregate([sweep])
     summary = pd.read_csv(sweep / "summary.csv")
     assert len(summary) == 8  # 2 models x 2 lrs x 2 epochs
     row = summary[(summary["model"] == "baseline") & (summary["optim.lr"] == 0.1)]
     assert row["test_acc_mean"].iloc[0] == pytest.approx(np.mean([0.2, 0.3, 0.1]) + 0.1)
-    report = (sweep / "report.md").read_text()
+    report = report_of(sweep)
     assert "Gap batchnorm − baseline (optim.lr=0.01) at epoch 1" in report
     assert "Gap batchnorm − baseline (optim.lr=0.1) at epoch 1" in report
     # faceted: one panel per lr makes the figure wider than tall
@@ -134,28 +135,37 @@ def test_extra_swept_key_groups_and_facets(tmp_path: Path) -> None:
 
 def test_incomplete_and_broken_runs_are_excluded_and_listed(tmp_path, capsys) -> None:
     sweep = make_sweep(tmp_path / "sweep")
-    short = make_job(sweep, ["model=baseline", "seed=7"], [0.9])  # 1 of 2 epochs
+    short = make_job(sweep, ["model=baseline", "seed=7", "epochs=2"], [0.9])
     missing = make_job(sweep, ["model=baseline", "seed=8"], [0.9, 0.9])
     (missing / "metrics.csv").unlink()
     wrong = make_job(sweep, ["model=baseline", "seed=9"], [0.9, 0.9])
     (wrong / "metrics.csv").write_text("epoch,accuracy\n1,0.9\n2,0.9\n")
-    broken = make_job(sweep, ["model=batchnorm", "seed=9"], [0.9, 0.9])
-    (broken / ".hydra" / "config.yaml").write_text("model: [unclosed\n")
+    truncated = make_job(sweep, ["model=batchnorm", "seed=8"], [0.9, 0.9])
+    lines = (truncated / "metrics.csv").read_text().splitlines(keepends=True)
+    (truncated / "metrics.csv").write_text("".join(lines[:-1]))
+    edited = make_job(sweep, ["model=batchnorm", "seed=9"], [0.9, 0.9])
+    (edited / "metrics.csv").write_text(
+        (edited / "metrics.csv").read_text().replace("0.9,0.5", "0.95,0.5")
+    )
+    broken = make_job(sweep, ["model=batchnorm", "seed=10"], [0.9, 0.9])
+    (broken / "status.json").write_text('{"status": "complete", "epo')
     aggregate([sweep])
     summary = pd.read_csv(sweep / "summary.csv")
     assert summary["n"].tolist() == [3, 3, 3, 3]  # none of the 0.9s got in
-    report = (sweep / "report.md").read_text()
+    report = report_of(sweep)
     stderr = capsys.readouterr().err
     expected = {
         short: "incomplete: 1 of 2 epochs",
-        missing: "no metrics.csv",
+        missing: "no metrics.csv; re-run the same command to restore it",
         wrong: "metrics.csv has columns ['epoch', 'accuracy']",
-        broken: "unreadable .hydra files",
+        truncated: "metrics.csv has 1 epochs but status.json says 2; re-run",
+        edited: "metrics.csv was changed after the run wrote it",
+        broken: "status.json is unreadable (JSONDecodeError",
     }
     for job, reason in expected.items():
         assert f"`{job}`: {reason}" in report
         assert f"skipped {job}: {reason}" in stderr
-    assert "6 complete runs; 4 skipped" in report
+    assert "6 complete runs; 6 skipped (listed below)" in report
 
 
 def test_plots_are_valid_pngs(tmp_path: Path) -> None:
@@ -167,16 +177,7 @@ def test_plots_are_valid_pngs(tmp_path: Path) -> None:
             width, height = image.size
             assert width >= 600 and height >= 400
     assert not (sweep / "report.md").exists()  # --out was honoured
-
-
-def test_gap_plot_is_skipped_without_a_baseline(tmp_path: Path, capsys) -> None:
-    sweep = tmp_path / "sweep"
-    for seed in range(3):
-        make_job(sweep, ["model=batchnorm", f"seed={seed}"], [0.7, 0.8])
-    aggregate([sweep])
-    assert not (sweep / "accuracy_gap.png").exists()
-    assert "accuracy_gap.png skipped" in capsys.readouterr().err
-    assert "accuracy_gap.png skipped" in (sweep / "report.md").read_text()
+    assert not list((tmp_path / "out").glob(".*partial*"))
 
 
 def test_several_sweep_dirs_are_combined(tmp_path: Path) -> None:
@@ -185,6 +186,249 @@ def test_several_sweep_dirs_are_combined(tmp_path: Path) -> None:
     make_job(second, ["model=baseline", "seed=1"], [0.3, 0.4])
     results = load_sweep(first, second)
     assert sorted(results["seed"].unique()) == [0, 1]
+
+
+# --- issue 8: never a silent wrong number ------------------------------------------
+
+
+def test_the_same_run_in_two_sweeps_counts_once(tmp_path: Path, capsys) -> None:
+    sweep = make_sweep(tmp_path / "a")
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    for dirs in ([sweep, copy], [sweep, sweep]):
+        aggregate(dirs, out_dir=tmp_path / "out")
+        summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+        assert summary["n"].tolist() == [3, 3, 3, 3]
+        std = np.std([0.5, 0.6, 0.55], ddof=1)
+        row = summary[(summary["model"] == "baseline") & (summary["epoch"] == 2)]
+        assert row["test_acc_std"].iloc[0] == pytest.approx(std)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "given more than once; read once" in report
+    aggregate([sweep, copy], out_dir=tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "6 complete runs; 6 duplicates counted once" in report
+    job = "model=baseline,seed=0"
+    assert f"- `{copy / job}`: same run as `{sweep / job}`" in report
+    assert (
+        f"duplicate {copy / job}: same run as {sweep / job}" in capsys.readouterr().err
+    )
+
+
+def test_the_same_run_with_different_numbers_is_refused(tmp_path, capsys) -> None:
+    sweep = make_sweep(tmp_path / "a")
+    other = make_job(
+        tmp_path / "b", ["model=batchnorm", "seed=1"], [0.72, 0.8101],
+        execution=[{"device": "cpu", "torch_threads": 1, "torch": "test"}],
+    )  # fmt: skip
+    with pytest.raises(AggregateError) as info:
+        read_sweep([sweep, tmp_path / "b"])
+    message = str(info.value)
+    assert str(sweep / "model=batchnorm,seed=1") in message and str(other) in message
+    assert "test_acc at epoch 2: 0.81 vs 0.8101" in message
+    assert "ran on cpu with 2 torch threads vs cpu with 1 torch thread" in message
+    assert main([str(sweep), str(tmp_path / "b"), "--out", str(tmp_path / "o")]) == 2
+    assert "hold the same run" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_parameters_come_from_the_config_not_the_command_line(tmp_path) -> None:
+    default_lr, swept = tmp_path / "default", tmp_path / "swept"
+    for seed in range(3):  # optim.lr left at its default, 0.001
+        make_job(default_lr, ["model=baseline", f"seed={seed}"], [0.5, 0.6])
+    for lr in ("0.001", "0.01"):
+        for seed in range(3, 6):
+            make_job(swept, ["model=baseline", f"optim.lr={lr}", f"seed={seed}"],
+                     [0.5, 0.6 if lr == "0.001" else 0.7])  # fmt: skip
+    sweep = read_sweep([default_lr, swept])
+    assert sweep.group_keys == ["model", "optim.lr"]
+    assert sorted(sweep.results["optim.lr"].unique()) == [0.001, 0.01]
+    aggregate([default_lr, swept], out_dir=tmp_path / "out")
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary.groupby("optim.lr")["n"].max().to_dict() == {0.001: 6, 0.01: 3}
+    assert not summary["optim.lr"].isna().any()
+
+
+def test_model_options_are_described_not_grouped_separately(tmp_path) -> None:
+    sweep = make_sweep(tmp_path / "sweep")
+    make_job(sweep, ["model=batchnorm_after", "seed=0"], [0.6, 0.7])
+    read = read_sweep([sweep])
+    assert read.group_keys == ["model"]  # batch_norm / bn_placement follow the model
+    aggregate([sweep])
+    report = report_of(sweep)
+    assert "baseline = model.batch_norm=False" in report
+    assert "batchnorm_after = model.batch_norm=True, model.bn_placement=after" in report
+
+
+@pytest.mark.parametrize("value", ["70", "-1", "nan", "0", "1.5", "inf", "x"])
+def test_a_threshold_outside_0_1_is_refused(tmp_path, capsys, value) -> None:
+    sweep = make_sweep(tmp_path / "sweep")
+    with pytest.raises(SystemExit) as info:
+        main([str(sweep), f"--threshold={value}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{value}: give a test accuracy as a fraction in (0, 1]" in err
+    if value == "70":
+        assert "for 70 % write 70%" in err
+    assert not (sweep / "report.md").exists()
+
+
+@pytest.mark.parametrize(
+    "value, shown", [("70%", "70%"), ("0.75", "75%"), ("1", "100%")]
+)
+def test_a_threshold_as_fraction_or_percentage(tmp_path, value, shown) -> None:
+    sweep = make_sweep(tmp_path / "sweep")
+    assert main([str(sweep), f"--threshold={value}"]) == 0
+    assert f"Epochs to reach {shown} test accuracy" in report_of(sweep)
+
+
+def test_groups_with_different_epochs_each_use_their_own_last_epoch(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    for seed in range(2):
+        two, three = [f"seed={seed}", "epochs=2"], [f"seed={seed}", "epochs=3"]
+        make_job(sweep, ["model=baseline", *two], [0.3, 0.4 + seed / 10])
+        make_job(sweep, ["model=batchnorm", *two], [0.7, 0.8 + seed / 10])
+        make_job(sweep, ["model=baseline", *three], [0.3, 0.4, 0.5 + seed / 10])
+        make_job(sweep, ["model=batchnorm", *three], [0.7, 0.8, 0.9 - seed / 10])
+    aggregate([sweep])
+    report = report_of(sweep)
+    assert "Groups differ in: model, epochs" in report
+    assert (
+        "Test accuracy at each group's own last epoch: model=baseline, epochs=2 "
+        "(epoch 2): 0.4500 ± 0.0707 (n=2); model=baseline, epochs=3 (epoch 3): "
+        "0.5500 ± 0.0707 (n=2); model=batchnorm, epochs=2 (epoch 2): 0.8500 ± 0.0707"
+        " (n=2); model=batchnorm, epochs=3 (epoch 3): 0.8500 ± 0.0707 (n=2)."
+    ) in report
+    assert "Gap batchnorm − baseline (epochs=2) at epoch 2: +0.4000" in report
+    assert "Gap batchnorm − baseline (epochs=3) at epoch 3: +0.3000" in report
+    # stability compares each group at its own last epoch, and says which
+    assert re.search(r"Most stable .*\(std 0\.0707 at epoch [23]\); least", report)
+
+
+def test_a_one_model_sweep_names_its_model(tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "sweep"
+    for seed in range(3):
+        make_job(sweep, ["model=batchnorm", f"seed={seed}"], [0.7, 0.8])
+    aggregate([sweep])
+    report = report_of(sweep)
+    assert "all runs" not in report
+    assert "Model: batchnorm. Groups differ in: model;" in report
+    assert "Test accuracy at epoch 1: model=batchnorm: 0.7000 ± 0.0000 (n=3)" in report
+    assert "accuracy_gap.png skipped" in report
+    assert "accuracy_gap.png skipped" in capsys.readouterr().err
+
+
+def test_a_value_kept_only_by_survivors_is_named(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for model in ("baseline", "batchnorm"):
+        for seed in range(2):
+            make_job(sweep, [f"model={model}", "optim.lr=0.001", f"seed={seed}"],
+                     [0.5, 0.6])  # fmt: skip
+            make_job(sweep, [f"model={model}", "optim.lr=100", f"seed={seed}",
+                             "epochs=2"], [0.1], status="diverged")  # fmt: skip
+    aggregate([sweep])
+    report = report_of(sweep)
+    assert "4 complete runs; 4 diverged (listed below)" in report
+    assert "Every run used has optim.lr=0.001; the sweep also had optim.lr=100.0" in (
+        report
+    )
+
+
+def test_stale_outputs_of_an_earlier_aggregate_are_removed(tmp_path) -> None:
+    sweep = make_sweep(tmp_path / "sweep")
+    out = tmp_path / "out"
+    aggregate([sweep], out_dir=out)
+    assert (out / "accuracy_gap.png").is_file()
+    only_bn = tmp_path / "bn"
+    make_job(only_bn, ["model=batchnorm", "seed=0"], [0.7, 0.8])
+    aggregate([only_bn], out_dir=out)
+    assert not (out / "accuracy_gap.png").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        set(OUTPUTS) - {"accuracy_gap.png"}
+    )
+
+
+def test_when_nothing_is_usable_the_error_says_why(tmp_path, capsys) -> None:
+    sweep = tmp_path / "sweep"
+    job = make_job(sweep, ["model=baseline", "seed=0"], [0.5, 0.6])
+    (job / "metrics.csv").write_text("")
+    assert main([str(sweep)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"1 unusable ({job}: metrics.csv has columns [], expected" in err
+
+
+def test_older_format_runs_aggregate_with_a_note(tmp_path: Path) -> None:
+    """A job dir of fashionbn before results formats: its status.json has no format,
+    its config has device=auto, in_features, num_classes; it still groups with new
+    runs of the same config."""
+    sweep = make_sweep(tmp_path / "sweep")
+    old = make_job(tmp_path / "old", ["model=baseline", "seed=5"], [0.4, 0.5])
+    status = json.loads((old / "status.json").read_text())
+    del status["format"], status["execution"], status["metrics_sha256"]
+    status["config"]["device"] = "auto"
+    status["config"]["threads"] = None
+    status["config"]["model"] |= {"in_features": 784, "num_classes": 10}
+    status["config"]["data"]["eval_batch_size"] = 10000
+    (old / "status.json").write_text(json.dumps(status))
+    read = read_sweep([sweep, tmp_path / "old"])
+    assert read.group_keys == ["model"] and read.older == [str(old)]
+    assert "model.in_features" not in read.results
+    aggregate([sweep, tmp_path / "old"], out_dir=tmp_path / "out")
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary["n"].tolist() == [4, 4, 3, 3]
+    assert (
+        "1 run was written by an older fashionbn"
+        in (tmp_path / "out" / "report.md").read_text()
+    )
+
+
+def test_a_full_or_read_only_out_dir_keeps_its_old_outputs(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    sweep = make_sweep(tmp_path / "sweep")
+    out = tmp_path / "out"
+    aggregate([sweep], out_dir=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    make_job(sweep, ["model=baseline", "seed=3"], [0.2, 0.3])
+    real_write = Path.write_bytes
+
+    def full_disk_at_report(self: Path, data: bytes) -> int:
+        if "report.md" in self.name:
+            raise OSError(28, "No space left on device", str(self))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk_at_report)
+    assert main([str(sweep), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == (
+        f"error: cannot write {out / 'report.md'}: no space left on device; "
+        f"nothing in {out} was changed"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_read_only_mount_as_out_is_one_line(tmp_path, capsys, read_only_dir) -> None:
+    sweep = make_sweep(tmp_path / "sweep")
+    assert main([str(sweep), "--out", str(read_only_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: cannot write {read_only_dir}")
+    assert "read-only file system" in err
+
+
+def test_a_full_tmpfs_as_out_is_one_line_and_unchanged(
+    tmp_path, capsys, tiny_tmpfs
+) -> None:
+    sweep = make_sweep(tmp_path / "sweep")
+    (tiny_tmpfs / "report.md").write_text("an earlier report\n")
+    (tiny_tmpfs / "filler").write_bytes(os.urandom(280_000))  # leaves ~20 KB
+    assert main([str(sweep), "--out", str(tiny_tmpfs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no space left on device; nothing in" in err
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["filler", "report.md"]
+    assert (tiny_tmpfs / "report.md").read_text() == "an earlier report\n"
+
+
+# --- the command line --------------------------------------------------------------
 
 
 def test_newest_sweep_is_the_last_written(tmp_path: Path) -> None:

@@ -69,3 +69,26 @@ def test_experiment_presets_set_the_sweep(preset: str, params: dict) -> None:
         cfg = compose("config", [f"experiment={preset}"], return_hydra_config=True)
     assert dict(cfg.hydra.sweeper.params) == params
     assert cfg.epochs == 5 and cfg.model.name == "baseline"  # defaults untouched
+
+
+def test_job_dir_names_leave_out_where_and_how_a_job_runs() -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            ["experiment=lr_sweep", "model=batchnorm", "optim.lr=0.01", "seed=1",
+             "device=cpu", "threads=1", "force=true", "data.root=/x",
+             "data.eval_batch_size=100"],
+            return_hydra_config=True,
+        )  # fmt: skip
+    assert cfg.hydra.job.override_dirname == "model=batchnorm,optim.lr=0.01,seed=1"
+
+
+def test_schemas_are_not_options_of_the_groups() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    repo = ConfigStore.instance().repo
+    for group in ("model", "optim", "data"):
+        assert group not in repo  # the schemas live in the `schema` group only
+    assert sorted(repo["schema"]) == [
+        "adam.yaml", "config.yaml", "data.yaml", "model.yaml", "sgd.yaml",
+    ]  # fmt: skip

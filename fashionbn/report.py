@@ -1,0 +1,212 @@
+"""report.md: the sweep's observations in sentences, written from the tables."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from fashionbn.stats import last_epochs
+from fashionbn.sweep import Sweep
+
+
+def group_label(row: pd.Series, keys: list[str]) -> str:
+    """'model=batchnorm, optim.lr=0.01'."""
+    return ", ".join(f"{k}={row[k]}" for k in keys)
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def mean_std(mean: float, std: float, n: int) -> str:
+    """'0.8093 ± 0.0041 (n=3)'; std is undefined for a single run."""
+    spread = f" ± {std:.4f}" if n > 1 else ""
+    return f"{mean:.4f}{spread} (n={int(n)})"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A plain GitHub-flavoured markdown table of `frame`'s rows."""
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |"]
+    lines.append("|" + "---|" * len(frame.columns))
+    lines += [
+        "| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(False)
+    ]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: pd.DataFrame, group_keys: list[str]) -> str:
+    """The summary as a markdown table of 'mean ± std (n)' cells."""
+    table = summary[[*group_keys, "epoch"]].copy()
+    for metric in ("test_acc", "test_loss", "train_acc", "train_loss"):
+        table[metric] = [
+            mean_std(m, s, n)
+            for m, s, n in zip(
+                summary[f"{metric}_mean"], summary[f"{metric}_std"], summary["n"]
+            )
+        ]
+    return markdown_table(table)
+
+
+def header(sweep: Sweep, sweep_dirs: list[Path]) -> list[str]:
+    """Which runs the numbers come from, and what differs between them."""
+    keys, results = sweep.group_keys, sweep.results
+    counts = [plural(results["run"].nunique(), "complete run")]
+    counts += [f"{len(sweep.diverged)} diverged"] if sweep.diverged else []
+    counts += [f"{len(sweep.skipped)} skipped"] if sweep.skipped else []
+    if sweep.duplicates:
+        counts.append(f"{plural(len(sweep.duplicates), 'duplicate')} counted once")
+    listed = sweep.diverged or sweep.skipped or sweep.duplicates
+    models = sorted(results["model"].unique())
+    lines = [
+        f"Sweep: {', '.join(f'`{d}`' for d in sweep_dirs)}. "
+        + "; ".join(counts)
+        + (" (listed below)." if listed else "."),
+        f"Model{'s' if len(models) > 1 else ''}: {', '.join(models)}. Groups differ "
+        f"in: {', '.join(keys)}; ± is the standard deviation across seeds (n runs).",
+    ]
+    if sweep.model_options:
+        described = "; ".join(
+            f"{model} = " + ", ".join(f"{k}={v}" for k, v in options.items())
+            for model, options in sweep.model_options.items()
+        )
+        lines.append(f"What each model is: {described}.")
+    for key, (kept, others) in sweep.fixed.items():
+        lines.append(
+            f"Every run used has {key}={kept}; the sweep also had {key}="
+            f"{', '.join(others)}, but none of those runs is complete (see below)."
+        )
+    if sweep.older:
+        lines.append(
+            f"{plural(len(sweep.older), 'run')} "
+            f"{'was' if len(sweep.older) == 1 else 'were'} written by an older "
+            "fashionbn (an older results format): aggregated from their files as "
+            "they are; re-run them with force=true to bring them up to date."
+        )
+    lines += [f"Note: {note}." for note in sweep.notes]
+    return lines
+
+
+def observations(
+    sweep: Sweep,
+    summary: pd.DataFrame,
+    intervals: pd.DataFrame,
+    reach: pd.DataFrame,
+    threshold: float,
+) -> list[str]:
+    keys = sweep.group_keys
+    lines = []
+    first = summary[summary["epoch"] == 1]
+    lines.append(
+        "- Test accuracy at epoch 1: "
+        + "; ".join(
+            f"{group_label(row, keys)}: "
+            f"{mean_std(row.test_acc_mean, row.test_acc_std, row.n)}"
+            for _, row in first.iterrows()
+        )
+        + "."
+    )
+    last = last_epochs(summary, keys)
+    same_end = last["epoch"].nunique() == 1
+    where = (
+        f"the last epoch ({int(last['epoch'].iloc[0])})"
+        if same_end
+        else "each group's own last epoch"
+    )
+    lines.append(
+        f"- Test accuracy at {where}: "
+        + "; ".join(
+            f"{group_label(row, keys)}"
+            + ("" if same_end else f" (epoch {int(row.epoch)})")
+            + f": {mean_std(row.test_acc_mean, row.test_acc_std, row.n)}"
+            for _, row in last.iterrows()
+        )
+        + "."
+    )
+    lines += gap_lines(intervals, keys)
+    spread = last.dropna(subset=["test_acc_std"])
+    if len(spread) > 1:
+        ordered = spread.sort_values("test_acc_std")
+        steady, shaky = ordered.iloc[0], ordered.iloc[-1]
+
+        def at(row: pd.Series) -> str:
+            return "" if same_end else f" at epoch {int(row.epoch)}"
+
+        lines.append(
+            f"- Most stable across seeds at {where}: {group_label(steady, keys)} "
+            f"(std {steady.test_acc_std:.4f}{at(steady)}); least stable: "
+            f"{group_label(shaky, keys)} (std {shaky.test_acc_std:.4f}{at(shaky)})."
+        )
+    cells = []
+    for _, row in reach.iterrows():
+        reached = (
+            f"epoch {row.mean_epoch:.1f} on average "
+            f"({int(row.reached)}/{int(row.n)} runs)"
+            if row.reached
+            else "not reached"
+        )
+        cells.append(f"{group_label(row, keys)}: {reached}")
+    lines.append(
+        f"- Epochs to reach {threshold:.0%} test accuracy: " + "; ".join(cells) + "."
+    )
+    return lines
+
+
+def gap_lines(intervals: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The paired gaps at epoch 1 and at each comparison's own last epoch."""
+    if intervals.empty:
+        return [
+            "- No gap to the baseline: the runs do not contain both model=baseline "
+            "and another model with matching seeds."
+        ]
+    facet_keys = [k for k in keys if k != "model"]
+    lines = []
+    for _, part in intervals.groupby(["comparison", *facet_keys], dropna=False):
+        last = part["epoch"].max()
+        for _, row in part[part["epoch"].isin({1, last})].iterrows():
+            where = group_label(row, facet_keys)
+            where = f" ({where})" if where else ""
+            ci = (
+                f"95 % CI [{row.ci_low:+.4f}, {row.ci_high:+.4f}], paired t-interval "
+                f"over n={int(row.n)} seeds"
+                if row.n > 1
+                else "n=1, no interval"
+            )
+            lines.append(
+                f"- Gap {row.comparison}{where} at epoch {int(row.epoch)}: "
+                f"{row['mean']:+.4f} ({ci})."
+            )
+    return lines
+
+
+def write_report(
+    sweep: Sweep,
+    summary: pd.DataFrame,
+    intervals: pd.DataFrame,
+    reach: pd.DataFrame,
+    threshold: float,
+    figures: list[str],
+    notes: list[str],
+    sweep_dirs: list[Path],
+) -> str:
+    """The assignment's 'Observations', written from the numbers, as markdown."""
+    lines = ["# fashionbn report", "", *header(sweep, sweep_dirs), ""]
+    lines += ["## Observations", ""]
+    lines += observations(sweep, summary, intervals, reach, threshold)
+    lines += ["", "## Summary (mean ± std across seeds)", "",
+              summary_markdown(summary, sweep.group_keys), ""]  # fmt: skip
+    if figures or notes:
+        lines += ["## Figures", ""]
+        lines += [f"![{name}]({name})" for name in figures]
+        lines += [f"*{note}*" for note in notes]
+        lines.append("")
+    sections = [
+        ("Diverged runs (left out of every number above)", sweep.diverged),
+        ("Skipped runs (left out of every number above)", sweep.skipped),
+        ("Duplicates (the same run in two dirs, same numbers: counted once)",
+         [(dup, f"same run as `{kept}`") for dup, kept in sweep.duplicates]),
+    ]  # fmt: skip
+    for title, entries in sections:
+        if entries:
+            lines += [f"## {title}", ""]
+            lines += [f"- `{run}`: {why}" for run, why in entries]
+            lines.append("")
+    return "\n".join(lines)

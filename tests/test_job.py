@@ -1,0 +1,440 @@
+"""A job dir's life cycle on real (small) data: resume only what can be trusted,
+refuse what must not be touched, repair what can be repaired, one process at a time."""
+
+import errno
+import fcntl
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fashionbn.train
+from fashionbn.config import FashionbnError
+from fashionbn.job import (
+    CHECKPOINT_MAGIC,
+    JobBusy,
+    JobDirError,
+    load_checkpoint,
+    run_job,
+)
+from fashionbn.results import WriteError, read_metrics, read_status
+from fashionbn.sweep import read_job
+from tests.conftest import compose_config, without_seconds
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Runs with threads=N set torch's thread count for the process: restore it, so
+    every other test computes with the same count (BatchNorm's last digits)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def overrides(small_real_overrides) -> list[str]:
+    """BatchNorm (running stats and all RNGs matter), 3 epochs on a real subset."""
+    return [*small_real_overrides, "model=batchnorm", "epochs=3"]
+
+
+def killed_after(monkeypatch, epochs: int) -> None:
+    """Make training die like a kill (not an exception the job handles) once
+    `epochs` epochs are finished."""
+    real, calls = fashionbn.train.train_one_epoch, []
+
+    def train_then_die(*args, **kwargs):
+        if len(calls) == epochs:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fashionbn.train, "train_one_epoch", train_then_die)
+
+
+def must_not_train(monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("trained although it must not")
+
+    monkeypatch.setattr(fashionbn.train, "train_one_epoch", fail)
+
+
+def kill_run(cfg, job_dir: Path, monkeypatch, epochs: int) -> None:
+    with monkeypatch.context() as patch:
+        killed_after(patch, epochs)
+        with pytest.raises(KeyboardInterrupt):
+            run_job(cfg, job_dir)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, real_data_root) -> dict:
+    """metrics of uninterrupted runs, by optim.lr, for comparison."""
+    base = [f"data.root={real_data_root}", "data.train_size=2048",
+            "data.test_size=1000", "device=cpu", "model=batchnorm",
+            "epochs=3"]  # fmt: skip
+    return {
+        lr: without_seconds(
+            run_job(
+                compose_config([*base, f"optim.lr={lr}"]),
+                tmp_path_factory.mktemp(f"whole-{lr}"),
+            )
+        )
+        for lr in (0.001, 0.01)
+    }
+
+
+# --- #3: never continue another configuration's checkpoint -------------------------
+
+
+@pytest.mark.slow
+def test_a_damaged_status_never_lets_another_config_continue(
+    overrides, tmp_path, monkeypatch, uninterrupted
+) -> None:
+    """The issue's sequence: lr=0.01 killed after 2 epochs, its status.json damaged,
+    then lr=0.001 started in the same dir."""
+    job_dir = tmp_path / "job"
+    lr_01 = compose_config([*overrides, "optim.lr=0.01"])
+    lr_001 = compose_config([*overrides, "optim.lr=0.001"])
+    kill_run(lr_01, job_dir, monkeypatch, epochs=2)
+    status_text = (job_dir / "status.json").read_text()
+    (job_dir / "status.json").write_text(status_text[:40])  # truncated
+    with pytest.raises(
+        JobDirError, match=r"another config \(optim.lr: 0.01 -> 0.001\)"
+    ):
+        run_job(lr_001, job_dir)
+    assert len(load_checkpoint(job_dir)[0].records) == 2  # refused, nothing touched
+    # the same request, once the other run's checkpoint is damaged too
+    (job_dir / "checkpoint.pt").write_bytes(b"garbage")
+    kill_run(lr_001, job_dir, monkeypatch, epochs=0)  # fresh start, killed in epoch 1
+    assert not (job_dir / "checkpoint.pt").exists()  # the old files are gone
+    assert read_status(job_dir)[0]["config"]["optim"]["lr"] == 0.001
+    records = run_job(lr_001, job_dir)
+    assert without_seconds(records) == uninterrupted[0.001]
+    assert without_seconds(read_metrics(job_dir)) == uninterrupted[0.001]
+    assert read_status(job_dir)[0]["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_a_changed_checkpoint_is_not_trusted(
+    overrides, tmp_path, monkeypatch, caplog, uninterrupted
+) -> None:
+    cfg = compose_config([*overrides, "optim.lr=0.001"])
+    kill_run(cfg, tmp_path, monkeypatch, epochs=2)
+    path = tmp_path / "checkpoint.pt"
+    raw = path.read_bytes()
+    header, _, payload = raw[len(CHECKPOINT_MAGIC) :].partition(b"\n")
+    # one weight changed, re-serialised by torch, the header left as it was
+    state = torch.load(io.BytesIO(payload), weights_only=False)
+    state["model"]["1.weight"][0, 0] += 1.0
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path.write_bytes(CHECKPOINT_MAGIC + header + b"\n" + buffer.getvalue())
+    assert load_checkpoint(tmp_path)[1] in (
+        "checkpoint.pt does not match its digest (changed or damaged)",
+        f"checkpoint.pt is truncated or damaged ({len(buffer.getvalue())} of "
+        f"{len(payload)} bytes)",
+    )
+    records = run_job(cfg, tmp_path)
+    assert without_seconds(records) == uninterrupted[0.001]
+    assert "nothing there can be trusted to continue from" in caplog.text
+    assert "starts again from epoch 1" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda raw: raw[: len(raw) // 2], "truncated or damaged"),
+        (lambda raw: b"", "is not a checkpoint of this fashionbn"),
+        (lambda raw: os.urandom(1000), "is not a checkpoint of this fashionbn"),
+        (lambda raw: raw[:30], "has a damaged header"),
+        (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), "does not match its digest"),
+    ],
+    ids=["half", "empty", "garbage", "header", "one-bit"],
+)
+def test_a_damaged_checkpoint_restarts_cleanly(
+    damage, problem, overrides, tmp_path, monkeypatch, caplog, uninterrupted
+) -> None:
+    cfg = compose_config([*overrides, "optim.lr=0.001"])
+    kill_run(cfg, tmp_path, monkeypatch, epochs=2)
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(damage(path.read_bytes()))
+    assert problem in load_checkpoint(tmp_path)[1]
+    records = run_job(cfg, tmp_path)
+    assert problem in caplog.text and "starts again from epoch 1" in caplog.text
+    assert without_seconds(records) == uninterrupted[0.001]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "status_text, problem",
+    [
+        ("[]", "status.json holds a list, not a record"),
+        ("{}", "status.json lacks status, epochs_done, config"),
+        ('{"epochs_done": 2, "config": {"seed": 0}}', "status.json lacks status"),
+        ("", "status.json is unreadable (JSONDecodeError"),
+    ],
+)
+def test_a_damaged_status_resumes_from_an_intact_checkpoint(
+    status_text, problem, overrides, tmp_path, monkeypatch, caplog, uninterrupted
+) -> None:
+    cfg = compose_config([*overrides, "optim.lr=0.001"])
+    kill_run(cfg, tmp_path, monkeypatch, epochs=2)
+    (tmp_path / "status.json").write_text(status_text)
+    assert problem in read_status(tmp_path)[1]
+    real, calls = fashionbn.train.train_one_epoch, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fashionbn.train, "train_one_epoch", counting)
+    records = run_job(cfg, tmp_path)
+    assert len(calls) == 1  # only epoch 3 was trained
+    assert problem in caplog.text and "continuing from checkpoint.pt" in caplog.text
+    assert without_seconds(records) == uninterrupted[0.001]
+    assert "another config" not in caplog.text
+
+
+@pytest.mark.slow
+def test_a_finished_run_with_damaged_metrics_is_restored(
+    overrides, tmp_path, monkeypatch, caplog
+) -> None:
+    cfg = compose_config(overrides)
+    full = run_job(cfg, tmp_path)
+    metrics = (tmp_path / "metrics.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "metrics.csv").write_text("".join(metrics[:-1]))  # truncated
+    assert (
+        "metrics.csv has 2 epochs but status.json says 3" in read_job(tmp_path).problem
+    )  # the aggregate skips it, saying what to do
+    must_not_train(monkeypatch)
+    assert run_job(cfg, tmp_path) == full
+    assert read_metrics(tmp_path) == full
+    assert "restoring it from checkpoint.pt" in caplog.text
+    assert read_job(tmp_path).problem is None  # aggregatable again
+    # an edited value is caught by the digest and restored the same way
+    text = (tmp_path / "metrics.csv").read_text()
+    last_acc = repr(full[-1]["test_acc"])
+    (tmp_path / "metrics.csv").write_text(text.replace(last_acc, "0.99"))
+    assert run_job(cfg, tmp_path) == full
+    assert "changed after the run wrote it" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_finished_run_with_nothing_to_restore_from_is_refused(
+    overrides, tmp_path, monkeypatch
+) -> None:
+    cfg = compose_config(overrides)
+    run_job(cfg, tmp_path)
+    (tmp_path / "metrics.csv").write_text("epoch,train_loss\n1,")
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    must_not_train(monkeypatch)
+    with pytest.raises(JobDirError) as info:
+        run_job(cfg, tmp_path)
+    message = str(info.value)
+    assert "status.json says complete after 3 epochs, but metrics.csv has columns" in (
+        message
+    )
+    assert "checkpoint.pt is not a checkpoint of this fashionbn" in message
+    assert message.endswith("force=true discards it and trains again")
+
+
+@pytest.mark.slow
+def test_a_kill_after_the_last_checkpoint_finishes_without_training(
+    overrides, tmp_path, monkeypatch
+) -> None:
+    """The last epoch's checkpoint was written, then the kill came: metrics.csv and
+    status.json still say 2 epochs. The re-run completes them without training."""
+    cfg = compose_config(overrides)
+    full = run_job(cfg, tmp_path)
+    checkpoint = load_checkpoint(tmp_path)[0]
+    assert checkpoint.status == "complete" and len(checkpoint.records) == 3
+    metrics = (tmp_path / "metrics.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "metrics.csv").write_text("".join(metrics[:-1]))
+    status = json.loads((tmp_path / "status.json").read_text())
+    status |= {"status": "running", "epochs_done": 2}
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    must_not_train(monkeypatch)
+    assert run_job(cfg, tmp_path) == full
+    assert read_metrics(tmp_path) == full
+    assert read_status(tmp_path)[0]["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_a_diverged_checkpoint_is_never_trained_further(
+    small_real_overrides, tmp_path, monkeypatch
+) -> None:
+    cfg = compose_config([*small_real_overrides, "optim.lr=100", "epochs=3"])
+    records = run_job(cfg, tmp_path)
+    assert len(records) == 1 and read_status(tmp_path)[0]["status"] == "diverged"
+    status = json.loads((tmp_path / "status.json").read_text())
+    status |= {"status": "running", "epochs_done": 0}  # killed before status.json
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    must_not_train(monkeypatch)
+    assert run_job(cfg, tmp_path) == records
+    assert read_status(tmp_path)[0]["status"] == "diverged"
+
+
+# --- #7: one process per job dir ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_job_dir_in_use_is_skipped_and_a_dead_holder_recovered(
+    overrides, tmp_path, monkeypatch
+) -> None:
+    cfg = compose_config(overrides)
+    tmp_path.mkdir(exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | "
+         "os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'pid %d' % "
+         "os.getpid()); print('locked', flush=True); time.sleep(60)",
+         str(tmp_path / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(JobBusy, match=f"another process \\(pid {holder.pid}\\)"):
+            run_job(cfg, tmp_path)
+        assert not (tmp_path / "metrics.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(run_job(cfg, tmp_path)) == 3  # the dead holder's lock is gone
+    fd = os.open(tmp_path / ".lock", os.O_RDONLY)
+    try:  # and the run released its own lock when it ended
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_the_aggregate_names_who_is_training_a_running_job(
+    overrides, tmp_path, monkeypatch
+) -> None:
+    kill_run(compose_config(overrides), tmp_path, monkeypatch, epochs=1)
+    assert read_job(tmp_path).problem == "incomplete: 1 of 3 epochs"
+    fd = os.open(tmp_path / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"pid 4242 on here since now\n", 0)
+        assert read_job(tmp_path).problem == (
+            "incomplete: 1 of 3 epochs (being trained right now by pid 4242 on here "
+            "since now)"
+        )
+    finally:
+        os.close(fd)
+
+
+# --- #10: a full disk --------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_status_agrees(
+    overrides, tiny_tmpfs, uninterrupted
+) -> None:
+    cfg = compose_config([*overrides, "optim.lr=0.001"])
+    job_dir = tiny_tmpfs / "job"  # 300 KB: one checkpoint (~230 KB) fits, two do not
+    with pytest.raises(WriteError) as info:
+        run_job(cfg, job_dir)
+    assert str(info.value) == (
+        f"cannot write {job_dir / 'checkpoint.pt'}: no space left on device; free "
+        "some space (or use another hydra.sweep.dir) and re-run the same command: "
+        "it continues after epoch 1"
+    )
+    status = read_status(job_dir)[0]
+    assert (status["status"], status["epochs_done"]) == ("failed", 1)
+    assert len(read_metrics(job_dir)) == 1
+    assert len(load_checkpoint(job_dir)[0].records) == 1
+    assert not list(job_dir.glob(".*partial*"))
+
+
+@pytest.mark.slow
+def test_a_write_error_mid_run_keeps_status_and_files_in_step(
+    overrides, tmp_path, monkeypatch, uninterrupted
+) -> None:
+    """The same without a real small disk: the 2nd checkpoint write gets ENOSPC."""
+    import builtins
+
+    import fashionbn.results
+
+    real_open, writes = builtins.open, []
+
+    def full_at_second_checkpoint(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if "checkpoint.pt.partial" in str(path):
+            writes.append(path)
+            if len(writes) == 2:
+                f.close()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return f
+
+    cfg = compose_config([*overrides, "optim.lr=0.001"])
+    monkeypatch.setattr(fashionbn.results, "open", full_at_second_checkpoint,
+                        raising=False)  # fmt: skip
+    with pytest.raises(WriteError, match="no space left on device; free some space"):
+        run_job(cfg, tmp_path)
+    status = read_status(tmp_path)[0]
+    assert (status["status"], status["epochs_done"]) == ("failed", 1)
+    assert len(read_metrics(tmp_path)) == 1
+    monkeypatch.undo()
+    assert without_seconds(run_job(cfg, tmp_path)) == uninterrupted[0.001]
+
+
+# --- #13, #14: the identity is what determines the numbers --------------------------
+
+
+@pytest.mark.slow
+def test_where_and_how_a_run_ran_is_not_another_config(
+    overrides, tmp_path, monkeypatch
+) -> None:
+    run_job(compose_config([*overrides, "device=auto"]), tmp_path)
+    must_not_train(monkeypatch)
+    for changed in (["device=cpu"], ["data.eval_batch_size=100"], ["threads=1"]):
+        assert len(run_job(compose_config([*overrides, *changed]), tmp_path)) == 3
+    with pytest.raises(JobDirError, match=r"another config \(batch_size: 64 -> 32\)"):
+        run_job(compose_config([*overrides, "batch_size=32"]), tmp_path)
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_thread_count_says_so(
+    overrides, tmp_path, monkeypatch, caplog
+) -> None:
+    kill_run(compose_config([*overrides, "threads=2"]), tmp_path, monkeypatch, 1)
+    run_job(compose_config([*overrides, "threads=1"]), tmp_path)
+    assert "its numbers may differ in the last digits" in caplog.text
+    threads = [e["torch_threads"] for e in read_status(tmp_path)[0]["execution"]]
+    assert threads == [2, 1]
+
+
+@pytest.mark.slow
+def test_results_of_an_older_fashionbn_are_not_taken_for_current(
+    overrides, tmp_path, monkeypatch
+) -> None:
+    cfg = compose_config(overrides)
+    run_job(cfg, tmp_path)
+    status = json.loads((tmp_path / "status.json").read_text())
+    del status["format"]  # what fashionbn wrote before results formats existed
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    with monkeypatch.context() as patch:
+        must_not_train(patch)
+        with pytest.raises(JobDirError) as info:
+            run_job(cfg, tmp_path)
+    assert "holds results of an older fashionbn (results format 1; this version " in (
+        str(info.value)
+    )
+    assert "force=true discards it" in str(info.value)
+    cfg.force = True
+    assert len(run_job(cfg, tmp_path)) == 3
+    assert read_status(tmp_path)[0]["format"] == 2
+
+
+def test_input_errors_leave_the_dir_untouched(tmp_path) -> None:
+    with pytest.raises(FashionbnError, match="epochs=0: must be >= 1"):
+        run_job(compose_config(["epochs=0"]), tmp_path / "job")
+    assert not (tmp_path / "job").exists()
