@@ -17,9 +17,18 @@ from typing import Optional
 import pandas as pd
 
 from fashionbn.config import FashionbnError
-from fashionbn.report import summary_markdown, write_report
-from fashionbn.stats import epochs_to_reach, gap_intervals, paired_gaps, summarize
-from fashionbn.sweep import AggregateError, load_sweep, read_sweep
+from fashionbn.report import TUNED, Analysis, summary_markdown, write_report
+from fashionbn.selection import SELECT_BY, select, tuned_keys, why_no_selection
+from fashionbn.stats import (
+    comparisons,
+    epochs_to_reach,
+    gap_intervals,
+    generalisation,
+    paired_gaps,
+    summarize,
+    with_holm,
+)
+from fashionbn.sweep import AggregateError, Sweep, load_sweep, read_sweep
 
 __all__ = ["aggregate", "load_sweep", "main", "newest_sweep", "parse_threshold"]
 
@@ -28,8 +37,11 @@ OUTPUTS = (
     "results.csv",
     "summary.csv",
     "summary.md",
+    "comparisons.csv",
+    "selection.csv",
     "test_accuracy.png",
     "accuracy_gap.png",
+    "tuning.png",
     "report.md",
 )
 
@@ -67,10 +79,44 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
         (out_dir / stale).unlink(missing_ok=True)
 
 
+def analyse(
+    sweep: Sweep, threshold: float, precision: float, select_by: str
+) -> Analysis:
+    """Every table the outputs are made of."""
+    results, keys = sweep.results, sweep.group_keys
+    gaps = paired_gaps(results, keys)
+    table = comparisons(gaps, keys, precision)
+    analysis = Analysis(
+        summary=summarize(results, keys),
+        intervals=gap_intervals(gaps, keys) if not gaps.empty else pd.DataFrame(),
+        comparisons=table,
+        generalisation=generalisation(results, keys),
+        reach=epochs_to_reach(results, keys, threshold),
+        threshold=threshold,
+        precision=precision,
+        selection_note=why_no_selection(results, keys, select_by),
+    )
+    if analysis.selection_note is None and tuned_keys(keys):
+        selection = select(results, keys, select_by)
+        tuned = comparisons(paired_gaps(selection.results, ["model"]), ["model"],
+                            precision, label=TUNED)  # fmt: skip
+        if not tuned.empty:  # the gap at the epoch the selection looked at
+            tuned = tuned[tuned["epoch"] == tuned["epoch"].max()]
+        table = pd.concat([table, tuned], ignore_index=True)
+        analysis.selection = selection
+        analysis.tuned_generalisation = generalisation(selection.results, ["model"])
+    analysis.comparisons = with_holm(table)
+    return analysis
+
+
 def aggregate(
-    sweep_dirs: list[Path], out_dir: Optional[Path] = None, threshold: float = 0.70
+    sweep_dirs: list[Path],
+    out_dir: Optional[Path] = None,
+    threshold: float = 0.70,
+    precision: float = 0.01,
+    select_by: str = "val_acc",
 ) -> Path:
-    """Write results.csv, summary.csv/.md, plots and report.md; return the report."""
+    """Write the tables, plots and report.md into out_dir; return the report."""
     from fashionbn import plot  # matplotlib is only needed here
 
     sweep = read_sweep(sweep_dirs)
@@ -82,31 +128,36 @@ def aggregate(
     for run, kept in sweep.duplicates:
         print(f"duplicate {run}: same run as {kept}; counted once", file=sys.stderr)
     keys = sweep.group_keys
-    summary = summarize(sweep.results, keys)
-    gaps = paired_gaps(sweep.results, keys)
-    intervals = gap_intervals(gaps, keys) if not gaps.empty else pd.DataFrame()
-
+    analysis = analyse(sweep, threshold, precision, select_by)
     files = {
         "results.csv": csv_bytes(sweep.results),
-        "summary.csv": csv_bytes(summary),
-        "summary.md": (summary_markdown(summary, keys) + "\n").encode(),
-        "test_accuracy.png": plot.png(plot.accuracy_curves(sweep.results, keys)),
+        "summary.csv": csv_bytes(analysis.summary),
+        "summary.md": (summary_markdown(analysis.summary, keys) + "\n").encode(),
+        "test_accuracy.png": plot.png(plot.accuracy_curves(analysis.summary, keys)),
     }
     figures, notes = ["test_accuracy.png"], []
-    if intervals.empty:
+    if analysis.intervals.empty:
         notes.append(
             "accuracy_gap.png skipped: the runs need model=baseline and another "
             "model with the same seeds"
         )
         print(notes[-1], file=sys.stderr)
     else:
-        figure = plot.accuracy_gap(intervals, [k for k in keys if k != "model"])
+        figure = plot.accuracy_gap(
+            analysis.intervals, [k for k in keys if k != "model"]
+        )
         files["accuracy_gap.png"] = plot.png(figure)
         figures.append("accuracy_gap.png")
-    reach = epochs_to_reach(sweep.results, keys, threshold)
-    report = write_report(
-        sweep, summary, intervals, reach, threshold, figures, notes, sweep_dirs
-    )
+    if not analysis.comparisons.empty:
+        files["comparisons.csv"] = csv_bytes(analysis.comparisons)
+    if analysis.selection is not None:
+        selection = analysis.selection
+        files["selection.csv"] = csv_bytes(selection.table)
+        figure = plot.tuning(selection.grid, selection.tuned, selection.by)
+        files["tuning.png"] = plot.png(figure)
+    elif analysis.selection_note:
+        print(analysis.selection_note, file=sys.stderr)
+    report = write_report(sweep, analysis, figures, notes, sweep_dirs)
     files["report.md"] = report.encode()
     write_outputs(out_dir, files)
     return out_dir / "report.md"
@@ -138,14 +189,30 @@ def parse_threshold(text: str) -> float:
     return value
 
 
+def parse_precision(text: str) -> float:
+    """A positive, finite interval half-width."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"{text}: give the wanted 95 % interval half-width as a number > 0, "
+            "e.g. 0.01"
+        )
+    return value
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fashionbn.aggregate",
         description=(
             "Collect finished runs of one or more Hydra sweeps into results.csv (one "
             "row per run and epoch), summary.csv/.md (mean ± std across seeds), "
-            "test_accuracy.png, accuracy_gap.png and report.md. Reads only the job "
-            "dirs' files (status.json, metrics.csv, .hydra/); never trains."
+            "comparisons.csv (paired gaps and how sure they are), selection.csv and "
+            "tuning.png (each model at its best hyperparameters, chosen on validation "
+            "data), test_accuracy.png, accuracy_gap.png and report.md. Reads only the "
+            "job dirs' files (status.json, metrics.csv, .hydra/); never trains."
         ),
     )
     parser.add_argument(
@@ -161,10 +228,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="test accuracy whose first epoch the report gives, as a fraction in "
         "(0, 1] or a percentage with %% (default: 0.7)",
     )  # fmt: skip
+    parser.add_argument(
+        "--select-by", choices=[*SELECT_BY, "none"], default="val_acc",
+        help="validation metric that picks each model's best setting of the swept "
+        "hyperparameters (default: val_acc, the highest mean); none: no selection",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precision", type=parse_precision, default=0.01,
+        help="the 95 %% interval half-width the report's 'seeds needed' aims at "
+        "(default: 0.01, one accuracy point)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         sweep_dirs = args.sweep_dirs or [newest_sweep()]
-        report = aggregate(sweep_dirs, args.out, args.threshold)
+        report = aggregate(
+            sweep_dirs, args.out, args.threshold, args.precision, args.select_by
+        )
     except (AggregateError, FashionbnError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -69,6 +69,8 @@ class DataConfig:
     download: bool = False
     train_size: Optional[int] = None
     test_size: Optional[int] = None
+    val_size: int = 0
+    split_seed: int = 0
     eval_batch_size: int = 10_000
 
 
@@ -293,6 +295,12 @@ def _data_problems(data) -> list[str]:
             problems.append(
                 f"data.{key}={size}: must be >= 1, or null for the whole split"
             )
+    if data.val_size < 0:
+        problems.append(
+            f"data.val_size={data.val_size}: must be >= 0 (0: no validation split)"
+        )
+    if not 0 <= data.split_seed < 2**63:
+        problems.append(f"data.split_seed={data.split_seed}: must be in 0..2**63-1")
     if data.eval_batch_size < 1:
         problems.append(f"data.eval_batch_size={data.eval_batch_size}: must be >= 1")
     return problems

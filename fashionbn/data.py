@@ -1,4 +1,5 @@
-"""FashionMNIST -> in-memory tensors: find or prepare the files, load, validate, batch.
+"""FashionMNIST -> in-memory tensors: find or prepare the files, load, validate, hold
+out a validation split, batch.
 
 torchvision parses the IDX files; the images are then converted once to float32 in
 [0, 1] (the values transforms.ToTensor() gives) instead of once per sample per epoch.
@@ -46,6 +47,20 @@ class FashionData(NamedTuple):
     train_labels: torch.Tensor  # (N_train,) int64 in [0, 10)
     test_images: torch.Tensor  # (N_test, 28, 28) float32 in [0, 1]
     test_labels: torch.Tensor  # (N_test,) int64 in [0, 10)
+    # held out of the training set (data.val_size); (0, 28, 28) and (0,) without one
+    val_images: torch.Tensor = torch.empty(0, *IMAGE_SHAPE)
+    val_labels: torch.Tensor = torch.empty(0, dtype=torch.int64)
+
+
+def split_indices(
+    num_samples: int, val_size: int, split_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) sample indices, both sorted: `val_size` samples held out
+    by a permutation fixed by `split_seed` alone, the same for every run, model and
+    seed (its own generator: it draws nothing from the training seed's streams)."""
+    generator = torch.Generator().manual_seed(split_seed)
+    order = torch.randperm(num_samples, generator=generator)
+    return order[val_size:].sort().values, order[:val_size].sort().values
 
 
 def raw_dir(root: str | Path) -> Path:
@@ -168,16 +183,37 @@ def load_fashion_mnist(data_cfg) -> FashionData:
         (path.stat().st_size, path.stat().st_mtime_ns)
         for path in (raw_dir(root) / name for name in IDX_FILES)
     )
-    return _load_cached(root, data_cfg.train_size, data_cfg.test_size, stamps)
+    return _load_cached(
+        root, data_cfg.train_size, data_cfg.test_size, data_cfg.val_size,
+        data_cfg.split_seed, stamps,
+    )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1)
 def _load_cached(
-    root: Path, train_size: Optional[int], test_size: Optional[int], stamps: tuple
+    root: Path,
+    train_size: Optional[int],
+    test_size: Optional[int],
+    val_size: int,
+    split_seed: int,
+    stamps: tuple,
 ) -> FashionData:
     train_images, train_labels = _load_split(root, True, train_size)
     test_images, test_labels = _load_split(root, False, test_size)
-    return FashionData(train_images, train_labels, test_images, test_labels)
+    if not val_size:  # the notebook's protocol: every training sample is trained on
+        return FashionData(train_images, train_labels, test_images, test_labels)
+    available = len(train_labels)
+    if val_size >= available:
+        after = " (data.train_size)" if train_size is not None else ""
+        raise ConfigError(
+            f"data.val_size={val_size} leaves no training samples: the train set has "
+            f"{available}{after}; use 0..{available - 1}"
+        )
+    keep, held_out = split_indices(available, val_size, split_seed)
+    return FashionData(
+        train_images[keep], train_labels[keep], test_images, test_labels,
+        train_images[held_out], train_labels[held_out],
+    )  # fmt: skip
 
 
 def clear_cache() -> None:

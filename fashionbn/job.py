@@ -17,8 +17,6 @@ already holds. What it trusts:
 
 import fcntl
 import hashlib
-import io
-import json
 import logging
 import os
 import time
@@ -31,6 +29,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
+from fashionbn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fashionbn.config import FashionbnError, check_config, normalise_identity
 from fashionbn.data import FashionData, load_fashion_mnist
 from fashionbn.results import (
@@ -45,7 +44,6 @@ from fashionbn.results import (
     RUNNING,
     STATUS_FILE,
     WriteError,
-    atomic_write,
     read_metrics,
     read_status,
     write_metrics,
@@ -94,10 +92,6 @@ def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[
     return differences
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # --- the lock ----------------------------------------------------------------------
 
 
@@ -123,75 +117,6 @@ def job_lock(job_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-# --- checkpoint.pt: identity + digest + payload ------------------------------------
-
-CHECKPOINT_MAGIC = b"fashionbn checkpoint\n"
-
-
-@dataclass
-class Checkpoint:
-    identity: dict
-    status: str  # RUNNING, COMPLETE or DIVERGED after its last epoch
-    records: list[dict]
-    state: dict  # fashionbn.train.training_state()
-
-
-def save_checkpoint(job_dir: Path, checkpoint: Checkpoint) -> None:
-    """Write checkpoint.pt: a magic line, a JSON header (identity, status, epochs,
-    digest) and the torch-serialised state, whose digest the header holds."""
-    buffer = io.BytesIO()
-    torch.save({"records": checkpoint.records, **checkpoint.state}, buffer)
-    payload = buffer.getvalue()
-    header = {
-        "format": RESULTS_FORMAT,
-        "status": checkpoint.status,
-        "epochs": len(checkpoint.records),
-        "bytes": len(payload),
-        "sha256": sha256(payload),
-        "identity": checkpoint.identity,
-    }
-    data = CHECKPOINT_MAGIC + json.dumps(header).encode() + b"\n" + payload
-    atomic_write(job_dir / CHECKPOINT_FILE, lambda f: f.write(data), mode="wb")
-
-
-def load_checkpoint(job_dir: Path) -> tuple[Optional[Checkpoint], Optional[str]]:
-    """(the verified checkpoint, None) or (None, what is wrong with it / 'none')."""
-    path = job_dir / CHECKPOINT_FILE
-    if not path.exists():
-        return None, f"there is no {CHECKPOINT_FILE}"
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        return None, f"{CHECKPOINT_FILE} is unreadable ({err.strerror})"
-    if not raw.startswith(CHECKPOINT_MAGIC):
-        return None, (
-            f"{CHECKPOINT_FILE} is not a checkpoint of this fashionbn "
-            "(damaged, or written by an older version)"
-        )
-    header_line, _, payload = raw[len(CHECKPOINT_MAGIC) :].partition(b"\n")
-    try:
-        header = json.loads(header_line)
-        expected_bytes, digest = header["bytes"], header["sha256"]
-        identity, status = header["identity"], header["status"]
-    except (ValueError, TypeError, KeyError):
-        return None, f"{CHECKPOINT_FILE} has a damaged header"
-    if len(payload) != expected_bytes:
-        return None, (
-            f"{CHECKPOINT_FILE} is truncated or damaged ({len(payload)} of "
-            f"{expected_bytes} bytes)"
-        )
-    if sha256(payload) != digest:
-        return None, f"{CHECKPOINT_FILE} does not match its digest (changed or damaged)"
-    try:  # our own, verified file: it holds RNG states (numpy arrays), not only tensors
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
-        records = state.pop("records")
-    except Exception as err:  # noqa: BLE001 - any failure means: not usable
-        return None, f"{CHECKPOINT_FILE} cannot be loaded ({type(err).__name__})"
-    if [r.get("epoch") for r in records] != list(range(1, len(records) + 1)):
-        return None, f"{CHECKPOINT_FILE} holds inconsistent epochs"
-    return Checkpoint(identity, status, records, state), None
 
 
 # --- what the dir holds, and what to do with it ------------------------------------
@@ -236,10 +161,10 @@ def inspect_job_dir(job_dir: Path, identity: dict, force: bool) -> Previous:
                 f"cannot continue or vouch for: {FORCE_HINT}, or use another "
                 "hydra.sweep.dir/hydra.run.dir"
             )
-        if status["config"] != identity:
+        if normalise_identity(status["config"]) != identity:
             raise another_config(job_dir, status["config"], identity)
     checkpoint, checkpoint_problem = load_checkpoint(job_dir)
-    if checkpoint is not None and checkpoint.identity != identity:
+    if checkpoint is not None and normalise_identity(checkpoint.identity) != identity:
         if status is None:  # the checkpoint is all we know of what the dir holds
             raise another_config(job_dir, checkpoint.identity, identity)
         checkpoint, checkpoint_problem = (
@@ -324,7 +249,7 @@ def metrics_problem(job_dir: Path, status: dict) -> Optional[str]:
             f"{status['epochs_done']}"
         )
     digest = status.get("metrics_sha256")
-    if digest is not None and sha256(path.read_bytes()) != digest:
+    if digest is not None and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
         return f"{METRICS_FILE} was changed after the run wrote it (digest mismatch)"
     return None
 

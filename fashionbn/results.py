@@ -1,8 +1,8 @@
 """The files a run leaves in its job dir: the interface from training to aggregation.
 
 A job dir holds Hydra's `.hydra/` and `run.log`, and fashionbn's own files:
-- `metrics.csv`: one row per finished epoch (METRIC_COLUMNS; later versions may add
-  columns after these, never change these);
+- `metrics.csv`: one row per finished epoch (METRIC_COLUMNS: older formats have only
+  REQUIRED_COLUMNS; later versions may add columns after these, never change these);
 - `status.json`: running / complete / diverged / failed, the epochs done, the results
   format, the run's identity (the config that determines its numbers) and how it ran;
 - `checkpoint.pt`: everything needed to continue after the last finished epoch, with
@@ -17,7 +17,6 @@ import errno
 import hashlib
 import io
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +26,12 @@ from fashionbn.config import FashionbnError
 
 # 1: fashionbn before results formats were recorded (no "format" in status.json);
 # 2: status.json has format, execution and a normalised identity; checkpoint.pt carries
-#    its identity and a digest.
-RESULTS_FORMAT = 2
+#    its identity and a digest;
+# 3: metrics.csv has val_loss and val_acc (empty without a validation split).
+RESULTS_FORMAT = 3
 
-METRIC_COLUMNS = [
+# every results format has these, in this order
+REQUIRED_COLUMNS = [
     "epoch",
     "train_loss",
     "train_acc",
@@ -38,6 +39,7 @@ METRIC_COLUMNS = [
     "test_acc",
     "seconds",
 ]
+METRIC_COLUMNS = [*REQUIRED_COLUMNS, "val_loss", "val_acc"]  # format 3
 METRICS_FILE = "metrics.csv"
 STATUS_FILE = "status.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -138,7 +140,8 @@ def read_status(job_dir: Path) -> tuple[Optional[dict], Optional[str]]:
 
 def read_metrics(job_dir: Path) -> list[dict]:
     """metrics.csv as records (`epoch` an int, every other column a float; an empty
-    cell is NaN). Raises ValueError saying what is wrong with the file."""
+    cell, e.g. val_acc without a validation split, is None). Raises ValueError saying
+    what is wrong with the file."""
     path = Path(job_dir) / METRICS_FILE
     try:
         with open(path, newline="") as f:
@@ -149,19 +152,14 @@ def read_metrics(job_dir: Path) -> list[dict]:
         raise ValueError(f"unreadable {METRICS_FILE} ({err.strerror})") from err
     except (csv.Error, UnicodeDecodeError) as err:
         raise ValueError(f"unreadable {METRICS_FILE} ({err})") from err
-    if columns[: len(METRIC_COLUMNS)] != METRIC_COLUMNS:
+    if columns[: len(REQUIRED_COLUMNS)] != REQUIRED_COLUMNS:
         raise ValueError(
             f"{METRICS_FILE} has columns {columns}, expected {METRIC_COLUMNS}"
         )
     records = []
     for line, row in enumerate(rows, start=2):
         try:
-            records.append(
-                {
-                    key: int(value) if key == "epoch" else _float(value)
-                    for key, value in row.items()
-                }
-            )
+            records.append({key: _value(key, text) for key, text in row.items()})
         except (TypeError, ValueError):
             raise ValueError(f"{METRICS_FILE} line {line} is damaged: {row}") from None
     if [r["epoch"] for r in records] != list(range(1, len(records) + 1)):
@@ -169,5 +167,10 @@ def read_metrics(job_dir: Path) -> list[dict]:
     return records
 
 
-def _float(text: str) -> float:
-    return math.nan if text == "" else float(text)
+def _value(key: str, text: str) -> Optional[float]:
+    """A cell's number; only columns a run may leave empty (val_*) may be empty."""
+    if key == "epoch":
+        return int(text)
+    if text == "" and key not in REQUIRED_COLUMNS:
+        return None
+    return float(text)

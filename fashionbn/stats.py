@@ -1,13 +1,20 @@
 """Statistics of the tidy results table: summaries across seeds, paired gaps to the
-baseline with their intervals, epochs to reach an accuracy. Pure functions of tables."""
+baseline and how sure we are of them (t and bootstrap intervals, probability of
+improvement, Holm-corrected p-values, seeds needed), generalisation, epochs to reach an
+accuracy. Pure functions of tables and numbers."""
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
 METRICS = ["test_acc", "test_loss", "train_acc", "train_loss", "seconds"]
+METRICS += ["val_acc", "val_loss"]  # NaN where runs have no validation split
 BASELINE = "baseline"
+LEVEL = 0.95  # every interval's confidence level
+MIN_BOOTSTRAP_PAIRS = 8  # fewer pairs: a bootstrap interval is not worth reporting
 
 
 def summarize(results: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
@@ -83,3 +90,143 @@ def epochs_to_reach(
                      "reached": int(part["first_epoch"].notna().sum()),
                      "mean_epoch": part["first_epoch"].mean()})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def generalisation(results: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
+    """Per group at its own last epoch: n, mean and std across seeds of train_acc −
+    test_acc (train_acc is the running accuracy of the epoch's training batches)."""
+    last = last_epochs(results, ["run"])
+    last = last.assign(gap=last["train_acc"] - last["test_acc"])
+    grouped = last.groupby(group_keys, dropna=False)
+    table = grouped.agg(
+        epoch=("epoch", "max"), n=("gap", "size"), mean=("gap", "mean"),
+        std=("gap", "std"),
+    )  # fmt: skip
+    return table.reset_index()
+
+
+# --- how sure: statistics of paired gaps -------------------------------------------
+
+
+# accuracies are fractions of a test set: differences below this are float noise
+SPREAD_TOLERANCE = 1e-12
+
+
+def no_spread(values: np.ndarray) -> bool:
+    """All values equal (up to float noise from subtracting accuracies)."""
+    return float(np.ptp(values)) <= SPREAD_TOLERANCE
+
+
+def bootstrap_interval(
+    values: Sequence[float], level: float = LEVEL, seed: int = 0
+) -> tuple[float, float]:
+    """BCa bootstrap interval of the mean (9,999 resamples, fixed random state)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    if no_spread(values):  # every resample has the same mean
+        return float(values[0]), float(values[0])
+    result = stats.bootstrap(
+        (values,), np.mean, method="BCa", confidence_level=level,
+        n_resamples=9_999, rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def probability_of_improvement(gaps: Sequence[float]) -> float:
+    """Share of seed pairs in which the model beats the baseline, ties counting half
+    (rliable's P(X > Y), over matched seed pairs instead of all pairs)."""
+    gaps = np.asarray(gaps, dtype=float)
+    if not len(gaps):
+        return math.nan
+    ties = np.abs(gaps) <= SPREAD_TOLERANCE
+    return float(np.mean((gaps > SPREAD_TOLERANCE) + 0.5 * ties))
+
+
+def wilson_interval(share: float, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval of a proportion `share` observed over n trials."""
+    if n < 1 or not math.isfinite(share):
+        return math.nan, math.nan
+    z = stats.norm.ppf(0.5 + level / 2)
+    centre = (share + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * math.sqrt(share * (1 - share) / n + z**2 / (4 * n**2))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_p_value(gaps: Sequence[float]) -> float:
+    """Two-sided paired t-test p-value of mean gap = 0 (NaN for fewer than 2)."""
+    gaps = np.asarray(gaps, dtype=float)
+    if len(gaps) < 2:
+        return math.nan
+    if no_spread(gaps):  # certain, unless the gap is 0
+        return 1.0 if abs(gaps[0]) <= SPREAD_TOLERANCE else 0.0
+    return float(stats.ttest_1samp(gaps, 0.0).pvalue)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (NaNs are left out of the family)."""
+    finite = [(p, i) for i, p in enumerate(p_values) if not math.isnan(p)]
+    adjusted = [math.nan] * len(p_values)
+    running, m = 0.0, len(finite)
+    for rank, (p, i) in enumerate(sorted(finite)):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def seeds_needed(std: float, precision: float, level: float = LEVEL) -> float:
+    """Seed pairs the spread `std` of the gap needs for the t-interval's half-width
+    t(n-1) * std / sqrt(n) to be at most `precision` (NaN beyond 100,000)."""
+    if not math.isfinite(std):
+        return math.nan
+    for n in range(2, 100_001):
+        if stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n) <= precision:
+            return n
+    return math.nan
+
+
+def compare(gaps: Sequence[float], precision: float) -> dict:
+    """Everything the report says about one paired comparison's gaps."""
+    gaps = np.asarray(gaps, dtype=float)
+    n = len(gaps)
+    low, high = t_interval(pd.Series(gaps))
+    boot = (
+        bootstrap_interval(gaps) if n >= MIN_BOOTSTRAP_PAIRS else (math.nan, math.nan)
+    )
+    share = probability_of_improvement(gaps)
+    share_low, share_high = wilson_interval(share, n)
+    std = float(np.std(gaps, ddof=1)) if n > 1 else math.nan
+    return {
+        "n": n, "mean": float(np.mean(gaps)), "ci_low": low, "ci_high": high,
+        "boot_low": boot[0], "boot_high": boot[1], "p_improve": share,
+        "p_improve_low": share_low, "p_improve_high": share_high,
+        "p_value": paired_p_value(gaps), "seeds_needed": seeds_needed(std, precision),
+    }  # fmt: skip
+
+
+def comparisons(
+    gaps: pd.DataFrame, group_keys: list[str], precision: float, label: str = ""
+) -> pd.DataFrame:
+    """compare() at epoch 1 and at the last epoch of every comparison (and value of
+    the other group keys), as the report states them."""
+    facet_keys = [k for k in group_keys if k != "model"]
+    rows = []
+    if gaps.empty:
+        return pd.DataFrame()
+    for key, part in gaps.groupby(["comparison", *facet_keys], dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        for epoch in sorted({1, int(part["epoch"].max())}):
+            at = part[part["epoch"] == epoch]["gap"]
+            if at.empty:
+                continue
+            rows.append({"comparison": key[0] + label,
+                         **dict(zip(facet_keys, key[1:])), "epoch": epoch,
+                         **compare(at, precision)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def with_holm(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with p_holm: its p-values corrected as one family (the report's)."""
+    if table.empty:
+        return table
+    return table.assign(p_holm=holm(table["p_value"].tolist()))

@@ -161,7 +161,8 @@ def read_job(job_dir: Path) -> Job:
             f"match {STATUS_FILE}); {RERUN_HINT}"
         )
         return job
-    metrics = pd.DataFrame(records)[METRIC_COLUMNS]
+    metrics = pd.DataFrame(records).reindex(columns=METRIC_COLUMNS)
+    metrics = metrics.astype({c: float for c in METRIC_COLUMNS if c != "epoch"})
     if state == DIVERGED:
         job.diverged = (
             f"diverged at epoch {len(metrics)} (train_loss "
@@ -191,7 +192,10 @@ def _same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> Optional[str]:
     columns = [*headline, *[c for c in a.columns if c not in headline]]
     for (_, row_a), (_, row_b) in zip(a.iterrows(), b.iterrows()):
         for column in columns:
-            if row_a[column] != row_b[column]:
+            same = row_a[column] == row_b[column] or (
+                pd.isna(row_a[column]) and pd.isna(row_b[column])
+            )
+            if not same:
                 return (
                     f"{column} at epoch {int(row_a['epoch'])}: "
                     f"{row_a[column]:.6g} vs {row_b[column]:.6g}"

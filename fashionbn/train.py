@@ -213,11 +213,11 @@ def restore_training(training: Training, state: dict) -> None:
 
 def log_start(cfg, data: FashionData, device: torch.device) -> None:
     log.info(
-        "%s + %s(lr=%g), seed=%d, %d train / %d test samples, %d epochs on %s "
-        "(%d torch threads)",
+        "%s + %s(lr=%g), seed=%d, %d train / %d val / %d test samples, %d epochs on "
+        "%s (%d torch threads)",
         cfg.model.name, cfg.optim.name, cfg.optim.lr, cfg.seed,
-        len(data.train_labels), len(data.test_labels), cfg.epochs, device,
-        torch.get_num_threads(),
+        len(data.train_labels), len(data.val_labels), len(data.test_labels),
+        cfg.epochs, device, torch.get_num_threads(),
     )  # fmt: skip
 
 
@@ -243,6 +243,11 @@ def train_epochs(
         test_loss, test_acc = evaluate(
             model, data.test_images, data.test_labels, cfg.data.eval_batch_size
         )
+        val_loss, val_acc = None, None  # no validation split: empty in metrics.csv
+        if len(data.val_labels):
+            val_loss, val_acc = evaluate(
+                model, data.val_images, data.val_labels, cfg.data.eval_batch_size
+            )
         seconds = time.perf_counter() - start
         records.append(
             dict(
@@ -252,16 +257,22 @@ def train_epochs(
                 test_loss=test_loss,
                 test_acc=test_acc,
                 seconds=seconds,
+                val_loss=val_loss,
+                val_acc=val_acc,
             )
         )
         # NaN/inf, or so far above chance (ln 10 = 2.3) that training has blown up
         diverged = not math.isfinite(train_loss) or train_loss > cfg.divergence_loss
         if on_epoch is not None:
             on_epoch(records, diverged)
+        validation = (
+            f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if val_acc is not None
+            else ""
+        )  # fmt: skip
         log.info(
-            "epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  "
+            "epoch %d/%d  train_loss %.4f  train_acc %.4f%s  test_loss %.4f  "
             "test_acc %.4f  (%.1fs, %.0f samples/s)",
-            epoch, cfg.epochs, train_loss, train_acc, test_loss, test_acc,
+            epoch, cfg.epochs, train_loss, train_acc, validation, test_loss, test_acc,
             seconds, len(data.train_labels) / seconds,
         )  # fmt: skip
         if diverged:

@@ -4,6 +4,7 @@ import gzip
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -120,21 +121,25 @@ def make_job_dir(
     accuracy: list[float],
     status: str = "complete",
     execution: list[dict] = CPU_2_THREADS,
+    val_accuracy: Optional[list[float]] = None,
 ) -> Path:
     """A job dir as fashionbn.run leaves it: .hydra/ from the real config composed
     with `overrides`, status.json with its identity, and a metrics.csv whose test_acc
-    per epoch is `accuracy` (the other metrics derived from it). `epochs` is
-    len(accuracy) unless `overrides` set it."""
+    per epoch is `accuracy` (the other metrics derived from it) and val_acc
+    `val_accuracy` (empty without). `epochs` is len(accuracy) unless `overrides` set
+    it."""
     if not any(o.startswith("epochs=") for o in overrides):
         overrides = [*overrides, f"epochs={len(accuracy)}"]
     cfg = compose_config(overrides)
     (job_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, job_dir / ".hydra" / "config.yaml")
     (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    val = val_accuracy or [None] * len(accuracy)
     rows = [
         {"epoch": e, "train_loss": 2.0 - a, "train_acc": a - 0.05,
-         "test_loss": 1.5 - a, "test_acc": a, "seconds": 0.5}
-        for e, a in enumerate(accuracy, start=1)
+         "test_loss": 1.5 - a, "test_acc": a, "seconds": 0.5,
+         "val_loss": None if v is None else 1.5 - v, "val_acc": v}
+        for e, (a, v) in enumerate(zip(accuracy, val), start=1)
     ]  # fmt: skip
     digest = write_metrics(rows, job_dir)
     write_status(

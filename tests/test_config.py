@@ -62,6 +62,9 @@ def test_bad_overrides_fail_at_composition(override: str) -> None:
          {"model": "baseline,batchnorm,batchnorm_after", "seed": "range(0,3)"}),
         ("lr_sweep", {"model": "baseline,batchnorm", "optim.lr": "0.001,0.01,0.1",
                       "seed": "range(0,3)"}),
+        ("fair_lr", {"data.val_size": "10000", "model": "baseline,batchnorm",
+                     "optim.lr": "0.001,0.003,0.01,0.03,0.1,0.3",
+                     "seed": "range(0,5)"}),
     ],
 )  # fmt: skip
 def test_experiment_presets_set_the_sweep(preset: str, params: dict) -> None:

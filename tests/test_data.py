@@ -10,12 +10,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms
 
+from fashionbn.config import ConfigError
 from fashionbn.data import (
     DatasetCorruptError,
     DatasetNotFoundError,
     load_fashion_mnist,
     raw_dir,
     shuffled_batches,
+    split_indices,
 )
 from tests.conftest import compose_config
 
@@ -144,3 +146,57 @@ def test_real_fashion_mnist(real_data_root: Path) -> None:
         assert (
             torch.equal(image[0], data.test_images[i]) and label == data.test_labels[i]
         )
+
+
+# --- the validation split ----------------------------------------------------------
+
+
+def test_split_indices_are_disjoint_fixed_and_seeded_by_split_seed_only() -> None:
+    train, val = split_indices(96, 20, split_seed=0)
+    assert len(val) == 20 and len(train) == 76
+    assert sorted([*train.tolist(), *val.tolist()]) == list(range(96))
+    assert train.tolist() == sorted(train.tolist())
+    torch.manual_seed(123)  # the training seed's streams play no part
+    again_train, again_val = split_indices(96, 20, split_seed=0)
+    assert torch.equal(val, again_val) and torch.equal(train, again_train)
+    assert not torch.equal(val, split_indices(96, 20, split_seed=1)[1])
+    # and it draws nothing from the global torch stream a run's training uses
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    split_indices(96, 20, split_seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_validation_samples_are_held_out_of_training(tmp_path, tiny_system_dir):
+    system_dir, arrays = tiny_system_dir
+    cfg = data_cfg(tmp_path / "root", system_dir, train_size=50, val_size=10)
+    data = load_fashion_mnist(cfg)
+    keep, held_out = split_indices(50, 10, 0)
+    images = torch.from_numpy(arrays["train-images-idx3-ubyte"][:50].astype(np.float32))
+    labels = torch.from_numpy(arrays["train-labels-idx1-ubyte"][:50].astype(np.int64))
+    assert torch.equal(data.train_images, images[keep] / 255)
+    assert torch.equal(data.val_images, images[held_out] / 255)
+    assert torch.equal(data.train_labels, labels[keep])
+    assert torch.equal(data.val_labels, labels[held_out])
+    assert len(data.test_labels) == 40  # the test set is untouched
+    no_split = load_fashion_mnist(
+        data_cfg(tmp_path / "root", system_dir, train_size=50)
+    )
+    assert len(no_split.val_labels) == 0 and len(no_split.train_labels) == 50
+
+
+@pytest.mark.parametrize("val_size, train_size", [(96, None), (500, None), (50, 50)])
+def test_a_split_leaving_no_training_samples_is_refused(
+    tmp_path, tiny_system_dir, val_size, train_size
+) -> None:
+    system_dir, _ = tiny_system_dir
+    cfg = data_cfg(tmp_path / "root", system_dir, val_size=val_size,
+                   train_size=train_size)  # fmt: skip
+    n = train_size or 96
+    with pytest.raises(ConfigError) as info:
+        load_fashion_mnist(cfg)
+    assert str(info.value).startswith(
+        f"data.val_size={val_size} leaves no training samples: the train set has {n}"
+    )
+    assert str(info.value).endswith(f"use 0..{n - 1}")

@@ -14,15 +14,10 @@ import pytest
 import torch
 
 import fashionbn.train
+from fashionbn.checkpoint import CHECKPOINT_MAGIC, load_checkpoint
 from fashionbn.config import FashionbnError
-from fashionbn.job import (
-    CHECKPOINT_MAGIC,
-    JobBusy,
-    JobDirError,
-    load_checkpoint,
-    run_job,
-)
-from fashionbn.results import WriteError, read_metrics, read_status
+from fashionbn.job import JobBusy, JobDirError, run_job
+from fashionbn.results import RESULTS_FORMAT, WriteError, read_metrics, read_status
 from fashionbn.sweep import read_job
 from tests.conftest import compose_config, without_seconds
 
@@ -431,7 +426,7 @@ def test_results_of_an_older_fashionbn_are_not_taken_for_current(
     assert "force=true discards it" in str(info.value)
     cfg.force = True
     assert len(run_job(cfg, tmp_path)) == 3
-    assert read_status(tmp_path)[0]["format"] == 2
+    assert read_status(tmp_path)[0]["format"] == RESULTS_FORMAT
 
 
 def test_input_errors_leave_the_dir_untouched(tmp_path) -> None:

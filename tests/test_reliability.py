@@ -17,7 +17,7 @@ import fashionbn.train
 from fashionbn.config import FashionbnError
 from fashionbn.data import raw_dir
 from fashionbn.job import run_job
-from fashionbn.results import atomic_write, read_metrics, read_status
+from fashionbn.results import RESULTS_FORMAT, atomic_write, read_metrics, read_status
 from fashionbn.sweep import read_sweep
 from tests.conftest import compose_config, run_module, without_seconds
 
@@ -472,7 +472,7 @@ def test_status_file_is_valid_json_with_the_config(tmp_path, tiny_system_dir) ->
     status = json.loads((tmp_path / "job" / "status.json").read_text())
     assert status["status"] == "complete" and status["epochs_done"] == 2
     assert status["config"]["optim"]["lr"] == 0.001
-    assert status["format"] == 2
+    assert status["format"] == RESULTS_FORMAT
     assert status["execution"][0]["device"] == "cpu"
     # where the data is and how the run is executed are not part of its identity
     assert "root" not in status["config"]["data"]

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashionbn.data import load_fashion_mnist, shuffled_batches
+import fashionbn.data
+import fashionbn.train
+from fashionbn.data import load_fashion_mnist, shuffled_batches, split_indices
 from fashionbn.job import run_job
 from fashionbn.model import build_model
 from fashionbn.results import METRIC_COLUMNS
@@ -33,6 +35,7 @@ def test_one_epoch_on_real_data_writes_metrics(small_real_cfg, tmp_path) -> None
         rows = list(reader)
     assert reader.fieldnames == METRIC_COLUMNS
     assert len(rows) == 1
+    assert rows[0]["val_loss"] == rows[0]["val_acc"] == ""  # no validation split
     assert float(rows[0]["test_acc"]) == records[0]["test_acc"]
     for key in ("train_acc", "test_acc"):
         assert 0.0 <= records[0][key] <= 1.0
@@ -166,3 +169,64 @@ def test_the_default_experiment_keeps_its_numbers(real_data_root, model, epoch5)
     plain = plain_loop_test_accuracy(cfg, load_fashion_mnist(cfg.data))
     assert [r["test_acc"] for r in records] == plain
     assert abs(records[-1]["test_acc"] - epoch5) <= 0.001
+
+
+# --- the validation split ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_validation_samples_are_never_trained_on(
+    tmp_path, tiny_system_dir, monkeypatch
+):
+    """Poison the samples the split holds out with NaN: training (and its loss) stays
+    finite, only the validation loss is NaN."""
+    system_dir, _ = tiny_system_dir
+    real_load = fashionbn.data._load_split
+
+    def poisoned(root, train, size):
+        images, labels = real_load(root, train, size)
+        if train:
+            _, held_out = split_indices(len(labels), 32, 0)
+            images = images.clone()
+            images[held_out] = float("nan")
+        return images, labels
+
+    monkeypatch.setattr(fashionbn.data, "_load_split", poisoned)
+    fashionbn.data.clear_cache()
+    cfg = compose_config(
+        [f"data.system_dir={system_dir}", f"data.root={tmp_path / 'root'}",
+         "data.val_size=32", "epochs=3", "batch_size=16", "model=batchnorm",
+         "device=cpu"]
+    )  # fmt: skip
+    records = train_and_evaluate(cfg)
+    fashionbn.data.clear_cache()
+    assert all(math.isfinite(r["train_loss"]) for r in records)
+    assert all(math.isfinite(r["test_loss"]) for r in records)
+    assert all(math.isnan(r["val_loss"]) for r in records)
+
+
+@pytest.mark.slow
+def test_evaluating_the_validation_split_changes_nothing_else(
+    small_real_overrides, monkeypatch, caplog
+) -> None:
+    caplog.set_level("INFO")
+    cfg = compose_config([*small_real_overrides, "model=batchnorm", "epochs=2",
+                          "data.val_size=500"])  # fmt: skip
+    with_val = train_and_evaluate(cfg)
+    assert "1548 train / 500 val / 1000 test samples" in caplog.text
+    assert "val_acc" in caplog.text
+    real_evaluate = fashionbn.train.evaluate
+
+    def skip_validation(model, images, labels, batch_size):
+        if len(labels) == 500:
+            return None, None
+        return real_evaluate(model, images, labels, batch_size)
+
+    monkeypatch.setattr(fashionbn.train, "evaluate", skip_validation)
+    without_val = train_and_evaluate(cfg)
+    keep = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+    assert [{k: r[k] for k in keep} for r in with_val] == [
+        {k: r[k] for k in keep} for r in without_val
+    ]
+    assert all(0 <= r["val_acc"] <= 1 for r in with_val)
+    assert all(r["val_acc"] * 500 == round(r["val_acc"] * 500) for r in with_val)

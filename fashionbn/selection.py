@@ -1,0 +1,115 @@
+"""Each model at its own best hyperparameters, chosen on validation metrics only.
+
+When a sweep varies a hyperparameter besides model and seed (the *tuned* keys), every
+model gets the setting with the best mean validation metric at its runs' last epoch,
+across seeds. The test set never takes part in the choice; it is only reported at the
+chosen setting.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pandas as pd
+
+from fashionbn.stats import last_epochs
+
+# selection metric -> whether larger is better
+SELECT_BY = {"val_acc": True, "val_loss": False}
+
+
+@dataclass
+class Selection:
+    tuned: list[str]  # the hyperparameters chosen per model
+    by: str  # the validation metric that chose them
+    table: pd.DataFrame  # selection.csv: one row per model
+    grid: pd.DataFrame  # per model and setting: n, mean/std of `by` and of test_acc
+    results: pd.DataFrame  # the results rows of every model at its chosen setting
+    warnings: list[str] = field(default_factory=list)
+
+
+def tuned_keys(group_keys: list[str]) -> list[str]:
+    """The group keys a selection chooses: all but model and the data.* keys."""
+    return [k for k in group_keys if k != "model" and not k.startswith("data.")]
+
+
+def why_no_selection(
+    results: pd.DataFrame, group_keys: list[str], by: str
+) -> Optional[str]:
+    """Why there is no per-model selection (None when there is one, or nothing to
+    select: a sweep that varies only model and seed)."""
+    tuned = tuned_keys(group_keys)
+    if not tuned:
+        return None
+    if by == "none":
+        return "No tuned comparison: selection is off (--select-by none)."
+    data_keys = [k for k in group_keys if k.startswith("data.")]
+    if data_keys:
+        return (
+            f"No tuned comparison: the runs differ in {', '.join(data_keys)}; a "
+            "selection needs one validation set for all of them."
+        )
+    last = last_epochs(results, ["run"])
+    missing = last[by].isna()
+    if missing.any():
+        return (
+            f"No tuned comparison: the sweep varies {', '.join(tuned)}, but "
+            f"{int(missing.sum())} of {len(last)} runs have no validation metrics "
+            "(data.val_size=0), and fashionbn never selects on the test set: run the "
+            "sweep with data.val_size=N (e.g. experiment=fair_lr)."
+        )
+    return None
+
+
+def select(results: pd.DataFrame, group_keys: list[str], by: str) -> Selection:
+    """Per model, the setting of the tuned keys with the best mean `by` at the runs'
+    last epoch (ties: the first setting in sorted order)."""
+    tuned = tuned_keys(group_keys)
+    last = last_epochs(results, ["run"])
+    grouped = last.groupby(["model", *tuned], dropna=False)
+    grid = grouped.agg(
+        n=("run", "size"),
+        **{f"{by}_mean": (by, "mean"), f"{by}_std": (by, "std")},
+        test_acc_mean=("test_acc", "mean"),
+        test_acc_std=("test_acc", "std"),
+    ).reset_index()
+    higher_is_better = SELECT_BY[by]
+    chosen_rows, warnings = [], []
+    for model, part in grid.groupby("model", sort=True):
+        order = part.sort_values(
+            f"{by}_mean", ascending=not higher_is_better, kind="stable"
+        )
+        chosen = order.iloc[0]
+        chosen_rows.append(chosen)
+        warnings += _edge_warnings(model, chosen, part, tuned)
+        if chosen["n"] < part["n"].max():
+            warnings.append(
+                f"{model}'s chosen setting has n={int(chosen['n'])} complete runs, "
+                f"other settings up to {int(part['n'].max())}: the others diverged or "
+                "are missing, so its mean is over the survivors only"
+            )
+    table = pd.DataFrame(chosen_rows).reset_index(drop=True)
+    table = table[["model", *tuned, "n", f"{by}_mean", "test_acc_mean", "test_acc_std"]]
+    at_choice = results.merge(table[["model", *tuned]], on=["model", *tuned])
+    return Selection(tuned, by, table, grid, at_choice, warnings)
+
+
+def _edge_warnings(
+    model: str, chosen: pd.Series, part: pd.DataFrame, tuned: list[str]
+) -> list[str]:
+    """'widen the grid' for every numeric tuned value at the edge of what was tried."""
+    warnings = []
+    for key in tuned:
+        tried = pd.to_numeric(part[key], errors="coerce").dropna().unique()
+        value = pd.to_numeric(pd.Series([chosen[key]]), errors="coerce").iloc[0]
+        if len(tried) < 2 or pd.isna(value):
+            continue
+        if value == tried.max():
+            edge = "largest"
+        elif value == tried.min():
+            edge = "smallest"
+        else:
+            continue
+        warnings.append(
+            f"{model}'s best {key}={chosen[key]} is the {edge} tried: widen the grid"
+        )
+    return warnings

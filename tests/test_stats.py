@@ -1,0 +1,142 @@
+"""The report's statistics against independent computations on hand-made numbers."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+
+from fashionbn.stats import (
+    bootstrap_interval,
+    compare,
+    comparisons,
+    generalisation,
+    holm,
+    paired_p_value,
+    probability_of_improvement,
+    seeds_needed,
+    t_interval,
+    wilson_interval,
+)
+
+# Student t quantiles 0.975 from a printed table
+T_975 = {2: 4.302652729911275, 16: 2.119905299221, 17: 2.109815577833}
+
+
+def test_t_interval_by_hand() -> None:
+    gaps = pd.Series([0.1, 0.2, 0.3])  # mean 0.2, sample std 0.1
+    half = T_975[2] * 0.1 / math.sqrt(3)
+    assert t_interval(gaps) == pytest.approx((0.2 - half, 0.2 + half))
+    assert all(math.isnan(x) for x in t_interval(pd.Series([0.5])))
+
+
+def test_paired_p_value_closed_form_for_two_degrees_of_freedom() -> None:
+    """For df = 2 the t distribution's cdf is 1/2 + t / (2 sqrt(2 + t^2)), so the
+    two-sided p-value is 1 - t / sqrt(2 + t^2)."""
+    t = 0.2 / (0.1 / math.sqrt(3))
+    assert paired_p_value([0.1, 0.2, 0.3]) == pytest.approx(1 - t / math.sqrt(2 + t**2))
+    assert paired_p_value([-0.1, -0.2, -0.3]) == pytest.approx(
+        1 - t / math.sqrt(2 + t**2)
+    )
+    assert math.isnan(paired_p_value([0.3]))
+    assert paired_p_value([0.1, 0.1, 0.1]) == 0.0  # no spread, not zero: certain
+    assert paired_p_value([0.0, 0.0]) == 1.0
+
+
+def test_holm_by_hand() -> None:
+    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, max(prev, 1 x 0.04)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    adjusted = holm([math.nan, 0.02, 0.04])  # NaN is not part of the family
+    assert math.isnan(adjusted[0]) and adjusted[1:] == pytest.approx([0.04, 0.04])
+
+
+def test_probability_of_improvement_counts_ties_half() -> None:
+    assert probability_of_improvement([0.1, -0.2, 0.0, 0.3]) == pytest.approx(0.625)
+    assert probability_of_improvement([0.6 - 0.5, 0.2 - 0.1]) == 1.0
+    assert probability_of_improvement([0.3 - 0.1 - 0.2]) == 0.5  # float-noise tie
+
+
+def test_wilson_interval_by_hand() -> None:
+    # 3 successes in 3: the textbook Wilson lower bound 0.4385
+    z = 1.959963984540054
+    centre = (1 + z**2 / 6) / (1 + z**2 / 3)
+    half = z / (1 + z**2 / 3) * math.sqrt(z**2 / 36)
+    low, high = wilson_interval(1.0, 3)
+    assert low == pytest.approx(centre - half) and low == pytest.approx(
+        0.4385, abs=1e-4
+    )
+    assert high == 1.0
+    # 5 of 10: symmetric around 0.5
+    low, high = wilson_interval(0.5, 10)
+    assert low + high == pytest.approx(1.0)
+    assert low == pytest.approx(0.2366, abs=1e-4)
+
+
+def test_seeds_needed_by_hand() -> None:
+    # std 0.02, ±0.01: n=17 gives 2.1199 * 0.02 / sqrt(17) = 0.01028 > 0.01,
+    # n=18 gives 2.1098 * 0.02 / sqrt(18) = 0.00995
+    assert T_975[16] * 0.02 / math.sqrt(17) > 0.01 >= T_975[17] * 0.02 / math.sqrt(18)
+    assert seeds_needed(0.02, 0.01) == 18
+    assert seeds_needed(0.0, 0.01) == 2
+    assert math.isnan(seeds_needed(math.nan, 0.01))
+
+
+def bca_by_hand(values: np.ndarray, resamples: int, seed: int) -> tuple:
+    """Efron's BCa interval of the mean, written out with numpy."""
+    rng = np.random.default_rng(seed)
+    n, theta = len(values), values.mean()
+    means = values[rng.integers(0, n, (resamples, n))].mean(axis=1)
+    z0 = norm.ppf(np.mean(means < theta))
+    jack = np.array([np.delete(values, i).mean() for i in range(n)])
+    d = jack.mean() - jack
+    a = (d**3).sum() / (6 * ((d**2).sum()) ** 1.5)
+    levels = []
+    for z in (norm.ppf(0.025), norm.ppf(0.975)):
+        levels.append(norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))
+    return tuple(np.quantile(means, levels))
+
+
+def test_bootstrap_interval_matches_a_hand_written_bca() -> None:
+    gaps = np.array([0.21, 0.18, 0.25, 0.19, 0.30, 0.17, 0.22, 0.35, 0.20, 0.16])
+    low, high = bootstrap_interval(gaps)
+    hand_low, hand_high = bca_by_hand(gaps, 200_000, seed=1)
+    assert low == pytest.approx(hand_low, abs=0.003)
+    assert high == pytest.approx(hand_high, abs=0.003)
+    assert low < gaps.mean() < high
+    assert bootstrap_interval(gaps) == (low, high)  # fixed random state
+    assert bootstrap_interval([0.1] * 8) == (0.1, 0.1)
+
+
+def test_compare_gives_bootstrap_from_eight_pairs_on() -> None:
+    few = compare([0.1, 0.2, 0.3], precision=0.01)
+    assert few["n"] == 3 and few["mean"] == pytest.approx(0.2)
+    assert math.isnan(few["boot_low"]) and math.isnan(few["boot_high"])
+    assert few["p_improve"] == 1.0
+    assert few["seeds_needed"] == seeds_needed(0.1, 0.01)
+    eight = compare([0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1, 0.2], precision=0.01)
+    assert eight["boot_low"] < eight["mean"] < eight["boot_high"]
+
+
+def test_comparisons_at_epoch_one_and_the_last() -> None:
+    gaps = pd.DataFrame(
+        {"comparison": "batchnorm − baseline", "seed": [0, 1, 2] * 3,
+         "epoch": [1] * 3 + [2] * 3 + [3] * 3,
+         "gap": [0.5, 0.4, 0.6, 0.3, 0.3, 0.3, 0.1, 0.2, 0.3]}
+    )  # fmt: skip
+    table = comparisons(gaps, ["model"], precision=0.01)
+    assert table["epoch"].tolist() == [1, 3]
+    assert table["mean"].tolist() == pytest.approx([0.5, 0.2])
+
+
+def test_generalisation_is_train_minus_test_at_the_last_epoch() -> None:
+    results = pd.DataFrame(
+        {"run": ["a", "a", "b", "b"], "model": "baseline", "epoch": [1, 2, 1, 2],
+         "train_acc": [0.5, 0.80, 0.5, 0.70], "test_acc": [0.4, 0.75, 0.4, 0.71]}
+    )  # fmt: skip
+    table = generalisation(results, ["model"])
+    row = table.iloc[0]
+    assert (row["epoch"], row["n"]) == (2, 2)
+    assert row["mean"] == pytest.approx(np.mean([0.05, -0.01]))
+    assert row["std"] == pytest.approx(np.std([0.05, -0.01], ddof=1))
