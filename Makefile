@@ -10,6 +10,9 @@ APT_INSTALL := apt-get update && apt-get install -y dataset-fashion-mnist
 # where `make sweep` writes. Fixed, so that running it again resumes an interrupted
 # sweep and skips finished runs; `make sweep SWEEP_DIR=multirun/other` starts another.
 SWEEP_DIR ?= multirun/sweep
+# extra overrides for the sweep, e.g. `make sweep SWEEP_ARGS=force=true` to re-train a dir
+# written by an older fashionbn
+SWEEP_ARGS ?=
 
 .PHONY: setup dataset test sweep plots lint clean
 
@@ -39,7 +42,7 @@ test: setup
 
 # the default sweep, then its tables, plots and report
 sweep: setup
-	$(PY) -m fashionbn.run -m model=baseline,batchnorm seed=0,1,2 hydra.sweep.dir=$(SWEEP_DIR)
+	$(PY) -m fashionbn.run -m model=baseline,batchnorm seed=0,1,2 hydra.sweep.dir=$(SWEEP_DIR) $(SWEEP_ARGS)
 	$(PY) -m fashionbn.aggregate $(SWEEP_DIR)
 
 # regenerate tables, plots and report of the newest sweep under multirun/ (no training)
