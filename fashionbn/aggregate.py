@@ -17,15 +17,20 @@ from typing import Optional
 import pandas as pd
 
 from fashionbn.config import FashionbnError
-from fashionbn.report import TUNED, Analysis, summary_markdown, write_report
+from fashionbn.markdown import summary_markdown
+from fashionbn.report import Analysis, write_report
+from fashionbn.report_sections import TUNED
 from fashionbn.selection import SELECT_BY, select, tuned_keys, why_no_selection
 from fashionbn.stats import (
     comparisons,
+    diagnostics_summary,
     epochs_to_reach,
     gap_intervals,
     generalisation,
+    last_hidden_layer,
     paired_gaps,
     summarize,
+    why_numbers,
     with_holm,
 )
 from fashionbn.sweep import AggregateError, Sweep, load_sweep, read_sweep
@@ -42,6 +47,10 @@ OUTPUTS = (
     "test_accuracy.png",
     "accuracy_gap.png",
     "tuning.png",
+    "diagnostics_summary.csv",
+    "layer_inputs.png",
+    "gradients.png",
+    "smoothness.png",
     "report.md",
 )
 
@@ -106,6 +115,9 @@ def analyse(
         analysis.selection = selection
         analysis.tuned_generalisation = generalisation(selection.results, ["model"])
     analysis.comparisons = with_holm(table)
+    if not sweep.diagnostics.empty:
+        analysis.diagnostics = diagnostics_summary(sweep.diagnostics, keys)
+        analysis.why = why_numbers(analysis.diagnostics, keys)
     return analysis
 
 
@@ -157,6 +169,13 @@ def aggregate(
         files["tuning.png"] = plot.png(figure)
     elif analysis.selection_note:
         print(analysis.selection_note, file=sys.stderr)
+    if analysis.diagnostics is not None:
+        summary = analysis.diagnostics
+        files["diagnostics_summary.csv"] = csv_bytes(summary)
+        layer = last_hidden_layer(summary)
+        files["layer_inputs.png"] = plot.png(plot.layer_inputs(summary, keys, layer))
+        files["gradients.png"] = plot.png(plot.gradients(summary, keys))
+        files["smoothness.png"] = plot.png(plot.smoothness(summary, keys))
     report = write_report(sweep, analysis, figures, notes, sweep_dirs)
     files["report.md"] = report.encode()
     write_outputs(out_dir, files)

@@ -23,7 +23,7 @@ from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
 from fashionbn.config import register_configs
-from fashionbn.data import clear_cache, ensure_dataset
+from fashionbn.data import clear_cache, dataset_name, ensure_dataset
 from fashionbn.job import run_job
 from fashionbn.model import build_model
 from fashionbn.train import seed_everything
@@ -78,16 +78,39 @@ def fashionbn_run(cfg) -> float:
 PIPELINES = {"reference": reference_run, "fashionbn": fashionbn_run}
 
 
+def timed(runs: dict, repeats: int) -> tuple[dict, dict]:
+    """Median seconds and last result of every run, alternating them repeats times
+    (the machine's noise then hits all of them alike)."""
+    seconds: dict = {name: [] for name in runs}
+    results = {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            results[name] = run()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in seconds.items()}, results
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m fashionbn.bench",
         description="Time fashionbn's training path against the notebook's "
-        "DataLoader+ToTensor pipeline on the real FashionMNIST (default config).",
+        "DataLoader+ToTensor pipeline on the real FashionMNIST (default config); "
+        "with --diagnostics, time fashionbn with diagnostics=on against off.",
     )
     parser.add_argument("--models", nargs="+", default=["baseline", "batchnorm"])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--diagnostics", action="store_true",
+        help="measure what diagnostics=on (its defaults) costs a run",
+    )  # fmt: skip
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -99,29 +122,42 @@ def main(argv: Optional[list[str]] = None) -> None:
     configs = {}
     for model in args.models:
         overrides = [f"model={model}", f"epochs={args.epochs}", f"seed={args.seed}"]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            configs[model] = compose("config", overrides=[*overrides, *args.overrides])
+        configs[model] = compose_config([*overrides, *args.overrides])
         if configs[model].threads is not None:  # both pipelines run with it
             torch.set_num_threads(configs[model].threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{args.epochs} epochs, {args.repeats} repeats (median), seed {args.seed}"
     )
-    print(
-        f"{'model':<10} {'pipeline':<10} {'seconds':>8} {'samples/s':>10} "
-        f"{'test_acc':>9} {'ratio':>6}"
-    )
+    if args.diagnostics:
+        print(f"{'model':<10} {'diagnostics':<12} {'seconds':>8} {'overhead':>9}")
+    else:
+        print(
+            f"{'model':<10} {'pipeline':<10} {'seconds':>8} {'samples/s':>10} "
+            f"{'test_acc':>9} {'ratio':>6}"
+        )
     for model, cfg in configs.items():
-        ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download)
-        seconds = {name: [] for name in PIPELINES}
-        accuracy = {}
-        for _ in range(args.repeats):
-            for name, run in PIPELINES.items():  # alternate: shared noise hits both
-                start = time.perf_counter()
-                accuracy[name] = run(cfg)
-                seconds[name].append(time.perf_counter() - start)
+        ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
+                       dataset_name(cfg.data))  # fmt: skip
+        if args.diagnostics:
+            with_diagnostics = compose_config(
+                [f"model={model}", f"epochs={args.epochs}", f"seed={args.seed}",
+                 *args.overrides, "diagnostics=on"]
+            )  # fmt: skip
+            runs = {
+                "off": lambda: fashionbn_run(cfg),
+                "on": lambda: fashionbn_run(with_diagnostics),
+            }
+            median, _ = timed(runs, args.repeats)
+            for name in runs:
+                overhead = median[name] / median["off"] - 1
+                print(f"{model:<10} {name:<12} {median[name]:>8.2f} {overhead:>+8.1%}")
+            continue
+        median, accuracy = timed(
+            {name: (lambda run=run: run(cfg)) for name, run in PIPELINES.items()},
+            args.repeats,
+        )
         samples = args.epochs * (cfg.data.train_size or 60_000)
-        median = {name: statistics.median(times) for name, times in seconds.items()}
         for name in PIPELINES:
             ratio = median["reference"] / median[name]
             rate = samples / median[name]

@@ -1,15 +1,15 @@
-"""Typed schemas for the Hydra config, what each key means for a run, and value checks.
+"""Typed schemas for the Hydra config, and what each key means for a run.
 
 The values live in conf/*.yaml. Each YAML file of a config group starts with a defaults
 entry naming its schema (stored in the `schema` group, so that schemas never show up as
 options of `model=`, `optim=`, ...): a misspelt key or a value of the wrong type fails
-at start-up with Hydra's own message. `check_config` refuses values of the right type
-that cannot work, before anything is trained or written.
+at start-up with Hydra's own message (fashionbn.checks refuses values of the right
+type that cannot work). A run's *identity* is what determines its numbers: the
+resolved config minus NON_IDENTITY_KEYS, normalised across versions
+(normalise_identity).
 """
 
 import dataclasses
-import math
-import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -26,21 +26,48 @@ class ConfigError(FashionbnError, ValueError):
     """A config value that cannot work, found before any training starts."""
 
 
-class BNPlacement(str, Enum):
-    """Where BatchNorm1d sits relative to the activation of a hidden layer."""
+class Norm(str, Enum):
+    """The normalisation of every hidden layer."""
 
-    before = "before"  # Linear -> BN -> ReLU (the original experiment)
-    after = "after"  # Linear -> ReLU -> BN
+    none = "none"
+    batchnorm = "batchnorm"  # BatchNorm1d: per unit, over the batch
+    layernorm = "layernorm"  # LayerNorm: per sample, over the layer's units
+
+
+class NormPlacement(str, Enum):
+    """Where the normalisation sits relative to the activation of a hidden layer."""
+
+    before = "before"  # Linear -> norm -> activation (the original experiment)
+    after = "after"  # Linear -> activation -> norm
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+
+
+class Init(str, Enum):
+    default = "default"  # PyTorch's Linear init (Kaiming-uniform weights and biases)
+    normal = "normal"  # weights ~ N(0, init_std^2), biases 0
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING
     hidden: list[int] = field(default_factory=lambda: [64, 32])
-    batch_norm: bool = False
-    bn_placement: BNPlacement = BNPlacement.before
+    norm: Norm = Norm.none
+    norm_placement: NormPlacement = NormPlacement.before
     bn_momentum: float = 0.1
-    bn_eps: float = 1e-5
+    norm_eps: float = 1e-5
+    activation: Activation = Activation.relu
+    init: Init = Init.default
+    init_std: float = 0.01
+
+
+class DatasetName(str, Enum):
+    fashion_mnist = "fashion_mnist"
+    mnist = "mnist"
 
 
 @dataclass
@@ -64,6 +91,7 @@ class AdamConfig(OptimConfig):
 
 @dataclass
 class DataConfig:
+    name: DatasetName = DatasetName.fashion_mnist
     root: str = "data/"
     system_dir: Optional[str] = "/usr/share/datasets/fashion-mnist"
     download: bool = False
@@ -75,10 +103,20 @@ class DataConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    enabled: bool = False
+    every_steps: Optional[int] = None  # null: a 50th of the run's steps
+    probe_size: int = 128
+    step_sizes: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+    ics: bool = True
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     optim: OptimConfig = MISSING
     data: DataConfig = MISSING
+    diagnostics: DiagnosticsConfig = MISSING
     seed: int = 0
     epochs: int = 5
     batch_size: int = 64
@@ -107,6 +145,15 @@ NON_IDENTITY_KEYS = (
 # what older fashionbn versions recorded as config although they are facts of the
 # dataset, with the only values they could take
 RETIRED_KEYS = {"model.in_features": 28 * 28, "model.num_classes": 10}
+# keys older versions called otherwise (model.batch_norm: true/false became model.norm)
+RENAMED_KEYS = {
+    "model.bn_placement": "model.norm_placement",
+    "model.bn_eps": "model.norm_eps",
+}
+# keys that decide what a run records besides its metrics, never its numbers (a test
+# proves diagnostics change no metric): part of a job's identity, but not parameters
+# of the experiment when the aggregate groups and counts runs
+MEASUREMENT_PREFIXES = ("diagnostics.",)
 
 
 def dirname_exclude_keys() -> list[str]:
@@ -123,6 +170,7 @@ def register_configs() -> None:
     cs.store(group="schema", name="sgd", node=SGDConfig)
     cs.store(group="schema", name="adam", node=AdamConfig)
     cs.store(group="schema", name="data", node=DataConfig)
+    cs.store(group="schema", name="diagnostics", node=DiagnosticsConfig)
     if not OmegaConf.has_resolver("fashionbn_dirname_exclude"):
         OmegaConf.register_new_resolver(
             "fashionbn_dirname_exclude", dirname_exclude_keys
@@ -173,12 +221,19 @@ def normalise_identity(config: dict) -> dict:
     for key, value in RETIRED_KEYS.items():
         if flat.get(key, value) == value:
             flat.pop(key, None)
+    for old, new in RENAMED_KEYS.items():
+        if old in flat:
+            flat.setdefault(new, flat.pop(old))
+    if "model.batch_norm" in flat:
+        batch_norm = flat.pop("model.batch_norm")
+        flat.setdefault("model.norm", "batchnorm" if batch_norm else "none")
     optim_schema = OPTIM_SCHEMAS.get(flat.get("optim.name"), OptimConfig)
     for prefix, schema in (
         ("", Config),
         ("model.", ModelConfig),
         ("optim.", optim_schema),
         ("data.", DataConfig),
+        ("diagnostics.", DiagnosticsConfig),
     ):
         for key, value in _schema_defaults(schema).items():
             if f"{prefix}{key}" not in NON_IDENTITY_KEYS:
@@ -196,111 +251,3 @@ def unflatten(flat: dict[str, Any]) -> dict:
             node = node.setdefault(parent, {})
         node[leaf] = flat[key]
     return nested
-
-
-# --- values of the right type that cannot work ----------------------------------
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _finite(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def check_config(cfg) -> None:
-    """Raise ConfigError (one line naming the key) for any value that cannot work."""
-    problems = [*_run_problems(cfg), *_model_problems(cfg.model)]
-    problems += [*_optim_problems(cfg.optim), *_data_problems(cfg.data)]
-    if problems:
-        raise ConfigError(problems[0])
-
-
-def _run_problems(cfg) -> list[str]:
-    problems = []
-    if cfg.epochs < 1:
-        problems.append(f"epochs={cfg.epochs}: must be >= 1")
-    if cfg.batch_size < 1:
-        problems.append(f"batch_size={cfg.batch_size}: must be >= 1")
-    if not 0 <= cfg.seed < 2**32:
-        problems.append(f"seed={cfg.seed}: must be in 0..{2**32 - 1}")
-    cores = available_cores()
-    if cfg.threads is not None and not 1 <= cfg.threads <= cores:
-        problems.append(
-            f"threads={cfg.threads}: must be in 1..{cores} (this machine's cores) or "
-            "null; more threads than cores only slows training down"
-        )
-    if not cfg.divergence_loss > 0:
-        problems.append(f"divergence_loss={cfg.divergence_loss}: must be > 0")
-    return problems
-
-
-def _model_problems(model) -> list[str]:
-    problems = []
-    hidden = list(model.hidden)
-    if not hidden or any(width <= 0 for width in hidden):
-        problems.append(
-            f"model.hidden={hidden}: give one or more positive layer widths, "
-            "e.g. model.hidden=[64,32]"
-        )
-    if not (_finite(model.bn_eps) and model.bn_eps > 0):
-        problems.append(
-            f"model.bn_eps={model.bn_eps}: must be > 0 (it keeps BatchNorm from "
-            "dividing by zero); torch's default is 1e-05"
-        )
-    if not (_finite(model.bn_momentum) and 0 <= model.bn_momentum <= 1):
-        problems.append(
-            f"model.bn_momentum={model.bn_momentum}: must be in [0, 1] (the weight of "
-            "each new batch in the running statistics); torch's default is 0.1"
-        )
-    return problems
-
-
-def _optim_problems(optim) -> list[str]:
-    problems = []
-    if not (_finite(optim.lr) and optim.lr > 0):
-        problems.append(
-            f"optim.lr={optim.lr}: the learning rate must be a finite number > 0"
-        )
-    if not (_finite(optim.weight_decay) and optim.weight_decay >= 0):
-        problems.append(
-            f"optim.weight_decay={optim.weight_decay}: must be a finite number >= 0"
-        )
-    if "momentum" in optim:
-        if not (_finite(optim.momentum) and 0 <= optim.momentum < 1):
-            problems.append(f"optim.momentum={optim.momentum}: must be in [0, 1)")
-        elif optim.nesterov and optim.momentum == 0:
-            problems.append("optim.nesterov=true needs optim.momentum > 0")
-    if "betas" in optim:
-        betas = list(optim.betas)
-        if len(betas) != 2 or not all(_finite(b) and 0 <= b < 1 for b in betas):
-            problems.append(
-                f"optim.betas={betas}: give two values in [0, 1), e.g. [0.9,0.999]"
-            )
-    if "eps" in optim and not (_finite(optim.eps) and optim.eps > 0):
-        problems.append(f"optim.eps={optim.eps}: must be a finite number > 0")
-    return problems
-
-
-def _data_problems(data) -> list[str]:
-    problems = []
-    for key in ("train_size", "test_size"):
-        size = data[key]
-        if size is not None and size < 1:
-            problems.append(
-                f"data.{key}={size}: must be >= 1, or null for the whole split"
-            )
-    if data.val_size < 0:
-        problems.append(
-            f"data.val_size={data.val_size}: must be >= 0 (0: no validation split)"
-        )
-    if not 0 <= data.split_seed < 2**63:
-        problems.append(f"data.split_seed={data.split_seed}: must be in 0..2**63-1")
-    if data.eval_batch_size < 1:
-        problems.append(f"data.eval_batch_size={data.eval_batch_size}: must be >= 1")
-    return problems

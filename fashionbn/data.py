@@ -1,8 +1,9 @@
-"""FashionMNIST -> in-memory tensors: find or prepare the files, load, validate, hold
-out a validation split, batch.
+"""FashionMNIST (or MNIST) -> in-memory tensors: find or prepare the files, load,
+validate, hold out a validation split, batch.
 
 torchvision parses the IDX files; the images are then converted once to float32 in
 [0, 1] (the values transforms.ToTensor() gives) instead of once per sample per epoch.
+Both datasets share the format, file names and loader; only where they live differs.
 """
 
 import functools
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
-from torchvision.datasets import FashionMNIST
+from torchvision.datasets import MNIST, FashionMNIST
 
 from fashionbn.config import ConfigError, FashionbnError
 from fashionbn.results import atomic_write
@@ -32,10 +33,12 @@ IDX_FILES = {
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 APT_COMMAND = "apt-get update && apt-get install -y dataset-fashion-mnist"
+# data.name -> torchvision's class, which also names the folder <root>/<Class>/raw/
+TORCHVISION = {"fashion_mnist": FashionMNIST, "mnist": MNIST}
 
 
 class DatasetNotFoundError(FashionbnError, FileNotFoundError):
-    """No FashionMNIST files anywhere we are allowed to look."""
+    """No dataset files anywhere we are allowed to look."""
 
 
 class DatasetCorruptError(FashionbnError, ValueError):
@@ -63,9 +66,15 @@ def split_indices(
     return order[val_size:].sort().values, order[:val_size].sort().values
 
 
-def raw_dir(root: str | Path) -> Path:
-    """Where torchvision's FashionMNIST expects the uncompressed IDX files."""
-    return Path(root) / "FashionMNIST" / "raw"
+def dataset_name(data_cfg) -> str:
+    """data.name as a plain string ('fashion_mnist' for configs without one)."""
+    name = getattr(data_cfg, "name", "fashion_mnist")
+    return str(getattr(name, "value", name))
+
+
+def raw_dir(root: str | Path, name: str = "fashion_mnist") -> Path:
+    """Where torchvision expects the uncompressed IDX files of dataset `name`."""
+    return Path(root) / TORCHVISION[name].__name__ / "raw"
 
 
 def check_idx_file(path: Path) -> None:
@@ -99,19 +108,21 @@ def _prod(values: list[int]) -> int:
     return result
 
 
-def _has_raw_files(root: str | Path) -> bool:
-    return all((raw_dir(root) / name).is_file() for name in IDX_FILES)
+def _has_raw_files(root: str | Path, name: str) -> bool:
+    return all((raw_dir(root, name) / file).is_file() for file in IDX_FILES)
 
 
-def prepare_from_system_dir(root: str | Path, system_dir: str | Path) -> bool:
+def prepare_from_system_dir(
+    root: str | Path, system_dir: str | Path, name: str = "fashion_mnist"
+) -> bool:
     """Decompress the four `.gz` files of `system_dir` into `root`; False if absent."""
-    sources = {name: Path(system_dir) / f"{name}.gz" for name in IDX_FILES}
+    sources = {file: Path(system_dir) / f"{file}.gz" for file in IDX_FILES}
     if not all(path.is_file() for path in sources.values()):
         return False
-    target_dir = raw_dir(root)
+    target_dir = raw_dir(root, name)
     target_dir.mkdir(parents=True, exist_ok=True)
-    for name, source in sources.items():
-        target = target_dir / name
+    for file, source in sources.items():
+        target = target_dir / file
         if target.is_file():
             continue
         try:  # a kill or a bad file never leaves a half-written target behind
@@ -119,46 +130,56 @@ def prepare_from_system_dir(root: str | Path, system_dir: str | Path) -> bool:
                 atomic_write(target, lambda dst: shutil.copyfileobj(src, dst), "wb")
         except (OSError, EOFError, zlib.error) as err:
             raise DatasetCorruptError(f"{source}: cannot decompress ({err})") from err
-    log.info("prepared FashionMNIST in %s from %s", target_dir, system_dir)
+    log.info("prepared %s in %s from %s", name, target_dir, system_dir)
     return True
 
 
 def ensure_dataset(
-    root: str | Path, system_dir: Optional[str | Path], download: bool
+    root: str | Path,
+    system_dir: Optional[str | Path],
+    download: bool,
+    name: str = "fashion_mnist",
 ) -> None:
-    """Make sure `root` holds the raw IDX files, or raise one clear error."""
-    if _has_raw_files(root):
+    """Make sure `root` holds the raw IDX files of `name`, or raise one clear error."""
+    if _has_raw_files(root, name):
         return
-    if system_dir is not None and prepare_from_system_dir(root, system_dir):
+    if system_dir is not None and prepare_from_system_dir(root, system_dir, name):
         return
     if download:
-        FashionMNIST(str(root), train=True, download=True)
-        FashionMNIST(str(root), train=False, download=True)
+        TORCHVISION[name](str(root), train=True, download=True)
+        TORCHVISION[name](str(root), train=False, download=True)
         return
-    raise DatasetNotFoundError(
-        f"FashionMNIST not found: no IDX files in {raw_dir(root)} and no .gz files in "
-        f"data.system_dir={system_dir}. Get it one of three ways: "
+    files = raw_dir(root, name)
+    title = TORCHVISION[name].__name__
+    package = (
         f"(1) install Debian's package: {APT_COMMAND} (or run `make setup`); "
-        f"(2) put the four *-ubyte files in {raw_dir(root)} "
+        if name == "fashion_mnist"
+        else "(1) it is not packaged for Debian: copy its four .gz files into a dir "
+        "and set data.system_dir=<dir>; "
+    )
+    raise DatasetNotFoundError(
+        f"{title} not found: no IDX files in {files} and no .gz files in "
+        f"data.system_dir={system_dir}. Get it one of three ways: {package}"
+        f"(2) put the four *-ubyte files ({', '.join(IDX_FILES)}) in {files} "
         f"(or point data.root=<dir> at a copy that has them); "
         f"(3) allow torchvision to download with data.download=true (needs internet)."
     )
 
 
-def _load_split(root: Path, train: bool, size: Optional[int]) -> tuple:
+def _load_split(root: Path, name: str, train: bool, size: Optional[int]) -> tuple:
     prefix = "train" if train else "t10k"
-    for name in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
-        check_idx_file(raw_dir(root) / name)
-    dataset = FashionMNIST(str(root), train=train, download=False)
+    for file in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+        check_idx_file(raw_dir(root, name) / file)
+    dataset = TORCHVISION[name](str(root), train=train, download=False)
     images, labels = dataset.data, dataset.targets  # (N, 28, 28) uint8, (N,) int64
     split = "train" if train else "test"
     if images.shape[1:] != IMAGE_SHAPE or len(images) != len(labels):
         raise DatasetCorruptError(
-            f"{raw_dir(root)}: {split} images {tuple(images.shape)} do not match "
+            f"{raw_dir(root, name)}: {split} images {tuple(images.shape)} do not match "
             f"{len(labels)} labels of 28x28 images"
         )
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DatasetCorruptError(f"{raw_dir(root)}: {split} labels outside 0..9")
+        raise DatasetCorruptError(f"{raw_dir(root, name)}: {split} labels outside 0..9")
     if size is not None:
         if not 0 < size <= len(labels):
             raise ConfigError(
@@ -170,21 +191,21 @@ def _load_split(root: Path, train: bool, size: Optional[int]) -> tuple:
     return images.to(torch.float32).div_(255), labels  # in place: one 188 MB pass less
 
 
-def load_fashion_mnist(data_cfg) -> FashionData:
-    """Find (or prepare) FashionMNIST as `data_cfg` says and return it as tensors.
+def load_dataset(data_cfg) -> FashionData:
+    """Find (or prepare) the dataset `data_cfg` names and return it as tensors.
 
     The tensors are cached for the process (treat them as read-only), so the jobs of a
     sweep that run in one process parse and convert the files only once.
     """
-    root = Path(data_cfg.root).resolve()
-    ensure_dataset(root, data_cfg.system_dir, data_cfg.download)
+    root, name = Path(data_cfg.root).resolve(), dataset_name(data_cfg)
+    ensure_dataset(root, data_cfg.system_dir, data_cfg.download, name)
     # the files' sizes and times are part of the key: a changed file is read again
     stamps = tuple(
         (path.stat().st_size, path.stat().st_mtime_ns)
-        for path in (raw_dir(root) / name for name in IDX_FILES)
+        for path in (raw_dir(root, name) / file for file in IDX_FILES)
     )
     return _load_cached(
-        root, data_cfg.train_size, data_cfg.test_size, data_cfg.val_size,
+        root, name, data_cfg.train_size, data_cfg.test_size, data_cfg.val_size,
         data_cfg.split_seed, stamps,
     )  # fmt: skip
 
@@ -192,14 +213,15 @@ def load_fashion_mnist(data_cfg) -> FashionData:
 @functools.lru_cache(maxsize=1)
 def _load_cached(
     root: Path,
+    name: str,
     train_size: Optional[int],
     test_size: Optional[int],
     val_size: int,
     split_seed: int,
     stamps: tuple,
 ) -> FashionData:
-    train_images, train_labels = _load_split(root, True, train_size)
-    test_images, test_labels = _load_split(root, False, test_size)
+    train_images, train_labels = _load_split(root, name, True, train_size)
+    test_images, test_labels = _load_split(root, name, False, test_size)
     if not val_size:  # the notebook's protocol: every training sample is trained on
         return FashionData(train_images, train_labels, test_images, test_labels)
     available = len(train_labels)

@@ -1,53 +1,48 @@
-"""A job dir's life cycle: identity, lock, skip / resume / refuse, checkpoints.
+"""A job dir's life cycle: identity, lock, run or continue or skip, write every epoch.
 
 `run_job(cfg, job_dir)` trains cfg into job_dir, or finishes or skips what the dir
-already holds. What it trusts:
-- a run's *identity* is the config that determines its numbers (fashionbn.config
-  normalise_identity); status.json and checkpoint.pt both carry it, and a dir holding a
-  run of another identity is refused, never continued or mixed;
-- checkpoint.pt carries a SHA-256 digest of its contents and status.json one of
-  metrics.csv: a damaged or edited file is detected, never trusted;
-- an unfinished run with nothing trustworthy to continue from starts again from epoch 1
-  (removing the dir's earlier files: training is deterministic, so nothing is lost but
-  time); a finished run whose metrics.csv is damaged is restored from its checkpoint,
-  or refused with what to do;
-- one process at a time: an exclusive lock (flock, released by the kernel when its
-  holder dies) guards the dir; a job dir in use elsewhere is skipped with one line.
+already holds (fashionbn.resume decides which, trusting only what it can verify). One
+process at a time: an exclusive lock (flock, released by the kernel when its holder
+dies) guards the dir; a job dir in use elsewhere is skipped with one line. After every
+epoch the checkpoint is written first, then metrics.csv (and diagnostics.csv), then
+status.json, each atomically, so status.json never claims more than the files hold.
 """
 
 import fcntl
-import hashlib
 import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
 
-from fashionbn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fashionbn.config import FashionbnError, check_config, normalise_identity
-from fashionbn.data import FashionData, load_fashion_mnist
+from fashionbn.checkpoint import Checkpoint, save_checkpoint
+from fashionbn.checks import check_config
+from fashionbn.config import FashionbnError, normalise_identity
+from fashionbn.data import FashionData, load_dataset
+from fashionbn.diagnostics import Diagnostics, probe_indices, steps_per_epoch
 from fashionbn.results import (
-    CHECKPOINT_FILE,
     COMPLETE,
     DIVERGED,
     FAILED,
     LOCK_FILE,
-    METRICS_FILE,
-    RESULTS_FORMAT,
-    RUN_FILES,
     RUNNING,
-    STATUS_FILE,
     WriteError,
-    read_metrics,
-    read_status,
+    write_diagnostics,
     write_metrics,
     write_status,
+)
+from fashionbn.resume import (  # noqa: F401 - JobDirError: raised by run_job
+    DONE,
+    FRESH,
+    RESUME,
+    JobDirError,
+    Previous,
+    inspect_job_dir,
 )
 from fashionbn.train import (
     Training,
@@ -62,15 +57,9 @@ from fashionbn.train import (
 
 log = logging.getLogger(__name__)
 
-FORCE_HINT = "force=true discards it and trains again"
-
 
 class JobBusy(FashionbnError):
     """Another live process is training this job dir right now."""
-
-
-class JobDirError(FashionbnError):
-    """The job dir holds something this run must not overwrite or cannot trust."""
 
 
 def run_identity(cfg) -> dict:
@@ -78,18 +67,6 @@ def run_identity(cfg) -> dict:
     return normalise_identity(
         OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     )
-
-
-def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[str]:
-    """'optim.lr: 0.001 -> 0.01' for every leaf that differs between two configs."""
-    differences = []
-    for key in sorted(set(stored) | set(requested)):
-        old, new = stored.get(key), requested.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            differences += config_differences(old, new, f"{prefix}{key}.")
-        elif old != new:
-            differences.append(f"{prefix}{key}: {old} -> {new}")
-    return differences
 
 
 # --- the lock ----------------------------------------------------------------------
@@ -119,151 +96,6 @@ def job_lock(job_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-# --- what the dir holds, and what to do with it ------------------------------------
-
-FRESH, RESUME, DONE = "fresh", "resume", "done"
-
-
-@dataclass
-class Previous:
-    """What a job dir held, decided: train FRESH, RESUME a checkpoint, or DONE."""
-
-    action: str
-    records: list[dict] = field(default_factory=list)
-    state: Optional[dict] = None  # training state to RESUME from
-    status: str = RUNNING  # COMPLETE / DIVERGED when DONE
-    execution: list[dict] = field(default_factory=list)  # how earlier parts ran
-
-
-def discard(job_dir: Path) -> None:
-    """Remove every file a run wrote (and debris of interrupted atomic writes)."""
-    for name in RUN_FILES:
-        (job_dir / name).unlink(missing_ok=True)
-    for debris in job_dir.glob(".*.partial-*"):
-        debris.unlink(missing_ok=True)
-
-
-def inspect_job_dir(job_dir: Path, identity: dict, force: bool) -> Previous:
-    """Decide what to do with what job_dir holds; raise JobDirError if it must not
-    be touched (another config, an older fashionbn's results, unrestorable damage)."""
-    present = [name for name in RUN_FILES if (job_dir / name).exists()]
-    if force or not present:
-        if force and present:
-            log.warning("force=true: discarding the earlier run in %s", job_dir)
-        discard(job_dir)
-        return Previous(FRESH)
-    status, status_problem = read_status(job_dir)
-    if status is not None and status["epochs_done"] > 0:
-        if status["format"] < RESULTS_FORMAT:
-            raise JobDirError(
-                f"{job_dir} holds results of an older fashionbn (results format "
-                f"{status['format']}; this version writes {RESULTS_FORMAT}) that it "
-                f"cannot continue or vouch for: {FORCE_HINT}, or use another "
-                "hydra.sweep.dir/hydra.run.dir"
-            )
-        if normalise_identity(status["config"]) != identity:
-            raise another_config(job_dir, status["config"], identity)
-    checkpoint, checkpoint_problem = load_checkpoint(job_dir)
-    if checkpoint is not None and normalise_identity(checkpoint.identity) != identity:
-        if status is None:  # the checkpoint is all we know of what the dir holds
-            raise another_config(job_dir, checkpoint.identity, identity)
-        checkpoint, checkpoint_problem = (
-            None,
-            (f"{CHECKPOINT_FILE} belongs to another config than {STATUS_FILE}"),
-        )
-    execution = status.get("execution", []) if status is not None else []
-    if status is not None and status["status"] in (COMPLETE, DIVERGED):
-        return finished_run(job_dir, status, checkpoint, checkpoint_problem)
-    if checkpoint is not None:
-        if status_problem:
-            log.warning(
-                "%s: %s; continuing from %s, which is intact and of this config",
-                job_dir, status_problem, CHECKPOINT_FILE,
-            )  # fmt: skip
-        if checkpoint.status in (COMPLETE, DIVERGED):  # killed before status.json
-            return restored(job_dir, checkpoint, execution)
-        return Previous(
-            RESUME, checkpoint.records, checkpoint.state, RUNNING, execution
-        )
-    lost = status is None or status["epochs_done"] > 0 or CHECKPOINT_FILE in present
-    if lost:
-        reasons = "; ".join(p for p in (status_problem, checkpoint_problem) if p)
-        log.warning(
-            "%s: %s: nothing there can be trusted to continue from, so this run "
-            "starts again from epoch 1 (removing the dir's earlier files)",
-            job_dir, reasons,
-        )  # fmt: skip
-    discard(job_dir)
-    return Previous(FRESH)
-
-
-def another_config(job_dir: Path, stored: dict, requested: dict) -> JobDirError:
-    changes = "; ".join(config_differences(stored, requested))
-    return JobDirError(
-        f"{job_dir} holds a run of another config ({changes}); refusing to mix "
-        "them: use another hydra.sweep.dir/hydra.run.dir, or force=true to "
-        "discard the old run"
-    )
-
-
-def finished_run(
-    job_dir: Path,
-    status: dict,
-    checkpoint: Optional[Checkpoint],
-    checkpoint_problem: Optional[str],
-) -> Previous:
-    """A complete/diverged run: DONE if metrics.csv is intact, else restored from the
-    checkpoint, else refused."""
-    epochs = status["epochs_done"]
-    problem = metrics_problem(job_dir, status)
-    if problem is None:
-        records = read_metrics(job_dir)
-        return Previous(DONE, records, status=status["status"])
-    if checkpoint is not None and (checkpoint.status, len(checkpoint.records)) == (
-        status["status"], epochs,
-    ):  # fmt: skip
-        log.warning("%s: %s; restoring it from %s", job_dir, problem, CHECKPOINT_FILE)
-        return restored(job_dir, checkpoint, status.get("execution", []))
-    why_not = checkpoint_problem or (
-        f"{CHECKPOINT_FILE} holds {len(checkpoint.records)} epochs"  # type: ignore
-    )
-    raise JobDirError(
-        f"{job_dir}: {STATUS_FILE} says {status['status']} after {epochs} epochs, but "
-        f"{problem}, and {why_not}: nothing trustworthy to restore it from; "
-        f"{FORCE_HINT}"
-    )
-
-
-def metrics_problem(job_dir: Path, status: dict) -> Optional[str]:
-    """Why metrics.csv is not what status.json says was written, or None."""
-    path = job_dir / METRICS_FILE
-    if not path.exists():
-        return f"there is no {METRICS_FILE}"
-    try:
-        records = read_metrics(job_dir)
-    except ValueError as err:
-        return str(err)
-    if len(records) != status["epochs_done"]:
-        return (
-            f"{METRICS_FILE} has {len(records)} epochs, {STATUS_FILE} says "
-            f"{status['epochs_done']}"
-        )
-    digest = status.get("metrics_sha256")
-    if digest is not None and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-        return f"{METRICS_FILE} was changed after the run wrote it (digest mismatch)"
-    return None
-
-
-def restored(job_dir: Path, checkpoint: Checkpoint, execution: list[dict]) -> Previous:
-    """Rewrite metrics.csv and status.json of a finished run from its checkpoint."""
-    digest = write_metrics(checkpoint.records, job_dir)
-    write_status(
-        job_dir, checkpoint.status, checkpoint.identity, len(checkpoint.records),
-        execution, metrics_sha256=digest,
-    )  # fmt: skip
-    return Previous(DONE, checkpoint.records, status=checkpoint.status)
-
-
 # --- running a job -------------------------------------------------------------------
 
 
@@ -279,31 +111,52 @@ def execution_info(device: torch.device) -> dict:
 class JobFiles:
     """Writes one run's files after every epoch; knows what is safely on disk."""
 
-    def __init__(self, job_dir: Path, identity: dict, execution: list[dict]):
+    def __init__(
+        self,
+        job_dir: Path,
+        identity: dict,
+        execution: list[dict],
+        diagnostics: Optional[Diagnostics] = None,
+    ):
         self.job_dir, self.identity, self.execution = job_dir, identity, execution
+        self.diagnostics = diagnostics
         self.epochs_on_disk = 0
+        self.started = False
 
     def start(self, records: list[dict]) -> None:
-        """Rewrite metrics.csv from resumed records (a kill may have come before it
-        was written) and mark the run as running."""
-        digest = write_metrics(records, self.job_dir)
-        self.epochs_on_disk = len(records)
-        self._status(RUNNING, metrics_sha256=digest)
+        """Rewrite metrics.csv (and diagnostics.csv) from resumed records (a kill may
+        have come before they were written) and mark the run as running."""
+        self.started = True
+        self._status(RUNNING, **self._write_files(records))
 
     def save_epoch(
         self, training: Training, records: list[dict], diverged: bool, epochs: int
     ) -> None:
         finished = COMPLETE if len(records) == epochs else RUNNING
         status = DIVERGED if diverged else finished
-        # checkpoint first: a resume rewrites metrics.csv from it
+        # checkpoint first: a resume rewrites the other files from it
         state = training_state(training)
+        if self.diagnostics is not None:
+            state["diagnostics"] = self.diagnostics.state()
         save_checkpoint(self.job_dir, Checkpoint(self.identity, status, records, state))
-        digest = write_metrics(records, self.job_dir)
-        self.epochs_on_disk = len(records)
-        self._status(status, metrics_sha256=digest)
+        self._status(status, **self._write_files(records))
 
-    def fail(self, error: BaseException) -> None:
-        """Mark the run failed, with what is safely on disk; never raises."""
+    def _write_files(self, records: list[dict]) -> dict:
+        digests = {}
+        if self.diagnostics is not None:
+            digests["diagnostics_sha256"] = write_diagnostics(
+                self.diagnostics.rows, self.job_dir
+            )
+        digests["metrics_sha256"] = write_metrics(records, self.job_dir)
+        self.epochs_on_disk = len(records)
+        return digests
+
+    def fail(self, error: BaseException, fresh: bool) -> None:
+        """Mark the run failed, with what is safely on disk; never raises. Before it
+        started writing, bad input leaves the dir as it was, and so does anything
+        that stops a run being resumed (its files still describe it)."""
+        if not self.started and (isinstance(error, FashionbnError) or not fresh):
+            return
         try:
             self._status(FAILED, error=f"{type(error).__name__}: {error}")
         except (WriteError, OSError):
@@ -339,31 +192,56 @@ def run_job(cfg, job_dir: Path, data: Optional[FashionData] = None) -> list[dict
         records = list(previous.records)
         # the data is checked before the dir is touched: a bad data.train_size or a
         # missing dataset leaves it as it was
-        data = to_device(data if data is not None else load_fashion_mnist(cfg.data),
+        data = to_device(data if data is not None else load_dataset(cfg.data),
                          device)  # fmt: skip
+        probe = (
+            probe_indices(len(data.train_labels), cfg.diagnostics.probe_size)
+            if cfg.diagnostics.enabled
+            else None
+        )
         try:
-            job.start(records)
             training = start_training(cfg, device)
+            state = previous.state or {}
             if previous.action == RESUME:
-                restore_training(training, previous.state)  # type: ignore[arg-type]
+                restore_training(training, state)
                 log.info("resuming %s after epoch %d", job_dir, len(records))
+            if probe is not None:
+                job.diagnostics = make_diagnostics(cfg, training, data, probe, state)
+            job.start(records)
             log_start(cfg, data, device)
+            if job.diagnostics is not None:
+                job.diagnostics.start()
             train_epochs(
                 cfg, training, data, records,
                 lambda done, diverged: job.save_epoch(
                     training, done, diverged, cfg.epochs
                 ),
+                job.diagnostics.on_step if job.diagnostics is not None else None,
             )  # fmt: skip
         except WriteError as err:
-            job.fail(err)
+            job.fail(err, previous.action == FRESH)
             raise WriteError(
                 f"{err}; free some space (or use another hydra.sweep.dir) and re-run "
                 f"the same command: it continues after epoch {job.epochs_on_disk}"
             ) from err
         except Exception as err:  # the finished epochs stay; a re-run continues
-            job.fail(err)
+            job.fail(err, previous.action == FRESH)
             raise
     return records
+
+
+def make_diagnostics(
+    cfg, training: Training, data: FashionData, probe: torch.Tensor, state: dict
+) -> Diagnostics:
+    """The run's probe, continuing the measurements a resumed checkpoint holds."""
+    probe = probe.to(data.train_images.device)
+    return Diagnostics(
+        cfg.diagnostics, training.model, cfg.optim.lr,
+        data.train_images.index_select(0, probe),
+        data.train_labels.index_select(0, probe),
+        steps_per_epoch(len(data.train_labels), cfg.batch_size, training.model),
+        cfg.epochs, state.get("diagnostics"),
+    )  # fmt: skip
 
 
 def with_execution(previous: Previous, device: torch.device) -> list[dict]:

@@ -1,45 +1,60 @@
-"""build_model(model_cfg) -> the MLP, with or without BatchNorm."""
+"""build_model(model_cfg) -> the MLP: any widths, activation, normalisation, init."""
 
 from torch import nn
 
 from fashionbn.config import ConfigError
 
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+def _value(option) -> str:
+    """An enum member or a plain string from the config, as its string."""
+    return str(getattr(option, "value", option))
+
 
 def build_model(
     model_cfg, in_features: int = 28 * 28, num_classes: int = 10
 ) -> nn.Sequential:
-    """Flatten -> [Linear -> (BN) -> ReLU -> (BN)] per hidden width -> Linear.
+    """Flatten -> [Linear -> (norm) -> activation -> (norm)] per hidden width ->
+    Linear. `in_features` and `num_classes` are facts of the dataset, not config keys.
 
-    `in_features` and `num_classes` are facts of the dataset, not config keys."""
+    The modules are created in the same order for every option, so a seed gives the
+    same initial weights with or without a normalisation layer."""
     hidden = list(model_cfg.hidden)
     if not hidden or any(width <= 0 for width in hidden):
         raise ConfigError(
             f"model.hidden={hidden}: give one or more positive layer widths, "
             "e.g. model.hidden=[64,32]"
         )
-    placement = str(getattr(model_cfg.bn_placement, "value", model_cfg.bn_placement))
-    if placement not in ("before", "after"):
-        raise ConfigError(f"model.bn_placement={placement}: use before or after")
+    norm, placement = _value(model_cfg.norm), _value(model_cfg.norm_placement)
+    activation = ACTIVATIONS[_value(model_cfg.activation)]
 
     layers: list[nn.Module] = [nn.Flatten()]  # (B, 28, 28) -> (B, 784)
     for width in hidden:
         layers.append(nn.Linear(in_features, width))  # (B, in) -> (B, width)
-        norm = (
-            [
-                nn.BatchNorm1d(
-                    width, eps=model_cfg.bn_eps, momentum=model_cfg.bn_momentum
-                )
-            ]
-            if model_cfg.batch_norm
-            else []
-        )
+        norm_layer = _norm(norm, width, model_cfg)
         if placement == "before":
-            layers += [*norm, nn.ReLU()]
+            layers += [*norm_layer, activation()]
         else:
-            layers += [nn.ReLU(), *norm]
+            layers += [activation(), *norm_layer]
         in_features = width
     layers.append(nn.Linear(in_features, num_classes))  # (B, 10) logits
-    return nn.Sequential(*layers)
+    model = nn.Sequential(*layers)
+    if _value(model_cfg.init) == "normal":
+        for module in model:
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=model_cfg.init_std)
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def _norm(norm: str, width: int, model_cfg) -> list[nn.Module]:
+    if norm == "batchnorm":
+        eps, momentum = model_cfg.norm_eps, model_cfg.bn_momentum
+        return [nn.BatchNorm1d(width, eps=eps, momentum=momentum)]
+    if norm == "layernorm":
+        return [nn.LayerNorm(width, eps=model_cfg.norm_eps)]
+    return []
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -28,17 +28,22 @@ def facet_labels(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 
 def panels(
-    frame: pd.DataFrame, facet_keys: list[str], width: float = 5.0
+    frame: pd.DataFrame,
+    facet_keys: list[str],
+    width: float = 5.0,
+    sharey: bool = True,
+    ncols: int = 3,
 ) -> tuple[Figure, list[tuple[Axes, pd.DataFrame, str]]]:
-    """A grid of axes, one per value of facet_keys (max 3 columns), with its rows."""
+    """A grid of axes, one per value of facet_keys (at most ncols columns, in the
+    values' sorted order), with its rows."""
     sns.set_theme(style="whitegrid")
     labels = facet_labels(frame, facet_keys)
     names = sorted(labels.unique())
-    ncols = min(len(names), 3)
+    ncols = min(len(names), ncols)
     nrows = math.ceil(len(names) / ncols)
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(max(6.5, width * ncols), 4.5 * nrows),
-        sharey=True, squeeze=False,
+        sharey=sharey, squeeze=False,
     )  # fmt: skip
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
@@ -68,7 +73,7 @@ def _finish(fig: Figure, axes: list, title: str, xlabel: str, ylabel: str) -> Fi
     for ax, _, name in axes:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        if name:
+        if name and not ax.get_title():
             ax.set_title(name)
     axes[0][0].legend(loc="best")
     fig.suptitle(title)
@@ -142,6 +147,92 @@ def tuning(grid: pd.DataFrame, tuned: list[str], by: str) -> Figure:
         f"line = mean, band = ±1 std across seeds ({n} runs per point)"
     )
     return _finish(fig, axes, title, x, by)
+
+
+def _diagnostic(summary: pd.DataFrame, keys: list[str], quantities, layers=None):
+    """The summary rows of `quantities` (and `layers`) with a group label and band."""
+    rows = summary[summary["quantity"].isin(quantities)]
+    if layers is not None:
+        rows = rows[rows["layer"].isin(layers)]
+    return rows.assign(
+        group=facet_labels(rows, keys),
+        low=rows["mean"] - rows["std"].fillna(0),
+        high=rows["mean"] + rows["std"].fillna(0),
+    )
+
+
+def _over_steps(axes: list, hue: str, colors: dict) -> None:
+    """Lines over training steps with ±1 std bands, titled by their panel; a log y
+    axis where every band is positive (the measures span orders of magnitude)."""
+    for ax, part, _ in axes:
+        band_lines(ax, part, "step", "mean", "low", "high", hue, colors)
+        if (part["low"] > 0).all():
+            ax.set_yscale("log")
+        ax.set_title(part["panel"].iloc[0])
+
+
+def layer_inputs(summary: pd.DataFrame, keys: list[str], layer: str) -> Figure:
+    """Ioffe & Szegedy's Figure 1(b, c): the 15th, 50th and 85th percentile of the
+    last hidden layer's activation input (unit 0) over training, one panel per group,
+    mean across seeds with ±1 std bands."""
+    names = {"act_in_p15": "15th", "act_in_p50": "50th", "act_in_p85": "85th"}
+    frame = _diagnostic(summary, keys, list(names), [layer])
+    frame = frame.assign(percentile=frame["quantity"].map(names))
+    fig, axes = panels(frame, ["group"])
+    colors = _palette(frame["percentile"])
+    for ax, part, _ in axes:
+        band_lines(ax, part, "step", "mean", "low", "high", "percentile", colors)
+    for ax, part, _ in axes:
+        ax.set_title(part["group"].iloc[0])
+    title = (
+        f"Input to hidden layer {layer}'s activation, unit 0: percentiles over the "
+        "probe batch\nline = mean, band = ±1 std across seeds"
+    )
+    return _finish(fig, axes, title, "training step", "activation input")
+
+
+def gradients(summary: pd.DataFrame, keys: list[str]) -> Figure:
+    """Per-layer gradient norm over training (and internal covariate shift, when
+    measured), one panel per group, a line per layer."""
+    quantities = ["grad_norm", "ics_l2"]
+    frame = _diagnostic(summary, keys, quantities)
+    frame = frame[frame["layer"] != "all"]
+    frame = frame.assign(
+        panel=frame["group"] + " · " + frame["quantity"].map(
+            {"grad_norm": "1: gradient norm", "ics_l2": "2: ICS ||G - G'||"}
+        ),
+        line="layer " + frame["layer"],
+    )  # fmt: skip
+    ncols = frame["quantity"].nunique()  # a row per group
+    fig, axes = panels(frame, ["panel"], sharey=False, ncols=ncols)
+    _over_steps(axes, "line", _palette(frame["line"]))
+    for ax, _, _ in axes:
+        ax.legend(loc="best")
+    title = (
+        "Gradients per hidden layer on the probe batch (log scale where the band is "
+        "positive)\n"
+        "line = mean, band = ±1 std across seeds"
+    )
+    return _finish(fig, axes, title, "training step", "norm")
+
+
+def smoothness(summary: pd.DataFrame, keys: list[str]) -> Figure:
+    """Santurkar et al.'s landscape measures over training, a line per group."""
+    names = {
+        "loss_range": "loss range along -gradient",
+        "grad_change": "gradient change (predictiveness)",
+        "beta_smoothness": "effective beta-smoothness",
+    }
+    frame = _diagnostic(summary, keys, list(names), ["all"])
+    frame = frame.assign(panel=frame["quantity"].map(names))
+    fig, axes = panels(frame, ["panel"], sharey=False)
+    _over_steps(axes, "group", _palette(frame["group"]))
+    title = (
+        "Loss landscape along the gradient, on the probe batch (log scale where the "
+        "band is positive)\n"
+        "line = mean, band = ±1 std across seeds"
+    )
+    return _finish(fig, axes, title, "training step", "value")
 
 
 def png(fig: Figure) -> bytes:

@@ -1,14 +1,25 @@
 """report.md: the sweep's observations in sentences, written from the tables."""
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 
+from fashionbn.markdown import (
+    group_label,
+    mean_std,
+    plural,
+    summary_markdown,
+)
+from fashionbn.report_sections import (
+    comparisons_section,
+    generalisation_line,
+    tuned_section,
+    why_section,
+)
 from fashionbn.selection import Selection
-from fashionbn.stats import LEVEL, MIN_BOOTSTRAP_PAIRS, last_epochs
+from fashionbn.stats import last_epochs
 from fashionbn.sweep import Sweep
 
 
@@ -26,47 +37,8 @@ class Analysis:
     selection: Optional[Selection] = None
     selection_note: Optional[str] = None
     tuned_generalisation: Optional[pd.DataFrame] = None
-
-
-def group_label(row: pd.Series, keys: list[str]) -> str:
-    """'model=batchnorm, optim.lr=0.01'."""
-    return ", ".join(f"{k}={row[k]}" for k in keys)
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def mean_std(mean: float, std: float, n: int) -> str:
-    """'0.8093 ± 0.0041 (n=3)'; std is undefined for a single run."""
-    spread = f" ± {std:.4f}" if n > 1 else ""
-    return f"{mean:.4f}{spread} (n={int(n)})"
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A plain GitHub-flavoured markdown table of `frame`'s rows."""
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |"]
-    lines.append("|" + "---|" * len(frame.columns))
-    lines += [
-        "| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(False)
-    ]
-    return "\n".join(lines)
-
-
-def summary_markdown(summary: pd.DataFrame, group_keys: list[str]) -> str:
-    """The summary as a markdown table of 'mean ± std (n)' cells."""
-    table = summary[[*group_keys, "epoch"]].copy()
-    metrics = ["test_acc", "test_loss", "train_acc", "train_loss"]
-    if summary["val_acc_mean"].notna().any():
-        metrics += ["val_acc", "val_loss"]
-    for metric in metrics:
-        table[metric] = [
-            mean_std(m, s, n)
-            for m, s, n in zip(
-                summary[f"{metric}_mean"], summary[f"{metric}_std"], summary["n"]
-            )
-        ]
-    return markdown_table(table)
+    diagnostics: Optional[pd.DataFrame] = None  # stats.diagnostics_summary
+    why: Optional[pd.DataFrame] = None  # stats.why_numbers, when runs have diagnostics
 
 
 def header(sweep: Sweep, sweep_dirs: list[Path]) -> list[str]:
@@ -222,7 +194,14 @@ def write_report(
     lines.append("")
     lines += comparisons_section(analysis.comparisons, keys, analysis.precision)
     if analysis.selection is not None or analysis.selection_note:
-        lines += tuned_section(analysis, sweep)
+        val_size = sweep.results.get("data.val_size")
+        lines += tuned_section(
+            analysis.selection, analysis.selection_note, analysis.comparisons,
+            analysis.tuned_generalisation,
+            None if val_size is None else int(val_size.iloc[0]),
+        )  # fmt: skip
+    if analysis.why is not None:
+        lines += why_section(analysis.why, keys)
     lines += ["## Summary (mean ± std across seeds)", "",
               summary_markdown(analysis.summary, keys), ""]  # fmt: skip
     if figures or notes:
@@ -242,129 +221,3 @@ def write_report(
             lines += [f"- `{run}`: {why}" for run, why in entries]
             lines.append("")
     return "\n".join(lines)
-
-
-def signed(value: float) -> str:
-    return "—" if not math.isfinite(value) else f"{value:+.4f}"
-
-
-def interval(low: float, high: float, fmt: str = "+.4f") -> str:
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "—"
-    return f"[{low:{fmt}}, {high:{fmt}}]"
-
-
-def p_text(p: float) -> str:
-    if not math.isfinite(p):
-        return "—"
-    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def comparisons_section(table: pd.DataFrame, keys: list[str], precision: float):
-    """The statistics of every gap the report states, as a table with its legend."""
-    if table.empty:
-        return []
-    facet_keys = [k for k in keys if k != "model"]
-    lines = [
-        "## How sure: paired comparisons",
-        "",
-        "| comparison | where | epoch | n | mean gap | 95 % t-interval | 95 % BCa "
-        "bootstrap | P(improvement) [95 % Wilson] | p (paired t) | p (Holm) | "
-        f"seeds for ±{precision:g} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for _, row in table.iterrows():
-        where = ", ".join(
-            f"{k}={row[k]}" for k in facet_keys if k in row and pd.notna(row[k])
-        )
-        seeds = (
-            "—" if not math.isfinite(row.seeds_needed) else str(int(row.seeds_needed))
-        )
-        share = (
-            f"{row.p_improve:.2f} "
-            f"{interval(row.p_improve_low, row.p_improve_high, '.2f')}"
-        )
-        cells = [
-            row.comparison, where or "—", int(row.epoch), int(row.n),
-            signed(row["mean"]), interval(row.ci_low, row.ci_high),
-            interval(row.boot_low, row.boot_high),
-            share, p_text(row.p_value), p_text(row.p_holm), seeds,
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    family = int(table["p_value"].notna().sum())
-    lines += [
-        "",
-        f"Pairs are seeds (and every other parameter) shared by both models. "
-        f"t-interval: Student t over the pairs' gaps. Bootstrap: BCa interval of the "
-        f"mean gap (9,999 resamples, fixed random state), given from "
-        f"{MIN_BOOTSTRAP_PAIRS} pairs on. P(improvement): the share of pairs in which "
-        "the model beats the baseline, ties counting half (rliable's probability of "
-        "improvement over matched pairs), with a Wilson score interval. p: two-sided "
-        f"paired t-test of a zero mean gap; Holm: corrected for the {family} "
-        "comparisons of this report. Seeds: the pairs the observed spread of the gap "
-        f"would need for the {LEVEL:.0%} t-interval to be at most ±{precision:g} wide.",
-        "",
-    ]
-    return lines
-
-
-def generalisation_line(table: pd.DataFrame, keys: list[str], prefix: str) -> str:
-    cells = "; ".join(
-        f"{group_label(row, keys)}: {mean_std(row['mean'], row['std'], row.n)}"
-        for _, row in table.iterrows()
-    )
-    return (
-        f"- {prefix}: train − test accuracy at the last epoch (train accuracy is the "
-        f"running accuracy over the epoch's training batches, in training mode): "
-        f"{cells}."
-    )
-
-
-def tuned_section(analysis: Analysis, sweep: Sweep) -> list[str]:
-    """Each model at its own best setting, chosen on validation data."""
-    selection = analysis.selection
-    lines = ["## Tuned comparison (each model at its own best hyperparameters)", ""]
-    if selection is None:
-        return [*lines, analysis.selection_note or "", ""]
-    held_out = sweep.results.get("data.val_size")
-    held = f"{int(held_out.iloc[0])} " if held_out is not None else ""
-    lines.append(
-        f"Chosen per model by the mean {selection.by} at the runs' last epoch, over "
-        f"seeds, among the values of {', '.join(selection.tuned)} the sweep tried; "
-        f"the {held}validation samples are held out of training, and the test set "
-        "plays no part in the choice:"
-    )
-    lines.append("")
-    for _, row in selection.table.iterrows():
-        setting = ", ".join(f"{k}={row[k]}" for k in selection.tuned)
-        chose = row[f"{selection.by}_mean"]
-        lines.append(
-            f"- {row.model}: {setting} ({selection.by} {chose:.4f}) → test accuracy "
-            f"{mean_std(row.test_acc_mean, row.test_acc_std, row.n)}."
-        )
-    lines += [f"- Warning: {warning}." for warning in selection.warnings]
-    tuned = analysis.comparisons[analysis.comparisons["comparison"].str.endswith(TUNED)]
-    for _, row in tuned[tuned["epoch"] == tuned["epoch"].max()].iterrows():
-        ci = (
-            f"95 % CI {interval(row.ci_low, row.ci_high)}, paired t-interval over "
-            f"n={int(row.n)} seeds"
-            if row.n > 1
-            else "n=1, no interval"
-        )
-        lines.append(
-            f"- Gap {row.comparison} at epoch {int(row.epoch)}: {signed(row['mean'])} "
-            f"({ci}; the other statistics are in the table above)."
-        )
-    if analysis.tuned_generalisation is not None:
-        lines.append(
-            generalisation_line(
-                analysis.tuned_generalisation,
-                ["model"],
-                "Generalisation at the chosen settings",
-            )  # fmt: skip
-        )
-    lines += ["", "![tuning.png](tuning.png)", ""]
-    return lines
-
-
-TUNED = " (each at its best)"

@@ -6,7 +6,9 @@ A job dir holds Hydra's `.hydra/` and `run.log`, and fashionbn's own files:
 - `status.json`: running / complete / diverged / failed, the epochs done, the results
   format, the run's identity (the config that determines its numbers) and how it ran;
 - `checkpoint.pt`: everything needed to continue after the last finished epoch, with
-  its own identity and digest (written and read by fashionbn.job only).
+  its own identity and digest (fashionbn.checkpoint);
+- `diagnostics.csv` (diagnostics=on): `step,epoch,layer,quantity,value`, tidy, the
+  measurements of fashionbn.diagnostics up to the last finished epoch.
 Every file is written to a temporary name and renamed into place: a kill at any moment
 never leaves a half-written file that a later step trusts. A full or read-only disk is
 reported as one line (WriteError), not as a library's traceback.
@@ -43,9 +45,11 @@ METRIC_COLUMNS = [*REQUIRED_COLUMNS, "val_loss", "val_acc"]  # format 3
 METRICS_FILE = "metrics.csv"
 STATUS_FILE = "status.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+DIAGNOSTICS_FILE = "diagnostics.csv"  # only with diagnostics=on
+DIAGNOSTIC_COLUMNS = ["step", "epoch", "layer", "quantity", "value"]
 LOCK_FILE = ".lock"
 # what a fresh start removes (with any debris of interrupted atomic writes)
-RUN_FILES = (STATUS_FILE, METRICS_FILE, CHECKPOINT_FILE)
+RUN_FILES = (STATUS_FILE, METRICS_FILE, CHECKPOINT_FILE, DIAGNOSTICS_FILE)
 # what a job dir's status.json can say
 RUNNING, COMPLETE, DIVERGED, FAILED = "running", "complete", "diverged", "failed"
 STATUSES = (RUNNING, COMPLETE, DIVERGED, FAILED)
@@ -79,16 +83,79 @@ def partial_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
-def write_metrics(records: list[dict], job_dir: Path) -> str:
-    """Write all epochs' records as `job_dir/metrics.csv` (columns: METRIC_COLUMNS);
-    return the file's SHA-256 (status.json records it to detect later changes)."""
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> str:
+    """Write rows as a CSV file atomically; return its SHA-256 (status.json records
+    it, so that a later change to the file is detected)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows(rows)
     data = buffer.getvalue().encode()
-    atomic_write(Path(job_dir) / METRICS_FILE, lambda f: f.write(data), mode="wb")
+    atomic_write(path, lambda f: f.write(data), mode="wb")
     return hashlib.sha256(data).hexdigest()
+
+
+def write_metrics(records: list[dict], job_dir: Path) -> str:
+    """Write all epochs' records as `job_dir/metrics.csv`; return its SHA-256."""
+    return _write_csv(Path(job_dir) / METRICS_FILE, METRIC_COLUMNS, records)
+
+
+def write_diagnostics(rows: list[dict], job_dir: Path) -> str:
+    """Write the diagnostics rows as `job_dir/diagnostics.csv`; return its SHA-256."""
+    return _write_csv(Path(job_dir) / DIAGNOSTICS_FILE, DIAGNOSTIC_COLUMNS, rows)
+
+
+def file_problem(
+    job_dir: Path,
+    name: str,
+    read: Callable[[Path], list],
+    digest: Optional[str],
+    epochs: Optional[int] = None,
+) -> Optional[str]:
+    """Why job_dir/name cannot be trusted — missing, unreadable (`read` raises
+    ValueError), not the `epochs` rows status.json says, or changed since the run
+    wrote it (its `digest`) — or None."""
+    path = Path(job_dir) / name
+    if not path.is_file():
+        return f"there is no {name}"
+    try:
+        rows = read(job_dir)
+    except ValueError as err:
+        return str(err)
+    if epochs is not None and len(rows) != epochs:
+        return f"{name} has {len(rows)} epochs but {STATUS_FILE} says {epochs}"
+    if digest is not None and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        return (
+            f"{name} was changed after the run wrote it (its digest does not match "
+            f"{STATUS_FILE})"
+        )
+    return None
+
+
+def read_diagnostics(job_dir: Path) -> list[dict]:
+    """diagnostics.csv as records; raises ValueError saying what is wrong with it."""
+    path = Path(job_dir) / DIAGNOSTICS_FILE
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            columns, rows = reader.fieldnames or [], list(reader)
+    except OSError as err:
+        raise ValueError(f"unreadable {DIAGNOSTICS_FILE} ({err.strerror})") from err
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise ValueError(f"unreadable {DIAGNOSTICS_FILE} ({err})") from err
+    if columns != DIAGNOSTIC_COLUMNS:
+        raise ValueError(
+            f"{DIAGNOSTICS_FILE} has columns {columns}, expected {DIAGNOSTIC_COLUMNS}"
+        )
+    try:
+        return [
+            {"step": int(row["step"]), "epoch": int(row["epoch"]),
+             "layer": row["layer"], "quantity": row["quantity"],
+             "value": float(row["value"])}
+            for row in rows
+        ]  # fmt: skip
+    except (TypeError, ValueError):
+        raise ValueError(f"{DIAGNOSTICS_FILE} has a damaged row") from None
 
 
 def write_status(

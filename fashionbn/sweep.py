@@ -1,4 +1,4 @@
-"""Job dirs -> the tidy results table: the read side of fashionbn.results.
+"""Job dirs -> the tidy results table (fashionbn.reading reads each one).
 
 A run's parameters come from what it computed (the identity in its status.json, or
 for dirs without one its `.hydra/config.yaml`), never from how a command line was
@@ -6,53 +6,23 @@ spelt. A run is one identity (configuration and seed): two job dirs holding the 
 run with the same numbers count once; with different numbers they are refused.
 """
 
-import fcntl
-import hashlib
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pandas as pd
-import yaml
 
-from fashionbn.config import flatten, normalise_identity
+from fashionbn.reading import CHOICES, Job, read_job
 from fashionbn.results import (
-    COMPLETE,
-    DIVERGED,
-    FAILED,
-    LOCK_FILE,
+    DIAGNOSTIC_COLUMNS,
     METRIC_COLUMNS,
-    METRICS_FILE,
     RESULTS_FORMAT,
-    RUNNING,
     STATUS_FILE,
-    read_metrics,
-    read_status,
 )
-
-RERUN_HINT = "re-run the same command to restore it from checkpoint.pt"
-# group choices whose sub-keys they stand for, e.g. model=batchnorm -> model.batch_norm
-CHOICES = {"model.name": "model", "optim.name": "optim"}
 
 
 class AggregateError(Exception):
     """Nothing usable to aggregate, or runs that contradict each other."""
-
-
-@dataclass
-class Job:
-    """One job dir as read: its parameters and metrics, or why it is not used."""
-
-    job_dir: str
-    params: dict[str, Any] = field(default_factory=dict)  # {} if unreadable
-    identity_key: str = ""
-    format: int = RESULTS_FORMAT
-    execution: list = field(default_factory=list)
-    metrics: Optional[pd.DataFrame] = None  # set when the run is complete
-    diverged: Optional[str] = None  # how it diverged
-    problem: Optional[str] = None  # why it is skipped
 
 
 @dataclass
@@ -69,111 +39,8 @@ class Sweep:
     fixed: dict[str, tuple] = field(default_factory=dict)  # key -> (kept, others)
     model_options: dict[str, dict] = field(default_factory=dict)  # model -> {key: v}
     notes: list[str] = field(default_factory=list)
-
-
-def parameters(identity: dict) -> dict[str, Any]:
-    """Flat, table-friendly parameters: model.name -> model; lists as text."""
-    params = {}
-    for key, value in flatten(identity).items():
-        if isinstance(value, (list, tuple)):
-            value = json.dumps(value)
-        params[CHOICES.get(key, key)] = value
-    return params
-
-
-def _identity_from_hydra(job_dir: Path) -> dict:
-    try:
-        config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"unreadable .hydra files ({err})") from err
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise ValueError("malformed .hydra/config.yaml")
-    return normalise_identity(config)
-
-
-def being_trained(job_dir: Path) -> Optional[str]:
-    """Who holds the job dir's lock right now ('pid N on host since ...'), or None."""
-    try:
-        fd = os.open(job_dir / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None
-    except BlockingIOError:
-        return os.pread(fd, 1000, 0).decode(errors="replace").strip() or "a process"
-    finally:
-        os.close(fd)
-
-
-def read_job(job_dir: Path) -> Job:
-    """Read one job dir; a Job with `problem` set says why it cannot be used."""
-    job = Job(str(job_dir))
-    status, status_problem = read_status(job_dir)
-    if status_problem:
-        job.problem = f"{status_problem}; re-run the same command to repair the dir"
-        return job
-    try:
-        identity = (
-            normalise_identity(status["config"])
-            if status
-            else _identity_from_hydra(job_dir)
-        )
-    except ValueError as err:
-        job.problem = str(err)
-        return job
-    job.params = parameters(identity)
-    job.identity_key = json.dumps(identity, sort_keys=True, default=str)
-    job.format = status["format"] if status else 1
-    job.execution = status.get("execution", []) if status else []
-    epochs = identity["epochs"]
-    state = status["status"] if status else COMPLETE  # dirs older than status.json
-    done = status["epochs_done"] if status else None
-    if state == FAILED:
-        job.problem = f"failed after {done} of {epochs} epochs: {status.get('error')}"
-        return job
-    if state == RUNNING:
-        holder = being_trained(job_dir)
-        job.problem = f"incomplete: {done} of {epochs} epochs" + (
-            f" (being trained right now by {holder})" if holder else ""
-        )
-        return job
-    if not (job_dir / METRICS_FILE).is_file():
-        job.problem = f"no {METRICS_FILE}" + (f"; {RERUN_HINT}" if status else "")
-        return job
-    try:
-        records = read_metrics(job_dir)
-    except ValueError as err:
-        job.problem = str(err) + (f"; {RERUN_HINT}" if status else "")
-        return job
-    if done is not None and len(records) != done:
-        job.problem = (
-            f"{METRICS_FILE} has {len(records)} epochs but {STATUS_FILE} says {done}; "
-            f"{RERUN_HINT}"
-        )
-        return job
-    digest = status.get("metrics_sha256") if status else None
-    if digest and hashlib.sha256((job_dir / METRICS_FILE).read_bytes()).hexdigest() != (
-        digest
-    ):
-        job.problem = (
-            f"{METRICS_FILE} was changed after the run wrote it (its digest does not "
-            f"match {STATUS_FILE}); {RERUN_HINT}"
-        )
-        return job
-    metrics = pd.DataFrame(records).reindex(columns=METRIC_COLUMNS)
-    metrics = metrics.astype({c: float for c in METRIC_COLUMNS if c != "epoch"})
-    if state == DIVERGED:
-        job.diverged = (
-            f"diverged at epoch {len(metrics)} (train_loss "
-            f"{metrics['train_loss'].iloc[-1]:.4g})"
-        )
-        return job
-    if len(metrics) != epochs:
-        job.problem = f"incomplete: {len(metrics)} of {epochs} epochs"
-        return job
-    job.metrics = metrics
-    return job
+    # tidy: run, its parameters, step, epoch, layer, quantity, value (runs that have it)
+    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
@@ -258,7 +125,11 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
         for job_dir in find_job_dirs(Path(sweep_dir)):
             if job_dir.resolve() not in {Path(j.job_dir).resolve() for j in jobs}:
                 jobs.append(read_job(job_dir))
-    complete = [j for j in jobs if j.metrics is not None]
+    # of two dirs holding the same run, keep the one with diagnostics
+    complete = sorted(
+        (j for j in jobs if j.metrics is not None),
+        key=lambda j: (j.diagnostics is None, j.job_dir),
+    )
     if not complete:
         raise AggregateError(no_runs_message(sweep_dirs, jobs))
     params = sorted({k for j in complete for k in j.params} - {"model", "seed"})
@@ -279,7 +150,20 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     results = pd.concat(rows, ignore_index=True)[["run", *params, *METRIC_COLUMNS]]
     group_keys, model_options = _group_keys(results, params)
     readable = pd.DataFrame([j.params for j in jobs if j.params])
+    diagnostics = [
+        pd.DataFrame(j.diagnostics, columns=DIAGNOSTIC_COLUMNS).assign(
+            run=j.job_dir, **j.params
+        )
+        for j in complete
+        if j.diagnostics
+    ]
+    diagnostics_table = (
+        pd.concat(diagnostics, ignore_index=True)[["run", *params, *DIAGNOSTIC_COLUMNS]]
+        if diagnostics
+        else pd.DataFrame()
+    )
     return Sweep(
+        diagnostics=diagnostics_table,
         results=results,
         params=params,
         group_keys=group_keys,
@@ -307,7 +191,7 @@ def no_runs_message(sweep_dirs: list[Path], jobs: list[Job]) -> str:
 
 def _group_keys(results: pd.DataFrame, params: list[str]) -> tuple[list[str], dict]:
     """'model' plus every parameter but seed that varies across the runs; a sub-key
-    of a group choice (model.batch_norm for model) that the choice determines is left
+    of a group choice (model.norm for model) that the choice determines is left
     out of the groups and described per model instead."""
     runs = results.drop_duplicates("run")
     varying = varying_keys(runs, [p for p in params if p not in ("model", "seed")])

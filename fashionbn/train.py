@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashionbn.config import ConfigError, check_config
-from fashionbn.data import FashionData, load_fashion_mnist, shuffled_batches
+from fashionbn.checks import check_config
+from fashionbn.config import ConfigError
+from fashionbn.data import FashionData, load_dataset, shuffled_batches
 from fashionbn.model import build_model
 from fashionbn.results import COMPLETE, DIVERGED
 
@@ -117,8 +118,10 @@ def train_one_epoch(
     labels: torch.Tensor,
     batch_size: int,
     generator: torch.Generator,
+    on_step: Optional[Callable[[], None]] = None,
 ) -> tuple[float, float]:
-    """One shuffled pass; returns (mean batch loss, accuracy)."""
+    """One shuffled pass; returns (mean batch loss, accuracy). on_step, if given, is
+    called after every update (fashionbn.diagnostics measures there)."""
     model.train()
     update = make_update(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -137,6 +140,8 @@ def train_one_epoch(
             p.grad = None
         loss.backward()
         update()
+        if on_step is not None:
+            on_step()
         # kept on the device: one host sync per epoch, not per step
         loss_sum += loss.detach()
         predictions.append(logits.argmax(dim=1))  # (B,); argmax records no graph
@@ -230,15 +235,17 @@ def train_epochs(
     data: FashionData,
     records: list[dict],
     on_epoch: Optional[EpochCallback] = None,
+    on_step: Optional[Callable[[], None]] = None,
 ) -> str:
     """Run the epochs after those in `records`, appending one record per epoch and
-    calling on_epoch(records, diverged) after each; return COMPLETE or DIVERGED."""
+    calling on_epoch(records, diverged) after each (and on_step() after every
+    update); return COMPLETE or DIVERGED."""
     model, optimizer, generator = training.model, training.optimizer, training.generator
     for epoch in range(len(records) + 1, cfg.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
             model, optimizer, data.train_images, data.train_labels, cfg.batch_size,
-            generator,
+            generator, on_step,
         )  # fmt: skip
         test_loss, test_acc = evaluate(
             model, data.test_images, data.test_labels, cfg.data.eval_batch_size
@@ -292,7 +299,7 @@ def train_and_evaluate(cfg, data: Optional[FashionData] = None) -> list[dict]:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     training = start_training(cfg, device)
-    data = to_device(data if data is not None else load_fashion_mnist(cfg.data), device)
+    data = to_device(data if data is not None else load_dataset(cfg.data), device)
     log_start(cfg, data, device)
     records: list[dict] = []
     train_epochs(cfg, training, data, records)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from fashionbn.config import register_configs
 from fashionbn.data import prepare_from_system_dir, raw_dir
 from fashionbn.job import run_identity
-from fashionbn.results import write_metrics, write_status
+from fashionbn.results import write_diagnostics, write_metrics, write_status
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -122,6 +122,7 @@ def make_job_dir(
     status: str = "complete",
     execution: list[dict] = CPU_2_THREADS,
     val_accuracy: Optional[list[float]] = None,
+    diagnostics: Optional[list[dict]] = None,
 ) -> Path:
     """A job dir as fashionbn.run leaves it: .hydra/ from the real config composed
     with `overrides`, status.json with its identity, and a metrics.csv whose test_acc
@@ -141,10 +142,11 @@ def make_job_dir(
          "val_loss": None if v is None else 1.5 - v, "val_acc": v}
         for e, (a, v) in enumerate(zip(accuracy, val), start=1)
     ]  # fmt: skip
-    digest = write_metrics(rows, job_dir)
+    digests = {"metrics_sha256": write_metrics(rows, job_dir)}
+    if diagnostics is not None:
+        digests["diagnostics_sha256"] = write_diagnostics(diagnostics, job_dir)
     write_status(
-        job_dir, status, run_identity(cfg), len(rows), execution,
-        metrics_sha256=digest,
+        job_dir, status, run_identity(cfg), len(rows), execution, **digests
     )  # fmt: skip
     return job_dir
 

@@ -55,13 +55,11 @@ def test_results_are_tidy_with_every_parameter(tmp_path: Path) -> None:
     assert columns[:2] == ["run", "model"]
     assert columns[-9:] == ["seed", *METRIC_COLUMNS]
     # parameters come from the resolved config: also those nobody overrode
-    assert {"optim.lr", "optim", "model.batch_norm", "epochs", "batch_size"} <= set(
-        columns
-    )
+    assert {"optim.lr", "optim", "model.norm", "epochs", "batch_size"} <= set(columns)
     assert not {"data.root", "device", "threads", "force"} & set(columns)
     row = results[(results["model"] == "batchnorm") & (results["seed"] == 1)]
     assert row["test_acc"].tolist() == [0.72, 0.81]
-    assert set(row["optim.lr"]) == {0.001} and set(row["model.batch_norm"]) == {True}
+    assert set(row["optim.lr"]) == {0.001} and set(row["model.norm"]) == {"batchnorm"}
     assert results["seed"].dtype.kind == "i"
     assert read_sweep([sweep]).group_keys == ["model"]
 
@@ -158,7 +156,7 @@ def test_incomplete_and_broken_runs_are_excluded_and_listed(tmp_path, capsys) ->
     stderr = capsys.readouterr().err
     expected = {
         short: "incomplete: 1 of 2 epochs",
-        missing: "no metrics.csv; re-run the same command to restore it",
+        missing: "there is no metrics.csv; re-run the same command to restore it",
         wrong: "metrics.csv has columns ['epoch', 'accuracy']",
         truncated: "metrics.csv has 1 epochs but status.json says 2; re-run",
         edited: "metrics.csv was changed after the run wrote it",
@@ -254,11 +252,13 @@ def test_model_options_are_described_not_grouped_separately(tmp_path) -> None:
     sweep = make_sweep(tmp_path / "sweep")
     make_job(sweep, ["model=batchnorm_after", "seed=0"], [0.6, 0.7])
     read = read_sweep([sweep])
-    assert read.group_keys == ["model"]  # batch_norm / bn_placement follow the model
+    assert read.group_keys == ["model"]  # norm / norm_placement follow the model
     aggregate([sweep])
     report = report_of(sweep)
-    assert "baseline = model.batch_norm=False" in report
-    assert "batchnorm_after = model.batch_norm=True, model.bn_placement=after" in report
+    assert "baseline = model.norm=none" in report
+    assert (
+        "batchnorm_after = model.norm=batchnorm, model.norm_placement=after" in report
+    )
 
 
 @pytest.mark.parametrize("value", ["70", "-1", "nan", "0", "1.5", "inf", "x"])
@@ -485,3 +485,95 @@ def test_format_2_runs_without_validation_columns_still_aggregate(tmp_path) -> N
     assert read.older == [str(old)] and read.group_keys == ["model"]
     rows = read.results[read.results["run"] == str(old)]
     assert rows["test_acc"].tolist() == [0.4, 0.5] and rows["val_acc"].isna().all()
+
+
+# --- diagnostics ---------------------------------------------------------------------
+
+
+def diagnostic_rows(model: str, seed: int) -> list[dict]:
+    """Two measurements (steps 0 and 10) of a 2-hidden-layer run with known values:
+    the baseline's layer-2 median drifts by 1.0 + seed, BatchNorm's stays near 0; the
+    baseline's landscape is 10x rougher."""
+    drift = 1.0 + seed if model == "baseline" else 0.1
+    rough = 10.0 if model == "baseline" else 1.0
+    rows = []
+    for step in (0, 10):
+        moved = drift * (step / 10)
+        values = {
+            ("1", "act_in_p50"): 0.5, ("2", "act_in_p15"): -1.0 + moved,
+            ("2", "act_in_p50"): moved, ("2", "act_in_p85"): 1.0 + moved,
+            ("2", "act_in_std"): 1.0 + moved / 2, ("2", "grad_norm"): 0.1 * rough,
+            ("2", "ics_l2"): 0.01 * rough, ("2", "ics_cos"): 0.9,
+            ("all", "loss_range"): 0.02 * rough,
+            ("all", "grad_change"): 0.3 * rough + seed,
+            ("all", "beta_smoothness"): 5.0 * rough + seed,
+        }  # fmt: skip
+        rows += [
+            {"step": step, "epoch": 0 if step == 0 else 1, "layer": layer,
+             "quantity": quantity, "value": value}
+            for (layer, quantity), value in values.items()
+        ]  # fmt: skip
+    return rows
+
+
+def test_diagnostics_are_summarised_explained_and_drawn(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for model in ("baseline", "batchnorm"):
+        for seed in (0, 1):
+            make_job(sweep, [f"model={model}", f"seed={seed}", "diagnostics=on"],
+                     [0.5, 0.6], diagnostics=diagnostic_rows(model, seed))  # fmt: skip
+    aggregate([sweep])
+    summary = pd.read_csv(sweep / "diagnostics_summary.csv", dtype={"layer": str})
+    row = summary[
+        (summary["model"] == "baseline")
+        & (summary["step"] == 10)
+        & (summary["layer"] == "2")
+        & (summary["quantity"] == "act_in_p50")
+    ]
+    assert row[["n", "mean", "std"]].values.tolist() == [
+        [2, pytest.approx(1.5), pytest.approx(np.std([1.0, 2.0], ddof=1))]
+    ]  # fmt: skip
+    report = report_of(sweep)
+    assert "## Why: what the diagnostics measured" in report
+    assert (
+        "- model=baseline (n=2): from step 0 to step 10, the input to hidden layer 2's "
+        "activation (unit 0) moved its median from +0.000 to +1.500 and its 15th–85th "
+        "percentile range from [-1.000, +1.000] to [+0.500, +2.500]; the layer's "
+        "per-unit standard deviation, averaged over its units, went from 1.000 to "
+        "1.750."
+    ) in report
+    # run means: baseline beta (50 + 50 + 51 + 51) / 4 = 50.5, batchnorm 5.5
+    assert "model=baseline: effective β-smoothness 50.5, gradient change 3.5" in report
+    assert "model=batchnorm: effective β-smoothness 5.5, gradient change 0.8" in report
+    assert f"batchnorm / baseline: β-smoothness ×{5.5 / 50.5:.3g}" in report
+    assert f"gradient change ×{0.8 / 3.5:.3g}" in report
+    for name in ("layer_inputs.png", "gradients.png", "smoothness.png"):
+        with Image.open(sweep / name) as image:
+            assert image.format == "PNG" and image.size[0] >= 600
+    # the runs with diagnostics group with the same runs without them
+    results = load_sweep(sweep)
+    assert not [c for c in results.columns if c.startswith("diagnostics")]
+
+
+def test_the_same_run_with_and_without_diagnostics_counts_once(tmp_path) -> None:
+    make_job(tmp_path / "a", ["model=baseline", "seed=0"], [0.5, 0.6])
+    make_job(tmp_path / "b", ["model=baseline", "seed=0", "diagnostics=on"],
+             [0.5, 0.6], diagnostics=diagnostic_rows("baseline", 0))  # fmt: skip
+    read = read_sweep([tmp_path / "a", tmp_path / "b"])
+    assert read.results["run"].nunique() == 1
+    assert read.results["run"].iloc[0].startswith(str(tmp_path / "b"))  # kept: it has
+    assert len(read.duplicates) == 1 and not read.diagnostics.empty  # diagnostics
+
+
+def test_a_damaged_diagnostics_file_leaves_the_run_out(tmp_path) -> None:
+    job = make_job(tmp_path / "s", ["model=baseline", "seed=0", "diagnostics=on"],
+                   [0.5, 0.6], diagnostics=diagnostic_rows("baseline", 0))  # fmt: skip
+    make_job(tmp_path / "s", ["model=baseline", "seed=1"], [0.5, 0.6])
+    text = (job / "diagnostics.csv").read_text()
+    (job / "diagnostics.csv").write_text(text.replace("0.9", "0.8"))
+    read = read_sweep([tmp_path / "s"])
+    why = (
+        "diagnostics.csv was changed after the run wrote it (its digest does not match "
+        "status.json); re-run the same command to restore it from checkpoint.pt"
+    )
+    assert read.skipped == [(str(job), why)]

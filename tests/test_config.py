@@ -5,6 +5,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
+from fashionbn.config import normalise_identity
+from fashionbn.job import run_identity
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -12,7 +14,9 @@ def test_defaults_match_the_original_experiment() -> None:
     cfg = compose_config([])
     assert (cfg.seed, cfg.epochs, cfg.batch_size, cfg.device) == (0, 5, 64, "auto")
     assert cfg.model.name == "baseline" and list(cfg.model.hidden) == [64, 32]
-    assert cfg.model.batch_norm is False
+    assert cfg.model.norm.value == "none"
+    assert cfg.model.activation.value == "relu" and cfg.model.init.value == "default"
+    assert cfg.diagnostics.enabled is False
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 0.001, 0.0)
     assert cfg.optim.weight_decay == 0.0
     assert cfg.data.root == "data/"
@@ -24,8 +28,8 @@ def test_defaults_match_the_original_experiment() -> None:
 
 def test_batchnorm_group_switches_bn_on_before_relu() -> None:
     cfg = compose_config(["model=batchnorm"])
-    assert cfg.model.batch_norm is True
-    assert cfg.model.bn_placement.value == "before"
+    assert cfg.model.norm.value == "batchnorm"
+    assert cfg.model.norm_placement.value == "before"
 
 
 def test_documented_overrides_compose() -> None:
@@ -45,7 +49,10 @@ def test_documented_overrides_compose() -> None:
         "epochs=five",  # wrong type
         "model.hiden=[1]",  # unknown key in a group
         "optim.momentum=fast",  # wrong type in a group
-        "model.bn_placement=sideways",  # not one of the enum's values
+        "model.norm_placement=sideways",  # not one of the enum's values
+        "model.activation=swish",
+        "model.norm=groupnorm",
+        "model.batch_norm=true",  # renamed: model.norm=batchnorm
         "model=foo",  # unknown group option
     ],
 )
@@ -62,6 +69,7 @@ def test_bad_overrides_fail_at_composition(override: str) -> None:
          {"model": "baseline,batchnorm,batchnorm_after", "seed": "range(0,3)"}),
         ("lr_sweep", {"model": "baseline,batchnorm", "optim.lr": "0.001,0.01,0.1",
                       "seed": "range(0,3)"}),
+        ("ioffe_fig1", {"model": "baseline,batchnorm", "seed": "range(0,3)"}),
         ("fair_lr", {"data.val_size": "10000", "model": "baseline,batchnorm",
                      "optim.lr": "0.001,0.003,0.01,0.03,0.1,0.3",
                      "seed": "range(0,5)"}),
@@ -71,7 +79,22 @@ def test_experiment_presets_set_the_sweep(preset: str, params: dict) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", [f"experiment={preset}"], return_hydra_config=True)
     assert dict(cfg.hydra.sweeper.params) == params
-    assert cfg.epochs == 5 and cfg.model.name == "baseline"  # defaults untouched
+    assert cfg.model.name == "baseline"
+    if preset != "ioffe_fig1":
+        assert cfg.epochs == 5 and cfg.batch_size == 64  # defaults untouched
+
+
+def test_the_papers_experiment_as_a_preset() -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", ["experiment=ioffe_fig1", "model=batchnorm"])
+    assert list(cfg.model.hidden) == [100, 100, 100]
+    assert (
+        cfg.model.activation.value == "sigmoid" and cfg.model.norm.value == "batchnorm"
+    )
+    assert (cfg.model.init.value, cfg.model.init_std) == ("normal", 0.01)
+    assert (cfg.batch_size, cfg.epochs, cfg.optim.name) == (60, 50, "sgd")
+    assert cfg.diagnostics.enabled is True and cfg.diagnostics.every_steps is None
+    # 60,000 / 60 = 1,000 steps per epoch: the paper's 50,000 steps
 
 
 def test_job_dir_names_leave_out_where_and_how_a_job_runs() -> None:
@@ -93,5 +116,38 @@ def test_schemas_are_not_options_of_the_groups() -> None:
     for group in ("model", "optim", "data"):
         assert group not in repo  # the schemas live in the `schema` group only
     assert sorted(repo["schema"]) == [
-        "adam.yaml", "config.yaml", "data.yaml", "model.yaml", "sgd.yaml",
+        "adam.yaml", "config.yaml", "data.yaml", "diagnostics.yaml", "model.yaml",
+        "sgd.yaml",
     ]  # fmt: skip
+
+
+def test_identities_of_older_versions_use_todays_keys() -> None:
+    """model.batch_norm/bn_placement/bn_eps became model.norm/norm_placement/norm_eps;
+    keys an older run did not record take the defaults that reproduce it."""
+    old = {
+        "model": {"name": "batchnorm_after", "hidden": [64, 32], "batch_norm": True,
+                  "bn_placement": "after", "bn_momentum": 0.1, "bn_eps": 1e-5,
+                  "in_features": 784, "num_classes": 10},
+        "optim": {"name": "sgd", "lr": 0.01},
+        "data": {"root": "/x", "train_size": None},
+        "seed": 1, "epochs": 5, "device": "auto",
+    }  # fmt: skip
+    identity = normalise_identity(old)
+    assert identity["model"] == {
+        "activation": "relu", "bn_momentum": 0.1, "hidden": [64, 32],
+        "init": "default", "init_std": 0.01, "name": "batchnorm_after",
+        "norm": "batchnorm", "norm_eps": 1e-5, "norm_placement": "after",
+    }  # fmt: skip
+    assert identity["optim"] == {"lr": 0.01, "momentum": 0.0, "name": "sgd",
+                                 "nesterov": False, "weight_decay": 0.0}  # fmt: skip
+    assert identity["data"]["val_size"] == 0 and "root" not in identity["data"]
+    assert identity["diagnostics"]["enabled"] is False
+    assert "device" not in identity
+    today = run_identity(compose_config(["model=batchnorm_after", "optim.lr=0.01",
+                                         "seed=1"]))  # fmt: skip
+    assert {k: v for k, v in today.items() if k != "data"} == {
+        k: v for k, v in identity.items() if k != "data"
+    }
+    assert normalise_identity({"model": {"batch_norm": False}})["model"]["norm"] == (
+        "none"
+    )

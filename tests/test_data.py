@@ -10,11 +10,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms
 
+import fashionbn.data
 from fashionbn.config import ConfigError
 from fashionbn.data import (
     DatasetCorruptError,
     DatasetNotFoundError,
-    load_fashion_mnist,
+    load_dataset,
     raw_dir,
     shuffled_batches,
     split_indices,
@@ -35,7 +36,7 @@ def data_cfg(root: Path, system_dir, **overrides):
 
 def test_tiny_idx_files_load_scaled_like_to_tensor(tmp_path, tiny_system_dir) -> None:
     system_dir, arrays = tiny_system_dir
-    data = load_fashion_mnist(data_cfg(tmp_path / "root", system_dir))
+    data = load_dataset(data_cfg(tmp_path / "root", system_dir))
     assert data.train_images.shape == (96, 28, 28)
     assert data.test_images.shape == (40, 28, 28)
     assert data.train_images.dtype == torch.float32
@@ -63,7 +64,7 @@ def test_tiny_idx_files_load_scaled_like_to_tensor(tmp_path, tiny_system_dir) ->
 def test_subset_is_the_first_n_samples(tmp_path, tiny_system_dir) -> None:
     system_dir, arrays = tiny_system_dir
     cfg = data_cfg(tmp_path / "root", system_dir, train_size=10, test_size=5)
-    data = load_fashion_mnist(cfg)
+    data = load_dataset(cfg)
     assert len(data.train_labels) == 10 and len(data.test_labels) == 5
     first = arrays["train-labels-idx1-ubyte"][:10].astype(np.int64)
     assert data.train_labels.tolist() == first.tolist()
@@ -73,12 +74,12 @@ def test_subset_larger_than_dataset_is_refused(tmp_path, tiny_system_dir) -> Non
     system_dir, _ = tiny_system_dir
     cfg = data_cfg(tmp_path / "root", system_dir, train_size=97)
     with pytest.raises(ValueError, match=r"data.train_size=97 .* 96 samples"):
-        load_fashion_mnist(cfg)
+        load_dataset(cfg)
 
 
 def test_missing_dataset_names_the_three_ways(tmp_path) -> None:
     with pytest.raises(DatasetNotFoundError) as info:
-        load_fashion_mnist(data_cfg(tmp_path / "empty", None))
+        load_dataset(data_cfg(tmp_path / "empty", None))
     message = str(info.value)
     assert "apt-get install -y dataset-fashion-mnist" in message
     assert "data.root=" in message and "data.download=true" in message
@@ -89,7 +90,7 @@ def test_truncated_gz_is_named(tmp_path, tiny_system_dir) -> None:
     victim = system_dir / "t10k-images-idx3-ubyte.gz"
     victim.write_bytes(victim.read_bytes()[:200])
     with pytest.raises(DatasetCorruptError, match="t10k-images-idx3-ubyte.gz"):
-        load_fashion_mnist(data_cfg(tmp_path / "root", system_dir))
+        load_dataset(data_cfg(tmp_path / "root", system_dir))
     left = [p.name for p in raw_dir(tmp_path / "root").iterdir()]
     assert "t10k-images-idx3-ubyte" not in left
     assert not [name for name in left if "partial" in name]  # no half-written debris
@@ -98,11 +99,11 @@ def test_truncated_gz_is_named(tmp_path, tiny_system_dir) -> None:
 def test_truncated_idx_file_is_named(tmp_path, tiny_system_dir) -> None:
     system_dir, _ = tiny_system_dir
     root = tmp_path / "root"
-    load_fashion_mnist(data_cfg(root, system_dir))
+    load_dataset(data_cfg(root, system_dir))
     victim = raw_dir(root) / "train-images-idx3-ubyte"
     victim.write_bytes(victim.read_bytes()[:-100])
     with pytest.raises(DatasetCorruptError, match="train-images-idx3-ubyte: size"):
-        load_fashion_mnist(data_cfg(root, None))
+        load_dataset(data_cfg(root, None))
 
 
 def test_wrong_magic_is_named(tmp_path, tiny_system_dir) -> None:
@@ -111,7 +112,7 @@ def test_wrong_magic_is_named(tmp_path, tiny_system_dir) -> None:
     with gzip.open(victim, "wb") as f:
         f.write(b"not an idx file at all")
     with pytest.raises(DatasetCorruptError, match="train-labels-idx1-ubyte: not an"):
-        load_fashion_mnist(data_cfg(tmp_path / "root", system_dir))
+        load_dataset(data_cfg(tmp_path / "root", system_dir))
 
 
 def test_shuffled_batches_cover_every_sample_once() -> None:
@@ -126,7 +127,7 @@ def test_shuffled_batches_cover_every_sample_once() -> None:
 
 @pytest.mark.slow
 def test_real_fashion_mnist(real_data_root: Path) -> None:
-    data = load_fashion_mnist(data_cfg(real_data_root, None))
+    data = load_dataset(data_cfg(real_data_root, None))
     assert data.train_images.shape == (60_000, 28, 28)
     assert data.test_images.shape == (10_000, 28, 28)
     assert sorted(data.train_labels.unique().tolist()) == list(range(10))
@@ -171,7 +172,7 @@ def test_split_indices_are_disjoint_fixed_and_seeded_by_split_seed_only() -> Non
 def test_validation_samples_are_held_out_of_training(tmp_path, tiny_system_dir):
     system_dir, arrays = tiny_system_dir
     cfg = data_cfg(tmp_path / "root", system_dir, train_size=50, val_size=10)
-    data = load_fashion_mnist(cfg)
+    data = load_dataset(cfg)
     keep, held_out = split_indices(50, 10, 0)
     images = torch.from_numpy(arrays["train-images-idx3-ubyte"][:50].astype(np.float32))
     labels = torch.from_numpy(arrays["train-labels-idx1-ubyte"][:50].astype(np.int64))
@@ -180,9 +181,7 @@ def test_validation_samples_are_held_out_of_training(tmp_path, tiny_system_dir):
     assert torch.equal(data.train_labels, labels[keep])
     assert torch.equal(data.val_labels, labels[held_out])
     assert len(data.test_labels) == 40  # the test set is untouched
-    no_split = load_fashion_mnist(
-        data_cfg(tmp_path / "root", system_dir, train_size=50)
-    )
+    no_split = load_dataset(data_cfg(tmp_path / "root", system_dir, train_size=50))
     assert len(no_split.val_labels) == 0 and len(no_split.train_labels) == 50
 
 
@@ -195,8 +194,38 @@ def test_a_split_leaving_no_training_samples_is_refused(
                    train_size=train_size)  # fmt: skip
     n = train_size or 96
     with pytest.raises(ConfigError) as info:
-        load_fashion_mnist(cfg)
+        load_dataset(cfg)
     assert str(info.value).startswith(
         f"data.val_size={val_size} leaves no training samples: the train set has {n}"
     )
     assert str(info.value).endswith(f"use 0..{n - 1}")
+
+
+# --- MNIST: the same format and loader, another place ------------------------------
+
+
+def test_mnist_loads_from_its_own_folder(tmp_path, tiny_system_dir) -> None:
+    system_dir, arrays = tiny_system_dir  # tiny IDX .gz files stand in for MNIST's
+    cfg = compose_config(
+        ["data=mnist", f"data.system_dir={system_dir}", f"data.root={tmp_path}"]
+    ).data
+    data = load_dataset(cfg)
+    assert (raw_dir(tmp_path, "mnist") / "train-images-idx3-ubyte").is_file()
+    assert raw_dir(tmp_path, "mnist") == tmp_path / "MNIST" / "raw"
+    assert not (tmp_path / "FashionMNIST").exists()
+    expected = arrays["train-images-idx3-ubyte"].astype(np.float32) / 255
+    assert torch.equal(data.train_images, torch.from_numpy(expected))
+    # from then on the uncompressed files alone suffice
+    cfg.system_dir = None
+    fashionbn.data.clear_cache()
+    assert torch.equal(load_dataset(cfg).test_labels, data.test_labels)
+
+
+def test_missing_mnist_says_where_to_put_it(tmp_path) -> None:
+    cfg = compose_config(["data=mnist", f"data.root={tmp_path}"]).data
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset(cfg)
+    message = str(info.value)
+    assert message.startswith(f"MNIST not found: no IDX files in {tmp_path}/MNIST/raw")
+    assert "not packaged for Debian" in message
+    assert "train-images-idx3-ubyte, train-labels-idx1-ubyte" in message

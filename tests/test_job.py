@@ -17,8 +17,8 @@ import fashionbn.train
 from fashionbn.checkpoint import CHECKPOINT_MAGIC, load_checkpoint
 from fashionbn.config import FashionbnError
 from fashionbn.job import JobBusy, JobDirError, run_job
+from fashionbn.reading import read_job
 from fashionbn.results import RESULTS_FORMAT, WriteError, read_metrics, read_status
-from fashionbn.sweep import read_job
 from tests.conftest import compose_config, without_seconds
 
 

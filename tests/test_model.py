@@ -46,7 +46,7 @@ def test_batchnorm_after_relu_placement() -> None:
 
 def test_bn_hyperparameters_are_overridable() -> None:
     cfg = compose_config(
-        ["model=batchnorm", "model.bn_momentum=0.3", "model.bn_eps=0.01"]
+        ["model=batchnorm", "model.bn_momentum=0.3", "model.norm_eps=0.01"]
     )
     bn = [m for m in build_model(cfg.model) if isinstance(m, nn.BatchNorm1d)]
     assert {(m.momentum, m.eps) for m in bn} == {(0.3, 0.01)}
@@ -69,3 +69,47 @@ def test_bad_hidden_sizes_are_refused(hidden: str) -> None:
     cfg = compose_config([f"model.hidden={hidden}"])
     with pytest.raises(ValueError, match="model.hidden"):
         build_model(cfg.model)
+
+
+def test_layernorm_option_normalises_each_sample() -> None:
+    model = build_model(compose_config(["model=layernorm"]).model)
+    assert layer_types(model) == [
+        nn.Flatten,
+        nn.Linear, nn.LayerNorm, nn.ReLU,
+        nn.Linear, nn.LayerNorm, nn.ReLU,
+        nn.Linear,
+    ]  # fmt: skip
+    assert count_parameters(model) == 52_842  # LayerNorm's weight + bias per unit
+    normed = model[:3](torch.rand(5, 28, 28))  # Flatten, Linear, LayerNorm: (5, 64)
+    assert torch.allclose(normed.mean(dim=1), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(normed.std(dim=1, unbiased=False), torch.ones(5), atol=1e-3)
+
+
+@pytest.mark.parametrize("name, module", [("sigmoid", nn.Sigmoid), ("tanh", nn.Tanh)])
+def test_activation_choice(name: str, module: type) -> None:
+    model = build_model(compose_config([f"model.activation={name}"]).model)
+    assert layer_types(model) == [
+        nn.Flatten, nn.Linear, module, nn.Linear, module, nn.Linear,
+    ]  # fmt: skip
+
+
+def test_normal_init_draws_small_gaussian_weights_and_zero_biases() -> None:
+    torch.manual_seed(0)
+    cfg = compose_config(["model.init=normal", "model.init_std=0.02",
+                          "model.hidden=[256]"])  # fmt: skip
+    model = build_model(cfg.model)
+    first = model[1]
+    assert first.weight.std().item() == pytest.approx(0.02, rel=0.02)  # 200k draws
+    assert first.weight.mean().item() == pytest.approx(0.0, abs=1e-3)
+    assert (
+        torch.count_nonzero(first.bias) == 0 and torch.count_nonzero(model[3].bias) == 0
+    )
+
+
+def test_default_init_is_pytorchs_own() -> None:
+    torch.manual_seed(0)
+    model = build_model(compose_config([]).model)
+    torch.manual_seed(0)
+    plain = nn.Linear(784, 64)
+    assert torch.equal(model[1].weight, plain.weight)
+    assert torch.equal(model[1].bias, plain.bias)

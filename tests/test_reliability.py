@@ -153,8 +153,26 @@ def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path: Path) -> Non
         (["threads=1000"], r"threads=1000: must be in 1..\d+ .* only slows"),
         (["seed=-1"], r"seed=-1: must be in 0..4294967295"),
         (["seed=4294967296"], r"seed=4294967296: must be in 0..4294967295"),
-        (["model=batchnorm", "model.bn_eps=0"], "model.bn_eps=0.0: must be > 0"),
-        (["model=batchnorm", "model.bn_eps=-1"], "model.bn_eps=-1.0: must be > 0"),
+        (["model=batchnorm", "model.norm_eps=0"], "model.norm_eps=0.0: must be > 0"),
+        (["model=layernorm", "model.norm_eps=-1"], "model.norm_eps=-1.0: must be >"),
+        (["model.init=normal", "model.init_std=0"], "model.init_std=0.0: must be a"),
+        (["data.name=mnist"], "data.name=mnist with data.system_dir=/usr/share/"),
+        (
+            ["diagnostics=on", "diagnostics.every_steps=0"],
+            "diagnostics.every_steps=0: must be >= 1, or null",
+        ),
+        (
+            ["diagnostics=on", "diagnostics.probe_size=1"],
+            "diagnostics.probe_size=1: must be >= 2",
+        ),
+        (
+            ["diagnostics=on", "diagnostics.step_sizes=[]"],
+            r"diagnostics.step_sizes=\[\]: give one or more multiples",
+        ),
+        (
+            ["diagnostics=on", "diagnostics.step_sizes=[1,-2]"],
+            r"diagnostics.step_sizes=\[1.0, -2.0\]: give one or more",
+        ),
         (["model.bn_momentum=2"], r"model.bn_momentum=2.0: must be in \[0, 1\]"),
         (["optim.momentum=-1"], r"optim.momentum=-1.0: must be in \[0, 1\)"),
         (["optim.nesterov=true"], "optim.nesterov=true needs optim.momentum > 0"),
@@ -230,7 +248,7 @@ def test_unknown_options_and_dataset_facts_are_refused_by_hydra(tmp_path) -> Non
     assert "baseline" in result.stderr and "batchnorm" in result.stderr
     options = result.stderr.split("Available options in 'model':")[1]
     options = options.split("Config search path")[0].split()
-    assert options == ["baseline", "batchnorm", "batchnorm_after"]
+    assert options == ["baseline", "batchnorm", "batchnorm_after", "layernorm"]
     for key in ("model.in_features=100", "model.num_classes=5"):
         result = run_module(["fashionbn.run", key], cwd=tmp_path)
         assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -353,25 +371,25 @@ def test_a_bad_input_in_one_job_does_not_stop_the_sweep(
     run, the sweep ends with the error line and a non-zero exit code."""
     sweep_dir = tmp_path / "sweep"
     result = run_module(
-        ["fashionbn.run", "-m", "model=batchnorm", "model.bn_eps=-1,1e-5",
+        ["fashionbn.run", "-m", "model=batchnorm", "model.norm_eps=-1,1e-5",
          "seed=0,1", "epochs=1", "data.train_size=2048", "data.test_size=500",
          f"data.root={real_data_root}", f"hydra.sweep.dir={sweep_dir}"],
         tmp_path,
     )  # fmt: skip
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    message = "error: model.bn_eps=-1.0: must be > 0"
+    message = "error: model.norm_eps=-1.0: must be > 0"
     ending = result.stderr.split("Error executing job with overrides:")[1]
     assert ending.splitlines()[1].startswith(message)  # Hydra's last word: one line
     complete = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.csv"))
     assert complete == [
-        "data.test_size=500,data.train_size=2048,epochs=1,model.bn_eps=1e-05,"
+        "data.test_size=500,data.train_size=2048,epochs=1,model.norm_eps=1e-05,"
         f"model=batchnorm,seed={seed}"
         for seed in (0, 1)
     ]
     for seed in (0, 1):
         bad = sweep_dir / (
-            "data.test_size=500,data.train_size=2048,epochs=1,model.bn_eps=-1,"
+            "data.test_size=500,data.train_size=2048,epochs=1,model.norm_eps=-1,"
             f"model=batchnorm,seed={seed}"
         )
         assert message in (bad / "run.log").read_text()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fashionbn.data
 import fashionbn.train
-from fashionbn.data import load_fashion_mnist, shuffled_batches, split_indices
+from fashionbn.data import load_dataset, shuffled_batches, split_indices
 from fashionbn.job import run_job
 from fashionbn.model import build_model
 from fashionbn.results import METRIC_COLUMNS
@@ -80,7 +80,7 @@ def test_fast_sgd_update_is_bit_identical_to_optimizer_step(
 ) -> None:
     """train_one_epoch's plain-SGD shortcut gives torch.optim.SGD's exact numbers."""
     cfg = compose_config([*small_real_overrides, f"model={model}"])
-    data = load_fashion_mnist(cfg.data)
+    data = load_dataset(cfg.data)
 
     seed_everything(0)
     fast_model = build_model(cfg.model)
@@ -166,7 +166,7 @@ def test_the_default_experiment_keeps_its_numbers(real_data_root, model, epoch5)
     cfg = compose_config([f"data.root={real_data_root}", f"model={model}"])
     records = train_and_evaluate(cfg)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
-    plain = plain_loop_test_accuracy(cfg, load_fashion_mnist(cfg.data))
+    plain = plain_loop_test_accuracy(cfg, load_dataset(cfg.data))
     assert [r["test_acc"] for r in records] == plain
     assert abs(records[-1]["test_acc"] - epoch5) <= 0.001
 
@@ -183,8 +183,8 @@ def test_validation_samples_are_never_trained_on(
     system_dir, _ = tiny_system_dir
     real_load = fashionbn.data._load_split
 
-    def poisoned(root, train, size):
-        images, labels = real_load(root, train, size)
+    def poisoned(root, name, train, size):
+        images, labels = real_load(root, name, train, size)
         if train:
             _, held_out = split_indices(len(labels), 32, 0)
             images = images.clone()

@@ -1,0 +1,290 @@
+"""What the normalisation does to layer inputs, gradients and the loss landscape,
+measured on a fixed probe batch at step 0 and every `every_steps` training steps.
+
+Per hidden layer l = 1, 2, ... (from the input):
+- act_in_p15, act_in_p50, act_in_p85: percentiles (linear interpolation) over the probe
+  batch of the input to layer l's activation function, for unit 0 (Ioffe & Szegedy
+  2015, Figure 1(b, c): "a typical unit");
+- act_in_mean, act_in_std: the average over the layer's units of each unit's mean and of
+  each unit's standard deviation (population, as BatchNorm computes it) over the batch;
+- grad_norm, weight_norm: Frobenius norms of the loss gradient of layer l's Linear
+  weight and of that weight;
+- ics_l2, ics_cos (layers 2, 3, ...; Santurkar et al. 2018, Definition 2.1): ||G - G'||
+  and cos(G, G'), G the gradient of layer l's weight, G' the same after only layers
+  1..l-1 took a plain SGD step of the run's learning rate on the probe batch.
+For the whole model (layer "all"), with g the probe-batch gradient of all parameters
+theta and theta_k = theta - c_k * lr * g for every step size c_k (Santurkar et al.):
+- loss_range: max - min of the loss over theta and every theta_k;
+- grad_change: max_k ||grad L(theta_k) - g|| ("gradient predictiveness");
+- beta_smoothness: max_k ||grad L(theta_k) - g|| / ||theta_k - theta||.
+
+The loss is the mean cross-entropy over the probe batch, computed as training sees it:
+in training mode, BatchNorm normalising with the probe batch's own statistics. Measuring
+is read-only towards training: the probe's forward pass is functional (parameters are
+never written; moved copies are new tensors), BatchNorm gets no running statistics to
+update, gradients come from torch.autograd.grad (no .grad is touched), and nothing draws
+random numbers. A test proves metrics.csv is identical with diagnostics on and off, and
+that the probe's loss equals the model's own forward pass.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fashionbn.config import ConfigError
+from fashionbn.model import ACTIVATIONS
+
+PROBE_SEED = 0  # the probe batch is the same for every run, model and seed
+POINTS = 50  # every_steps=null: this many measurements after step 0
+QUANTILES = (0.15, 0.5, 0.85)
+
+
+def probe_indices(num_samples: int, probe_size: int) -> torch.Tensor:
+    """The training-set indices of the probe batch: fixed by PROBE_SEED alone."""
+    if probe_size > num_samples:
+        raise ConfigError(
+            f"diagnostics.probe_size={probe_size} but the train set has {num_samples} "
+            "samples"
+        )
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    return torch.randperm(num_samples, generator=generator)[:probe_size].sort().values
+
+
+def hidden_layers(model: nn.Sequential) -> list[dict]:
+    """Per hidden layer: its modules, its Linear and its activation module."""
+    layers: list[dict] = []
+    for module in model:
+        if isinstance(module, nn.Linear):
+            layers.append({"linear": module, "modules": [module]})
+        elif layers:
+            layers[-1]["modules"].append(module)
+            if isinstance(module, tuple(ACTIVATIONS.values())):
+                layers[-1]["activation"] = module
+    return [layer for layer in layers if "activation" in layer]  # not the output
+
+
+class Probe:
+    """Loss, gradients and activation inputs of `model` on one batch, at any
+    parameters, without writing to the model.
+
+    The forward pass is written out functionally for the modules build_model makes
+    (BatchNorm normalises with the batch's statistics and is given no running
+    statistics to update); it is what module(x) computes in training mode, minus
+    the per-call machinery that would dominate the cost on a small probe batch.
+    """
+
+    def __init__(self, model: nn.Sequential, x: torch.Tensor, y: torch.Tensor):
+        self.model, self.x, self.y = model, x, y
+        self.params = dict(model.named_parameters())
+        self.names = list(self.params)
+        self.name_of = {id(p): name for name, p in self.params.items()}
+        self.layers = hidden_layers(model)
+        self.steps = [self._step(index, module) for index, module in enumerate(model)]
+
+    def _step(self, index: int, module: nn.Module):
+        """(kind, module, weight name, bias name) of one module of the Sequential."""
+        kinds = {nn.Flatten: "flatten", nn.Linear: "linear",
+                 nn.BatchNorm1d: "batchnorm", nn.LayerNorm: "layernorm"}  # fmt: skip
+        kind = kinds.get(type(module))
+        if kind is None and isinstance(module, tuple(ACTIVATIONS.values())):
+            kind = "activation"
+        if kind is None:
+            raise TypeError(f"diagnostics cannot probe a {type(module).__name__}")
+        return kind, module, f"{index}.weight", f"{index}.bias"
+
+    def loss(self, params: dict, record: Optional[list] = None) -> torch.Tensor:
+        """Mean cross-entropy at `params`; appends each activation's input to record."""
+        x = self.x
+        for kind, module, weight, bias in self.steps:
+            if kind == "flatten":
+                x = x.flatten(1)  # (B, 784)
+            elif kind == "linear":
+                x = F.linear(x, params[weight], params[bias])
+            elif kind == "batchnorm":  # batch statistics; no running stats to update
+                x = F.batch_norm(x, None, None, params[weight], params[bias],
+                                 training=True, eps=module.eps)  # fmt: skip
+            elif kind == "layernorm":
+                x = F.layer_norm(x, module.normalized_shape, params[weight],
+                                 params[bias], module.eps)  # fmt: skip
+            else:
+                if record is not None:
+                    record.append(x.detach())
+                x = module(x)
+        return F.cross_entropy(x, self.y)
+
+    def stacked(self, points: list[dict], grad: dict) -> tuple[torch.Tensor, dict]:
+        """Losses (K,) and gradients (name -> (K, *shape)) at K points at once: point
+        k moves each parameter n it names by -points[k][n] * grad[n]."""
+        k = len(points)
+        params = {}
+        for n, p in self.params.items():
+            steps = [point.get(n, 0.0) for point in points]
+            steps = torch.tensor(steps, device=p.device).view(k, *[1] * p.dim())
+            params[n] = (p.detach() - steps * grad[n]).requires_grad_()  # (K, *shape)
+        x = self.x.flatten(1)  # (B, 784), shared by every point
+        for kind, module, weight, bias in self.steps[1:]:
+            if kind == "linear":
+                w, b = params[weight], params[bias].unsqueeze(1)  # (K, O, I), (K, 1, O)
+                if x.dim() == 2:  # the shared input: one (B, I) x (I, K*O) product
+                    z = x @ w.reshape(-1, w.shape[-1]).T  # (B, K*O)
+                    x = z.view(len(x), k, -1).transpose(0, 1) + b  # (K, B, O)
+                else:
+                    x = torch.baddbmm(b, x, w.transpose(1, 2))
+            elif kind in ("batchnorm", "layernorm"):
+                # BatchNorm: each unit over the batch (dim 1); LayerNorm: each sample
+                # over the units (dim 2); then the point's own scale and shift
+                dim = 1 if kind == "batchnorm" else 2
+                centred = x - x.mean(dim, keepdim=True)
+                var = (centred * centred).mean(dim, keepdim=True)
+                x = centred / torch.sqrt(var + module.eps)
+                x = x * params[weight].unsqueeze(1) + params[bias].unsqueeze(1)
+            else:
+                x = module(x)
+        per_sample = F.cross_entropy(
+            x.reshape(k * len(self.y), -1), self.y.repeat(k), reduction="none"
+        )
+        losses = per_sample.view(k, -1).mean(dim=1)  # (K,)
+        values = torch.autograd.grad(losses.sum(), [params[n] for n in self.names])
+        return losses.detach(), dict(zip(self.names, values))
+
+    def grads(self, loss: torch.Tensor, params: dict, names: list[str]) -> dict:
+        values = torch.autograd.grad(loss, [params[n] for n in names])
+        return dict(zip(names, values))
+
+    def layer_names(self, layer: dict) -> list[str]:
+        return [self.name_of[id(p)] for m in layer["modules"] for p in m.parameters()]
+
+
+def measure(
+    model: nn.Sequential,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    step_sizes: list[float],
+    ics: bool,
+) -> list[tuple[str, str, float]]:
+    """Every quantity (see the module's docstring) as (layer, quantity, value)."""
+    was_training = model.training
+    model.train()  # as training sees it: batch statistics
+    try:
+        with torch.enable_grad():
+            return _measure(Probe(model, x, y), lr, step_sizes, ics)
+    finally:
+        model.train(was_training)
+
+
+def _measure(probe: Probe, lr: float, step_sizes: list[float], ics: bool) -> list:
+    inputs: list[torch.Tensor] = []
+    loss = probe.loss(probe.params, record=inputs)
+    grad = probe.grads(loss, probe.params, probe.names)
+    # every moved point in one stacked pass: theta itself (the reference its moved
+    # neighbours are compared with, computed the same way), theta - c * lr * g for each
+    # step size, and for each layer l >= 2 theta with layers 1..l-1 moved by -lr * g
+    points = [{}] + [{n: size * lr for n in probe.names} for size in step_sizes]
+    ics_layers = list(range(2, len(probe.layers) + 1)) if ics else []
+    for number in ics_layers:
+        earlier = [n for layer in probe.layers[: number - 1]
+                   for n in probe.layer_names(layer)]  # fmt: skip
+        points.append({n: lr for n in earlier})
+    losses, grads = probe.stacked(points, grad)  # (K,), name -> (K, *shape)
+    rows = []
+    for number, (layer, z) in enumerate(zip(probe.layers, inputs), start=1):
+        z = z.float()  # (B, width)
+        quantiles = torch.quantile(z[:, 0], torch.tensor(QUANTILES, device=z.device))
+        weight = probe.name_of[id(layer["linear"].weight)]
+        values = {
+            "act_in_p15": quantiles[0], "act_in_p50": quantiles[1],
+            "act_in_p85": quantiles[2], "act_in_mean": z.mean(dim=0).mean(),
+            "act_in_std": z.std(dim=0, unbiased=False).mean(),
+            "grad_norm": grad[weight].norm(),
+            "weight_norm": layer["linear"].weight.detach().norm(),
+        }  # fmt: skip
+        if number in ics_layers:
+            k = 1 + len(step_sizes) + ics_layers.index(number)
+            before, after = grads[weight][0].flatten(), grads[weight][k].flatten()
+            values["ics_l2"] = (before - after).norm()
+            values["ics_cos"] = F.cosine_similarity(before, after, dim=0, eps=1e-30)
+        numbers = torch.stack(list(values.values())).tolist()  # one sync per layer
+        rows += [(str(number), q, v) for q, v in zip(values, numbers)]
+    rows += [("all", q, v) for q, v in _landscape(probe, losses, grads, lr, step_sizes)]
+    return rows
+
+
+def _landscape(
+    probe: Probe, losses: torch.Tensor, grads: dict, lr: float, step_sizes: list[float]
+) -> list[tuple[str, float]]:
+    """Loss range, gradient change and effective beta-smoothness along -g, from the
+    stacked pass: index 0 is theta, 1..len(step_sizes) the moved points."""
+    k = 1 + len(step_sizes)
+    flat = torch.cat([grads[n][:k].flatten(1) for n in probe.names], dim=1)  # (k, P)
+    changes = (flat[1:] - flat[0]).norm(dim=1)  # (len(step_sizes),)
+    g_norm = flat[0].norm().item()
+    loss_values, change_values = losses[:k].tolist(), changes.tolist()
+    betas = [
+        change / (size * lr * g_norm) if g_norm > 0 else math.nan
+        for change, size in zip(change_values, step_sizes)
+    ]
+    return [
+        ("loss_range", max(loss_values) - min(loss_values)),
+        ("grad_change", max(change_values)),
+        ("beta_smoothness", max(betas)),
+    ]
+
+
+class Diagnostics:
+    """The probe the training loop calls after every step (on_step); keeps the
+    measured rows and the step count, both part of the checkpoint."""
+
+    def __init__(
+        self,
+        diagnostics_cfg,
+        model: nn.Sequential,
+        lr: float,
+        probe_x: torch.Tensor,
+        probe_y: torch.Tensor,
+        steps_per_epoch: int,
+        epochs: int,
+        state: Optional[dict] = None,
+    ):
+        self.model, self.lr, self.x, self.y = model, lr, probe_x, probe_y
+        self.step_sizes = [float(s) for s in diagnostics_cfg.step_sizes]
+        self.ics = bool(diagnostics_cfg.ics)
+        self.steps_per_epoch = steps_per_epoch
+        self.every = diagnostics_cfg.every_steps or max(
+            1, steps_per_epoch * epochs // POINTS
+        )
+        self.step = state["step"] if state else 0
+        self.rows: list[dict] = list(state["rows"]) if state else []
+
+    def start(self) -> None:
+        """Measure step 0 (before any update) unless that is done already."""
+        if self.step == 0 and not self.rows:
+            self.record()
+
+    def on_step(self) -> None:
+        self.step += 1
+        if self.step % self.every == 0:
+            self.record()
+
+    def record(self) -> None:
+        epoch = math.ceil(self.step / self.steps_per_epoch)
+        for layer, quantity, value in measure(
+            self.model, self.x, self.y, self.lr, self.step_sizes, self.ics
+        ):
+            self.rows.append(dict(step=self.step, epoch=epoch, layer=layer,
+                                  quantity=quantity, value=value))  # fmt: skip
+
+    def state(self) -> dict:
+        return {"step": self.step, "rows": list(self.rows)}
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, model: nn.Module) -> int:
+    """Optimizer steps per epoch (BatchNorm skips a last batch of one sample)."""
+    batches = math.ceil(num_samples / batch_size)
+    skips_one = num_samples % batch_size == 1 and any(
+        isinstance(m, nn.BatchNorm1d) for m in model.modules()
+    )
+    return batches - int(skips_one)

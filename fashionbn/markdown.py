@@ -1,0 +1,62 @@
+"""Markdown and number formatting shared by the report and summary.md."""
+
+import math
+
+import pandas as pd
+
+
+def group_label(row: pd.Series, keys: list[str]) -> str:
+    """'model=batchnorm, optim.lr=0.01'."""
+    return ", ".join(f"{k}={row[k]}" for k in keys)
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def mean_std(mean: float, std: float, n: int) -> str:
+    """'0.8093 ± 0.0041 (n=3)'; std is undefined for a single run."""
+    spread = f" ± {std:.4f}" if n > 1 else ""
+    return f"{mean:.4f}{spread} (n={int(n)})"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A plain GitHub-flavoured markdown table of `frame`'s rows."""
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |"]
+    lines.append("|" + "---|" * len(frame.columns))
+    lines += [
+        "| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(False)
+    ]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: pd.DataFrame, group_keys: list[str]) -> str:
+    """The summary as a markdown table of 'mean ± std (n)' cells."""
+    table = summary[[*group_keys, "epoch"]].copy()
+    metrics = ["test_acc", "test_loss", "train_acc", "train_loss"]
+    if summary["val_acc_mean"].notna().any():
+        metrics += ["val_acc", "val_loss"]
+    for metric in metrics:
+        table[metric] = [
+            mean_std(m, s, n)
+            for m, s, n in zip(
+                summary[f"{metric}_mean"], summary[f"{metric}_std"], summary["n"]
+            )
+        ]
+    return markdown_table(table)
+
+
+def signed(value: float) -> str:
+    return "—" if not math.isfinite(value) else f"{value:+.4f}"
+
+
+def interval(low: float, high: float, fmt: str = "+.4f") -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "—"
+    return f"[{low:{fmt}}, {high:{fmt}}]"
+
+
+def p_text(p: float) -> str:
+    if not math.isfinite(p):
+        return "—"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"

@@ -1,0 +1,155 @@
+"""One job dir, read and checked: its parameters (from the identity it computed), its
+metrics and diagnostics, or why it cannot be used. The read side of fashionbn.results;
+fashionbn.sweep combines many of them into one table.
+"""
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import yaml
+
+from fashionbn.config import MEASUREMENT_PREFIXES, flatten, normalise_identity
+from fashionbn.results import (
+    COMPLETE,
+    DIAGNOSTICS_FILE,
+    DIVERGED,
+    FAILED,
+    LOCK_FILE,
+    METRIC_COLUMNS,
+    METRICS_FILE,
+    RESULTS_FORMAT,
+    RUNNING,
+    file_problem,
+    read_diagnostics,
+    read_metrics,
+    read_status,
+)
+
+RERUN_HINT = "re-run the same command to restore it from checkpoint.pt"
+# group choices whose sub-keys they stand for, e.g. model=batchnorm -> model.norm
+CHOICES = {"model.name": "model", "optim.name": "optim"}
+
+
+@dataclass
+class Job:
+    """One job dir as read: its parameters and metrics, or why it is not used."""
+
+    job_dir: str
+    params: dict[str, Any] = field(default_factory=dict)  # {} if unreadable
+    identity_key: str = ""
+    format: int = RESULTS_FORMAT
+    execution: list = field(default_factory=list)
+    metrics: Optional[pd.DataFrame] = None  # set when the run is complete
+    diagnostics: Optional[list] = None  # diagnostics.csv's rows, where it has one
+    diverged: Optional[str] = None  # how it diverged
+    problem: Optional[str] = None  # why it is skipped
+
+
+def measured_only(key: str) -> bool:
+    """A key that decides what a run records besides its metrics (diagnostics.*)."""
+    return key.startswith(MEASUREMENT_PREFIXES)
+
+
+def parameters(identity: dict) -> dict[str, Any]:
+    """Flat, table-friendly parameters: model.name -> model; lists as text. Keys that
+    only decide what else a run records (diagnostics.*) are not parameters."""
+    params = {}
+    for key, value in flatten(identity).items():
+        if measured_only(key):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = json.dumps(value)
+        params[CHOICES.get(key, key)] = value
+    return params
+
+
+def _identity_from_hydra(job_dir: Path) -> dict:
+    try:
+        config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"unreadable .hydra files ({err})") from err
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ValueError("malformed .hydra/config.yaml")
+    return normalise_identity(config)
+
+
+def being_trained(job_dir: Path) -> Optional[str]:
+    """Who holds the job dir's lock right now ('pid N on host since ...'), or None."""
+    try:
+        fd = os.open(job_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 1000, 0).decode(errors="replace").strip() or "a process"
+    finally:
+        os.close(fd)
+
+
+def read_job(job_dir: Path) -> Job:
+    """Read one job dir; a Job with `problem` set says why it cannot be used."""
+    job = Job(str(job_dir))
+    status, status_problem = read_status(job_dir)
+    if status_problem:
+        job.problem = f"{status_problem}; re-run the same command to repair the dir"
+        return job
+    try:
+        identity = (
+            normalise_identity(status["config"])
+            if status
+            else _identity_from_hydra(job_dir)
+        )
+    except ValueError as err:
+        job.problem = str(err)
+        return job
+    job.params = parameters(identity)
+    numbers = {k: v for k, v in flatten(identity).items() if not measured_only(k)}
+    job.identity_key = json.dumps(numbers, sort_keys=True, default=str)
+    job.format = status["format"] if status else 1
+    job.execution = status.get("execution", []) if status else []
+    epochs = identity["epochs"]
+    state = status["status"] if status else COMPLETE  # dirs older than status.json
+    done = status["epochs_done"] if status else None
+    if state == FAILED:
+        job.problem = f"failed after {done} of {epochs} epochs: {status.get('error')}"
+        return job
+    if state == RUNNING:
+        holder = being_trained(job_dir)
+        job.problem = f"incomplete: {done} of {epochs} epochs" + (
+            f" (being trained right now by {holder})" if holder else ""
+        )
+        return job
+    hint = f"; {RERUN_HINT}" if status else ""
+    digest = status.get("metrics_sha256") if status else None
+    problem = file_problem(job_dir, METRICS_FILE, read_metrics, digest, done)
+    if problem:
+        job.problem = problem + hint
+        return job
+    records = read_metrics(job_dir)
+    metrics = pd.DataFrame(records).reindex(columns=METRIC_COLUMNS)
+    metrics = metrics.astype({c: float for c in METRIC_COLUMNS if c != "epoch"})
+    if state == DIVERGED:
+        job.diverged = (
+            f"diverged at epoch {len(metrics)} (train_loss "
+            f"{metrics['train_loss'].iloc[-1]:.4g})"
+        )
+        return job
+    if len(metrics) != epochs:
+        job.problem = f"incomplete: {len(metrics)} of {epochs} epochs"
+        return job
+    if status and status.get("diagnostics_sha256"):
+        digest = status["diagnostics_sha256"]
+        problem = file_problem(job_dir, DIAGNOSTICS_FILE, read_diagnostics, digest)
+        if problem:
+            job.problem = problem + hint
+            return job
+        job.diagnostics = read_diagnostics(job_dir)
+    job.metrics = metrics
+    return job

@@ -1,0 +1,189 @@
+"""The report's sections beyond the observations: how sure (every comparison's
+statistics), the tuned comparison (each model at its best setting), and why (what the
+diagnostics measured)."""
+
+import math
+from typing import Optional
+
+import pandas as pd
+
+from fashionbn.markdown import group_label, interval, mean_std, p_text, signed
+from fashionbn.selection import Selection
+from fashionbn.stats import LEVEL, MIN_BOOTSTRAP_PAIRS
+
+TUNED = " (each at its best)"
+WHY_FIGURES = ("layer_inputs.png", "gradients.png", "smoothness.png")
+
+
+def comparisons_section(table: pd.DataFrame, keys: list[str], precision: float):
+    """The statistics of every gap the report states, as a table with its legend."""
+    if table.empty:
+        return []
+    facet_keys = [k for k in keys if k != "model"]
+    lines = [
+        "## How sure: paired comparisons",
+        "",
+        "| comparison | where | epoch | n | mean gap | 95 % t-interval | 95 % BCa "
+        "bootstrap | P(improvement) [95 % Wilson] | p (paired t) | p (Holm) | "
+        f"seeds for ±{precision:g} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, row in table.iterrows():
+        where = ", ".join(
+            f"{k}={row[k]}" for k in facet_keys if k in row and pd.notna(row[k])
+        )
+        seeds = (
+            "—" if not math.isfinite(row.seeds_needed) else str(int(row.seeds_needed))
+        )
+        share = (
+            f"{row.p_improve:.2f} "
+            f"{interval(row.p_improve_low, row.p_improve_high, '.2f')}"
+        )
+        cells = [
+            row.comparison, where or "—", int(row.epoch), int(row.n),
+            signed(row["mean"]), interval(row.ci_low, row.ci_high),
+            interval(row.boot_low, row.boot_high),
+            share, p_text(row.p_value), p_text(row.p_holm), seeds,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    family = int(table["p_value"].notna().sum())
+    lines += [
+        "",
+        f"Pairs are seeds (and every other parameter) shared by both models. "
+        f"t-interval: Student t over the pairs' gaps. Bootstrap: BCa interval of the "
+        f"mean gap (9,999 resamples, fixed random state), given from "
+        f"{MIN_BOOTSTRAP_PAIRS} pairs on. P(improvement): the share of pairs in which "
+        "the model beats the baseline, ties counting half (rliable's probability of "
+        "improvement over matched pairs), with a Wilson score interval. p: two-sided "
+        f"paired t-test of a zero mean gap; Holm: corrected for the {family} "
+        "comparisons of this report. Seeds: the pairs the observed spread of the gap "
+        f"would need for the {LEVEL:.0%} t-interval to be at most ±{precision:g} wide.",
+        "",
+    ]
+    return lines
+
+
+def generalisation_line(table: pd.DataFrame, keys: list[str], prefix: str) -> str:
+    cells = "; ".join(
+        f"{group_label(row, keys)}: {mean_std(row['mean'], row['std'], row.n)}"
+        for _, row in table.iterrows()
+    )
+    return (
+        f"- {prefix}: train − test accuracy at the last epoch (train accuracy is the "
+        f"running accuracy over the epoch's training batches, in training mode): "
+        f"{cells}."
+    )
+
+
+def tuned_section(
+    selection: Optional[Selection],
+    note: Optional[str],
+    comparisons: pd.DataFrame,
+    generalisation: Optional[pd.DataFrame],
+    val_size: Optional[int],
+) -> list[str]:
+    """Each model at its own best setting, chosen on validation data (or the note
+    saying why there is no selection)."""
+    lines = ["## Tuned comparison (each model at its own best hyperparameters)", ""]
+    if selection is None:
+        return [*lines, note or "", ""]
+    held = f"{val_size} " if val_size is not None else ""
+    lines.append(
+        f"Chosen per model by the mean {selection.by} at the runs' last epoch, over "
+        f"seeds, among the values of {', '.join(selection.tuned)} the sweep tried; "
+        f"the {held}validation samples are held out of training, and the test set "
+        "plays no part in the choice:"
+    )
+    lines.append("")
+    for _, row in selection.table.iterrows():
+        setting = ", ".join(f"{k}={row[k]}" for k in selection.tuned)
+        chose = row[f"{selection.by}_mean"]
+        lines.append(
+            f"- {row.model}: {setting} ({selection.by} {chose:.4f}) → test accuracy "
+            f"{mean_std(row.test_acc_mean, row.test_acc_std, row.n)}."
+        )
+    lines += [f"- Warning: {warning}." for warning in selection.warnings]
+    tuned = comparisons[comparisons["comparison"].str.endswith(TUNED)]
+    for _, row in tuned[tuned["epoch"] == tuned["epoch"].max()].iterrows():
+        ci = (
+            f"95 % CI {interval(row.ci_low, row.ci_high)}, paired t-interval over "
+            f"n={int(row.n)} seeds"
+            if row.n > 1
+            else "n=1, no interval"
+        )
+        lines.append(
+            f"- Gap {row.comparison} at epoch {int(row.epoch)}: {signed(row['mean'])} "
+            f"({ci}; the other statistics are in the table above)."
+        )
+    if generalisation is not None:
+        prefix = "Generalisation at the chosen settings"
+        lines.append(generalisation_line(generalisation, ["model"], prefix))
+    lines += ["", "![tuning.png](tuning.png)", ""]
+    return lines
+
+
+def why_section(why: pd.DataFrame, keys: list[str]) -> list[str]:
+    """What the diagnostics measured, in sentences: how far the last hidden layer's
+    input distribution moved, and how smooth the landscape was, per group."""
+    layer = why["layer"].iloc[0]
+    lines = [
+        "## Why: what the diagnostics measured",
+        "",
+        "On the fixed probe batch, as training sees it, at step 0 and every "
+        "`every_steps` steps (`diagnostics.csv`; values are means across seeds):",
+        "",
+    ]
+    for _, row in why.iterrows():
+        lines.append(
+            f"- {group_label(row, keys)} (n={row.n}): from step {int(row.first_step)} "
+            f"to step {int(row.last_step)}, the input to hidden layer {layer}'s "
+            f"activation (unit 0) moved its median from {row.act_in_p50_start:+.3f} "
+            f"to {row.act_in_p50_end:+.3f} and its 15th–85th percentile range from "
+            f"[{row.act_in_p15_start:+.3f}, {row.act_in_p85_start:+.3f}] to "
+            f"[{row.act_in_p15_end:+.3f}, {row.act_in_p85_end:+.3f}]; the layer's "
+            f"per-unit standard deviation, averaged over its units, went from "
+            f"{row.act_in_std_start:.3f} to {row.act_in_std_end:.3f}."
+        )
+    lines.append("")
+    lines.append(
+        "Averaged over the run's measurements: "
+        + "; ".join(
+            f"{group_label(row, keys)}: effective β-smoothness "
+            f"{row.beta_smoothness_mean:.4g}, gradient change "
+            f"{row.grad_change_mean:.4g}, loss range {row.loss_range_mean:.4g}"
+            + (
+                f", internal covariate shift ‖G − G′‖ {row.ics_l2_mean:.4g} "
+                f"(cosine {row.ics_cos_mean:.3f})"
+                if math.isfinite(row.ics_l2_mean)
+                else ""
+            )
+            for _, row in why.iterrows()
+        )
+        + "."
+    )
+    lines += [f"- {ratio}" for ratio in smoothness_ratios(why, keys)]
+    lines += ["", *[f"![{name}]({name})" for name in WHY_FIGURES], ""]
+    return lines
+
+
+def smoothness_ratios(why: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Every model's mean β-smoothness and gradient change over the baseline's, at
+    the same values of the other group keys."""
+    facet_keys = [k for k in keys if k != "model"]
+    ratios = []
+    groups = why.groupby(facet_keys, dropna=False) if facet_keys else [((), why)]
+    for key, part in groups:
+        base = part[part["model"] == "baseline"]
+        if base.empty:
+            continue
+        base = base.iloc[0]
+        key = key if isinstance(key, tuple) else (key,)
+        where = ", ".join(f"{k}={v}" for k, v in zip(facet_keys, key))
+        for _, row in part[part["model"] != "baseline"].iterrows():
+            beta = row.beta_smoothness_mean / base.beta_smoothness_mean
+            change = row.grad_change_mean / base.grad_change_mean
+            ratios.append(
+                f"{row.model} / baseline{f' ({where})' if where else ''}: "
+                f"β-smoothness ×{beta:.3g}, gradient change ×{change:.3g}."
+            )
+    return ratios
