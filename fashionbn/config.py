@@ -112,11 +112,20 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class LoggerConfig:
+    tensorboard: bool = False
+    mlflow: bool = False
+    tracking_uri: Optional[str] = None  # null: sqlite:///<sweep dir>/mlflow.db
+    experiment: Optional[str] = None  # null: the sweep dir's path
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     optim: OptimConfig = MISSING
     data: DataConfig = MISSING
     diagnostics: DiagnosticsConfig = MISSING
+    logger: LoggerConfig = MISSING
     seed: int = 0
     epochs: int = 5
     batch_size: int = 64
@@ -141,6 +150,7 @@ NON_IDENTITY_KEYS = (
     "data.system_dir",
     "data.download",
     "data.eval_batch_size",
+    *[f"logger.{f.name}" for f in dataclasses.fields(LoggerConfig)],
 )
 # what older fashionbn versions recorded as config although they are facts of the
 # dataset, with the only values they could take
@@ -157,9 +167,9 @@ MEASUREMENT_PREFIXES = ("diagnostics.",)
 
 
 def dirname_exclude_keys() -> list[str]:
-    """Overrides left out of a job dir's name: NON_IDENTITY_KEYS and the preset name
-    (a preset's own overrides name the dir; `experiment=...` itself says nothing)."""
-    return [*NON_IDENTITY_KEYS, "experiment"]
+    """Overrides left out of a job dir's name: NON_IDENTITY_KEYS, the logger group
+    and the preset name (a preset's own overrides name the dir)."""
+    return [*NON_IDENTITY_KEYS, "logger", "experiment"]
 
 
 def register_configs() -> None:
@@ -171,6 +181,7 @@ def register_configs() -> None:
     cs.store(group="schema", name="adam", node=AdamConfig)
     cs.store(group="schema", name="data", node=DataConfig)
     cs.store(group="schema", name="diagnostics", node=DiagnosticsConfig)
+    cs.store(group="schema", name="logger", node=LoggerConfig)
     if not OmegaConf.has_resolver("fashionbn_dirname_exclude"):
         OmegaConf.register_new_resolver(
             "fashionbn_dirname_exclude", dirname_exclude_keys

@@ -25,6 +25,7 @@ from fashionbn.checks import check_config
 from fashionbn.config import FashionbnError, normalise_identity
 from fashionbn.data import FashionData, load_dataset
 from fashionbn.diagnostics import Diagnostics, probe_indices, steps_per_epoch
+from fashionbn.loggers import Loggers, make_loggers
 from fashionbn.results import (
     COMPLETE,
     DIVERGED,
@@ -169,10 +170,17 @@ class JobFiles:
         )  # fmt: skip
 
 
-def run_job(cfg, job_dir: Path, data: Optional[FashionData] = None) -> list[dict]:
+def run_job(
+    cfg,
+    job_dir: Path,
+    data: Optional[FashionData] = None,
+    log_root: Optional[Path] = None,
+) -> list[dict]:
     """Train cfg into job_dir, continue what it holds, or skip it if finished;
     return one record per epoch. Raises FashionbnError (one line) for bad input,
-    a busy, foreign or damaged job dir, or a disk that cannot take the files."""
+    a busy, foreign or damaged job dir, or a disk that cannot take the files.
+    `log_root` is where loggers keep what is shared by a sweep (its MLflow store);
+    by default the job dir."""
     check_config(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
@@ -189,7 +197,7 @@ def run_job(cfg, job_dir: Path, data: Optional[FashionData] = None) -> list[dict
             )  # fmt: skip
             return previous.records
         job = JobFiles(job_dir, identity, with_execution(previous, device))
-        records = list(previous.records)
+        records = previous.records = list(previous.records)
         # the data is checked before the dir is touched: a bad data.train_size or a
         # missing dataset leaves it as it was
         data = to_device(data if data is not None else load_dataset(cfg.data),
@@ -199,35 +207,72 @@ def run_job(cfg, job_dir: Path, data: Optional[FashionData] = None) -> list[dict
             if cfg.diagnostics.enabled
             else None
         )
+        fresh = previous.action == FRESH
+        loggers = make_loggers(
+            cfg.logger, job_dir, Path(log_root or job_dir), identity,
+            job.execution[-1], fresh,
+        )  # fmt: skip
         try:
-            training = start_training(cfg, device)
-            state = previous.state or {}
-            if previous.action == RESUME:
-                restore_training(training, state)
-                log.info("resuming %s after epoch %d", job_dir, len(records))
-            if probe is not None:
-                job.diagnostics = make_diagnostics(cfg, training, data, probe, state)
-            job.start(records)
-            log_start(cfg, data, device)
-            if job.diagnostics is not None:
-                job.diagnostics.start()
-            train_epochs(
-                cfg, training, data, records,
-                lambda done, diverged: job.save_epoch(
-                    training, done, diverged, cfg.epochs
-                ),
-                job.diagnostics.on_step if job.diagnostics is not None else None,
-            )  # fmt: skip
+            status = train_job(cfg, job, previous, data, probe, loggers, device)
         except WriteError as err:
-            job.fail(err, previous.action == FRESH)
+            job.fail(err, fresh)
+            finish(loggers, FAILED, job_dir)
             raise WriteError(
                 f"{err}; free some space (or use another hydra.sweep.dir) and re-run "
                 f"the same command: it continues after epoch {job.epochs_on_disk}"
             ) from err
         except Exception as err:  # the finished epochs stay; a re-run continues
-            job.fail(err, previous.action == FRESH)
+            job.fail(err, fresh)
+            finish(loggers, FAILED, job_dir)
             raise
+        finish(loggers, status, job_dir)
     return records
+
+
+def train_job(
+    cfg,
+    job: "JobFiles",
+    previous: Previous,
+    data: FashionData,
+    probe: Optional[torch.Tensor],
+    loggers: Optional[Loggers],
+    device: torch.device,
+) -> str:
+    """Start or continue training into job's files (and loggers); COMPLETE or
+    DIVERGED. `previous.records` grows by one record per epoch."""
+    records = previous.records
+    training = start_training(cfg, device)
+    state = previous.state or {}
+    if previous.action == RESUME:
+        restore_training(training, state)
+        log.info("resuming %s after epoch %d", job.job_dir, len(records))
+    if probe is not None:
+        job.diagnostics = make_diagnostics(cfg, training, data, probe, state)
+    diagnostics = job.diagnostics
+
+    def rows() -> list[dict]:
+        return diagnostics.rows if diagnostics is not None else []
+
+    def on_epoch(done: list[dict], diverged: bool) -> None:
+        job.save_epoch(training, done, diverged, cfg.epochs)
+        if loggers is not None:  # after the files: they are the source of truth
+            loggers.log(done, rows())
+
+    job.start(records)
+    if loggers is not None:  # what the tools lack of an interrupted run
+        loggers.log(records, rows())
+    log_start(cfg, data, device)
+    if diagnostics is not None:
+        diagnostics.start()
+    return train_epochs(
+        cfg, training, data, records, on_epoch,
+        diagnostics.on_step if diagnostics is not None else None,
+    )  # fmt: skip
+
+
+def finish(loggers: Optional[Loggers], status: str, job_dir: Path) -> None:
+    if loggers is not None:
+        loggers.finish(status, job_dir)
 
 
 def make_diagnostics(

@@ -95,7 +95,10 @@ def main(cfg: DictConfig) -> Optional[float]:
         problem = preset_needs_multirun(hydra_cfg)
         if problem:
             raise FashionbnError(problem)
-        records = run_job(cfg, out_dir)
+        # what loggers share across a sweep (the MLflow store) lives in the sweep dir
+        sweep_dir = Path(to_absolute_path(hydra_cfg.sweep.dir))
+        log_root = out_dir if single_run else sweep_dir
+        records = run_job(cfg, out_dir, log_root=log_root)
     except JobBusy as busy:
         log.warning("%s", busy)
         return None

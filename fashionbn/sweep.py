@@ -17,7 +17,6 @@ from fashionbn.results import (
     DIAGNOSTIC_COLUMNS,
     METRIC_COLUMNS,
     RESULTS_FORMAT,
-    STATUS_FILE,
 )
 
 
@@ -44,10 +43,9 @@ class Sweep:
 
 
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
-    """Every dir at or below `sweep_dir` that holds a job (.hydra/ or status.json)."""
-    found = {p.parent.parent for p in sweep_dir.glob("**/.hydra/config.yaml")}
-    found |= {p.parent for p in sweep_dir.glob(f"**/{STATUS_FILE}")}
-    return sorted(found)
+    """Every dir at or below `sweep_dir` that Hydra ran a job in (.hydra/config.yaml);
+    copies of a job's files elsewhere (e.g. MLflow's artifacts) are not jobs."""
+    return sorted(p.parent.parent for p in sweep_dir.glob("**/.hydra/config.yaml"))
 
 
 def _same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> Optional[str]:

@@ -116,8 +116,8 @@ def test_schemas_are_not_options_of_the_groups() -> None:
     for group in ("model", "optim", "data"):
         assert group not in repo  # the schemas live in the `schema` group only
     assert sorted(repo["schema"]) == [
-        "adam.yaml", "config.yaml", "data.yaml", "diagnostics.yaml", "model.yaml",
-        "sgd.yaml",
+        "adam.yaml", "config.yaml", "data.yaml", "diagnostics.yaml", "logger.yaml",
+        "model.yaml", "sgd.yaml",
     ]  # fmt: skip
 
 
@@ -151,3 +151,15 @@ def test_identities_of_older_versions_use_todays_keys() -> None:
     assert normalise_identity({"model": {"batch_norm": False}})["model"]["norm"] == (
         "none"
     )
+
+
+def test_loggers_are_not_part_of_a_runs_identity() -> None:
+    plain = run_identity(compose_config(["model=batchnorm"]))
+    logged = run_identity(
+        compose_config(["model=batchnorm", "logger=all", "logger.tracking_uri=x"])
+    )
+    assert plain == logged and "logger" not in plain
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", ["logger=all", "logger.experiment=e", "seed=2"],
+                      return_hydra_config=True)  # fmt: skip
+    assert cfg.hydra.job.override_dirname == "seed=2"

@@ -1,0 +1,295 @@
+"""TensorBoard and MLflow sinks, fed the records metrics.csv (and diagnostics.csv) hold.
+
+The job dir's files stay the source of truth: a sink is given each epoch's record after
+the files are written, and on a (re)start it first catches up on what the tool lacks,
+asking the tool itself (its events on disk, its metric history) what it already has —
+so a resumed job continues the same TensorBoard run and MLflow run and never logs an
+epoch twice. A sink that fails (store unreachable, disk full) logs one warning and is
+dropped: training goes on and the csv files are written. Nothing here is imported with
+logger=csv.
+"""
+
+import fcntl
+import json
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from fashionbn.config import ConfigError, flatten
+from fashionbn.results import (
+    COMPLETE,
+    DIAGNOSTICS_FILE,
+    DIVERGED,
+    METRIC_COLUMNS,
+    METRICS_FILE,
+    STATUS_FILE,
+    atomic_write,
+)
+
+log = logging.getLogger(__name__)
+
+LOGGERS_FILE = "loggers.json"  # which MLflow run is this job's
+EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's files in the job dir
+SCALARS = [c for c in METRIC_COLUMNS if c != "epoch"]
+EXTRAS = "pip install -e '.[loggers]' (make setup installs it)"
+
+
+def hparam(value):
+    """A value TensorBoard's HParams and MLflow's params can show."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def run_params(identity: dict, execution: dict) -> dict:
+    """The run's flattened config (paths are not part of its identity), how it ran."""
+    params = {key: hparam(value) for key, value in flatten(identity).items()}
+    params.update({f"execution.{k}": hparam(v) for k, v in execution.items()})
+    return params
+
+
+class TensorBoardSink:
+    """Event files in the job dir: `tensorboard --logdir <sweep>` shows one run per
+    job, named by its dir, with per-epoch scalars, diagnostics and the HParams view."""
+
+    name = "tensorboard"
+
+    def __init__(self, job_dir: Path, params: dict, fresh: bool):
+        try:
+            from tensorboard.backend.event_processing.event_accumulator import (
+                EventAccumulator,
+            )
+            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard.summary import hparams
+        except ImportError as err:
+            raise ConfigError(
+                f"logger=tensorboard needs tensorboard: {EXTRAS}"
+            ) from err
+        if fresh:  # a run that starts again from epoch 1 is a new TensorBoard run
+            for old in job_dir.glob(EVENTS_GLOB):
+                old.unlink()
+        accumulator = EventAccumulator(str(job_dir))
+        accumulator.Reload()
+        scalars = set(accumulator.Tags()["scalars"])
+
+        def last_step(tag: str) -> int:
+            return max((e.step for e in accumulator.Scalars(tag)), default=0)
+
+        self.epochs = last_step("test_acc") if "test_acc" in scalars else 0
+        diagnostic_tags = [t for t in scalars if t.startswith("diagnostics/")]
+        self.diagnostic_step = max(map(last_step, diagnostic_tags), default=-1)
+        self.writer = SummaryWriter(log_dir=str(job_dir))
+        try:
+            has_hparams = bool(accumulator.PluginTagToContent("hparams"))
+        except KeyError:  # no HParams in the dir yet
+            has_hparams = False
+        if not has_hparams:
+            metrics = {tag: 0.0 for tag in SCALARS if tag != "seconds"}
+            for summary in hparams(params, metrics):  # in this run, not a subfolder
+                self.writer.file_writer.add_summary(summary)
+
+    def log(self, records: list[dict], diagnostics: list[dict]) -> None:
+        for record in records[self.epochs :]:
+            for tag in SCALARS:
+                if record.get(tag) is not None:
+                    self.writer.add_scalar(tag, record[tag], record["epoch"])
+        for row in diagnostics:
+            if row["step"] > self.diagnostic_step:
+                tag = f"diagnostics/{row['quantity']}/layer_{row['layer']}"
+                self.writer.add_scalar(tag, row["value"], row["step"])
+        self.writer.flush()
+        self.epochs = len(records)
+        if diagnostics:
+            self.diagnostic_step = max(row["step"] for row in diagnostics)
+
+    def finish(self, status: str, job_dir: Path) -> None:
+        self.writer.close()
+
+
+class MLflowSink:
+    """One MLflow experiment per sweep dir, one run per job (named by its dir), on a
+    real database: a SQLite file next to the sweep unless logger.tracking_uri says
+    otherwise. The run id lives in the job dir's loggers.json, so a resumed job
+    continues its run; SQLite writes from parallel jobs take turns (a file lock)."""
+
+    name = "mlflow"
+
+    def __init__(
+        self,
+        job_dir: Path,
+        params: dict,
+        fresh: bool,
+        tracking_uri: str,
+        experiment: str,
+        artifact_root: Path,
+    ):
+        try:
+            from mlflow.entities import Metric, Param
+            from mlflow.tracking import MlflowClient
+        except ImportError as err:
+            raise ConfigError(
+                f"logger=mlflow needs mlflow-skinny, sqlalchemy and alembic: {EXTRAS}"
+            ) from err
+        self.Metric = Metric
+        self.lock_path = sqlite_lock(tracking_uri)
+        self.state_path = job_dir / LOGGERS_FILE
+        state = read_state(self.state_path)
+        with self.turn():
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            old_run = state.get("mlflow_run_id")
+            if fresh and old_run:  # the job starts again: its old run goes
+                self.client.delete_run(old_run)
+                old_run = None
+            self.run_id = old_run if old_run and self._exists(old_run) else None
+            if self.run_id is None:
+                found = self.client.get_experiment_by_name(experiment)
+                experiment_id = (
+                    found.experiment_id
+                    if found is not None
+                    else self.client.create_experiment(
+                        experiment, artifact_location=str(artifact_root)
+                    )
+                )
+                run = self.client.create_run(experiment_id, run_name=job_dir.name)
+                self.run_id = run.info.run_id
+                params_ = [Param(k, str(v)) for k, v in params.items()]
+                for start in range(0, len(params_), 100):
+                    batch = params_[start : start + 100]
+                    self.client.log_batch(self.run_id, params=batch)
+                write_state(self.state_path, {**state, "mlflow_run_id": self.run_id})
+            else:
+                self.client.update_run(self.run_id, status="RUNNING")
+            history = self.client.get_metric_history(self.run_id, "test_acc")
+        self.epochs = max((m.step for m in history), default=0)
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except Exception:  # noqa: BLE001 - gone, deleted, or another store
+            return False
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold the SQLite store's lock (parallel jobs write one at a time)."""
+        if self.lock_path is None:
+            yield
+            return
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def log(self, records: list[dict], diagnostics: list[dict]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [
+            self.Metric(tag, float(record[tag]), now, record["epoch"])
+            for record in records[self.epochs :]
+            for tag in SCALARS
+            if record.get(tag) is not None
+        ]
+        if metrics:
+            with self.turn():
+                self.client.log_batch(self.run_id, metrics=metrics)
+        self.epochs = len(records)
+
+    def finish(self, status: str, job_dir: Path) -> None:
+        files = [
+            job_dir / name for name in (METRICS_FILE, STATUS_FILE, DIAGNOSTICS_FILE)
+        ]
+        with self.turn():
+            for path in files:
+                if path.is_file():
+                    self.client.log_artifact(self.run_id, str(path))
+            self.client.set_tag(self.run_id, "fashionbn.status", status)
+            finished = "FINISHED" if status in (COMPLETE, DIVERGED) else "FAILED"
+            self.client.set_terminated(self.run_id, finished)
+
+
+def sqlite_lock(tracking_uri: str) -> Optional[Path]:
+    """The lock file beside a sqlite:/// store (None for any other store)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    return Path(tracking_uri[len(prefix) :] + ".lock")
+
+
+def read_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text())
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(path: Path, state: dict) -> None:
+    text = json.dumps(state, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text))
+
+
+class Loggers:
+    """The configured sinks of one job. Every call is guarded: a sink that raises
+    logs one warning and is dropped, and the run goes on."""
+
+    def __init__(self, sinks: list):
+        self.sinks = sinks
+
+    def _each(self, action: str, call) -> None:
+        for sink in list(self.sinks):
+            try:
+                call(sink)
+            except Exception as err:  # noqa: BLE001 - a logger never costs a result
+                self.sinks.remove(sink)
+                log.warning(
+                    "logger %s failed while it %s (%s: %s); training goes on and the "
+                    "csv files are written, but %s gets nothing more from this run",
+                    sink.name, action, type(err).__name__, err, sink.name,
+                )  # fmt: skip
+
+    def log(self, records: list[dict], diagnostics: list[dict]) -> None:
+        """Log whatever the sinks lack of these records (all epochs so far)."""
+        self._each("logged", lambda sink: sink.log(records, diagnostics))
+
+    def finish(self, status: str, job_dir: Path) -> None:
+        self._each("finished", lambda sink: sink.finish(status, job_dir))
+
+
+def make_loggers(
+    logger_cfg,
+    job_dir: Path,
+    log_root: Path,
+    identity: dict,
+    execution: dict,
+    fresh: bool,
+) -> Optional[Loggers]:
+    """The sinks logger_cfg asks for (None for logger=csv). A missing package is an
+    error before training; a sink that cannot start only warns."""
+    if not (logger_cfg.tensorboard or logger_cfg.mlflow):
+        return None
+    params = run_params(identity, execution)
+    loggers = Loggers([])
+    starts = []
+    if logger_cfg.tensorboard:
+        starts.append(("tensorboard", lambda: TensorBoardSink(job_dir, params, fresh)))
+    if logger_cfg.mlflow:
+        uri = logger_cfg.tracking_uri or f"sqlite:///{log_root.resolve()}/mlflow.db"
+        experiment = logger_cfg.experiment or str(log_root.resolve())
+        artifacts = log_root.resolve() / "mlartifacts"
+        starts.append(
+            (
+                "mlflow",
+                lambda: MLflowSink(job_dir, params, fresh, uri, experiment, artifacts),
+            )  # fmt: skip
+        )
+    for name, start in starts:
+        try:
+            loggers.sinks.append(start())
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a logger never costs a result
+            log.warning(
+                "logger %s could not start (%s: %s); training goes on and the csv "
+                "files are written, without %s",
+                name, type(err).__name__, err, name,
+            )  # fmt: skip
+    return loggers

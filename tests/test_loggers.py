@@ -1,0 +1,222 @@
+"""TensorBoard and MLflow, read back with each tool's own reader: what they hold equals
+metrics.csv, each epoch once, one run per job, and a failing logger costs no result."""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import fashionbn.train
+from fashionbn.job import run_job
+from fashionbn.loggers import LOGGERS_FILE
+from fashionbn.results import read_metrics, read_status
+from fashionbn.sweep import read_sweep
+from tests.conftest import compose_config, run_module
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def mlflow_client(store: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{store}")
+
+
+def mlflow_runs(store: Path) -> list:
+    client = mlflow_client(store)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments)
+
+
+def tensorboard_scalars(job_dir: Path, tag: str = "test_acc") -> list[tuple]:
+    accumulator = EventAccumulator(str(job_dir))
+    accumulator.Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def assert_logged_like_metrics_csv(job_dir: Path, store: Path, run_id: str) -> None:
+    """Every epoch's test_acc, once, in both tools, equal to metrics.csv."""
+    expected = [(r["epoch"], r["test_acc"]) for r in read_metrics(job_dir)]
+    logged = tensorboard_scalars(job_dir)
+    assert [step for step, _ in logged] == [epoch for epoch, _ in expected]
+    assert [value for _, value in logged] == pytest.approx(
+        [value for _, value in expected],
+        rel=1e-6,  # TensorBoard keeps float32
+    )
+    history = mlflow_client(store).get_metric_history(run_id, "test_acc")
+    assert sorted((m.step, m.value) for m in history) == expected
+
+
+@pytest.fixture
+def overrides(small_real_overrides, tmp_path) -> list[str]:
+    return [*small_real_overrides, "model=batchnorm", "epochs=3", "logger=all"]
+
+
+@pytest.mark.slow
+def test_a_sweep_shows_up_in_both_tools(real_data_root, tmp_path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    result = run_module(
+        ["fashionbn.run", "-m", "logger=all", "model=baseline,batchnorm", "seed=0,1",
+         "epochs=2", "data.train_size=2048", "data.test_size=500",
+         "diagnostics=on", f"data.root={real_data_root}",
+         f"hydra.sweep.dir={sweep_dir}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p.parent for p in sweep_dir.glob("*/metrics.csv"))
+    assert len(jobs) == 4
+    store = sweep_dir / "mlflow.db"
+    runs = {run.info.run_name: run for run in mlflow_runs(store)}
+    assert sorted(runs) == sorted(job.name for job in jobs)  # one run per job
+    for job in jobs:
+        run = runs[job.name]
+        config = read_status(job)[0]["config"]
+        assert run.data.params["model.name"] == config["model"]["name"]
+        assert run.data.params["seed"] == str(config["seed"])
+        assert run.data.params["optim.lr"] == "0.001"
+        assert run.info.status == "FINISHED"
+        artifacts = {
+            a.path for a in mlflow_client(store).list_artifacts(run.info.run_id)
+        }
+        assert artifacts == {"metrics.csv", "status.json", "diagnostics.csv"}
+        assert_logged_like_metrics_csv(job, store, run.info.run_id)
+        # TensorBoard: the job dir is the run (no timestamped add_hparams sub-run)
+        assert [p for p in job.rglob("events.out.tfevents.*") if p.parent != job] == []
+        accumulator = EventAccumulator(str(job))
+        accumulator.Reload()
+        assert set(accumulator.PluginTagToContent("hparams")) == {
+            "_hparams_/experiment", "_hparams_/session_start_info",
+            "_hparams_/session_end_info",
+        }  # fmt: skip
+        assert tensorboard_scalars(job, "diagnostics/beta_smoothness/layer_all")
+    # the aggregate is not fooled by MLflow's copies of the job files
+    assert read_sweep([sweep_dir]).results["run"].nunique() == 4
+
+
+@pytest.mark.slow
+def test_kill_and_resume_logs_each_epoch_once(overrides, tmp_path, monkeypatch):
+    job = tmp_path / "job"
+    cfg = compose_config(overrides)
+    real, calls = fashionbn.train.train_one_epoch, []
+
+    def die_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fashionbn.train, "train_one_epoch", die_in_epoch_3)
+        with pytest.raises(KeyboardInterrupt):
+            run_job(cfg, job)
+    store = job / "mlflow.db"
+    (run,) = mlflow_runs(store)
+    assert run.info.status == "RUNNING"
+    assert len(tensorboard_scalars(job)) == 2
+    run_job(cfg, job)
+    (resumed,) = mlflow_runs(store)
+    assert resumed.info.run_id == run.info.run_id  # the same run continues
+    assert resumed.info.status == "FINISHED"
+    assert_logged_like_metrics_csv(job, store, run.info.run_id)
+    # a finished job run again logs nothing new
+    events = sorted(p.stat().st_size for p in job.glob("events.out.tfevents.*"))
+    run_job(cfg, job)
+    assert sorted(p.stat().st_size for p in job.glob("events.out.tfevents.*")) == events
+    assert_logged_like_metrics_csv(job, store, run.info.run_id)
+    assert len(mlflow_runs(store)) == 1
+
+
+@pytest.mark.slow
+def test_a_fresh_start_replaces_the_old_runs(overrides, tmp_path) -> None:
+    job = tmp_path / "job"
+    run_job(compose_config(overrides), job)
+    (old,) = mlflow_runs(job / "mlflow.db")
+    run_job(compose_config([*overrides, "force=true", "epochs=2"]), job)
+    (new,) = mlflow_runs(job / "mlflow.db")  # the old one is deleted
+    assert new.info.run_id != old.info.run_id
+    assert_logged_like_metrics_csv(job, job / "mlflow.db", new.info.run_id)
+    assert [step for step, _ in tensorboard_scalars(job)] == [1, 2]
+
+
+@pytest.mark.slow
+def test_an_unreachable_store_costs_no_result(
+    overrides, tmp_path, caplog, monkeypatch
+) -> None:
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    job = tmp_path / "job"
+    cfg = compose_config([*overrides, "logger=mlflow",
+                          "logger.tracking_uri=http://127.0.0.1:9"])  # fmt: skip
+    records = run_job(cfg, job)
+    assert len(records) == 3 and len(read_metrics(job)) == 3
+    assert read_status(job)[0]["status"] == "complete"
+    warnings = [r for r in caplog.records if "logger mlflow" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "training goes on and the csv files are written" in warnings[0].getMessage()
+
+
+@pytest.mark.slow
+def test_a_logger_failing_mid_run_warns_once(overrides, tmp_path, caplog, monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    caplog.set_level(logging.WARNING)
+    real, calls = SummaryWriter.add_scalar, []
+
+    def disk_full_from_epoch_2(self, tag, value, step, *args, **kwargs):
+        calls.append(step)
+        if step >= 2:
+            raise OSError(28, "No space left on device")
+        return real(self, tag, value, step, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", disk_full_from_epoch_2)
+    job = tmp_path / "job"
+    records = run_job(compose_config([*overrides, "logger=tensorboard"]), job)
+    assert len(records) == 3 and read_status(job)[0]["status"] == "complete"
+    warnings = [r.getMessage() for r in caplog.records if "logger" in r.getMessage()]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    assert "logger tensorboard failed while it logged" in warnings[0]
+
+
+@pytest.mark.slow
+def test_parallel_jobs_share_one_sqlite_store(real_data_root, tmp_path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    result = run_module(
+        ["fashionbn.run", "-m", "hydra/launcher=local_parallel", "logger=mlflow",
+         "model=baseline,batchnorm", "seed=0,1", "epochs=2", "data.train_size=2048",
+         "data.test_size=500", f"data.root={real_data_root}",
+         f"hydra.sweep.dir={sweep_dir}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "database is locked" not in result.stderr
+    assert "logger mlflow" not in result.stderr  # no logger warning either
+    runs = mlflow_runs(sweep_dir / "mlflow.db")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        job = sweep_dir / run.info.run_name
+        assert (job / LOGGERS_FILE).is_file()
+        history = mlflow_client(sweep_dir / "mlflow.db").get_metric_history(
+            run.info.run_id, "test_acc"
+        )
+        assert sorted((m.step, m.value) for m in history) == [
+            (r["epoch"], r["test_acc"]) for r in read_metrics(job)
+        ]
+
+
+def test_the_default_imports_no_logger(real_data_root, tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "fashionbn.run", "epochs=1",
+         "data.train_size=1000", "data.test_size=500", f"data.root={real_data_root}",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")]  # fmt: skip
+    assert "fashionbn.loggers" in imported  # the check below is not vacuous
+    assert not [m for m in imported if m.split(".")[0] in ("tensorboard", "mlflow")]
+    assert not [m for m in imported if m.startswith("torch.utils.tensorboard")]
