@@ -6,10 +6,15 @@ the other in this process (alternating, several repeats); the median is reported
   DataLoader(batch_size=64, shuffle=True), the loop of the original notebook;
 - fashionbn: fashionbn.job.run_job, exactly what fashionbn.run calls.
 Timings include loading the data, training and the per-epoch test evaluation.
+`--sweep` times whole processes instead: the default sweep (`fashionbn.run -m`, cold
+start, fresh sweep dir) against one process running the notebook's pipeline for the
+same runs, and then what a process's start-up costs.
 """
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,27 +101,111 @@ def compose_config(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
+def process_seconds(command: list[str]) -> float:
+    """Wall time of a whole process (start-up included); it must succeed."""
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def reference_sweep(args) -> None:
+    """The notebook's pipeline doing the default sweep's runs, in this one process."""
+    register_configs()
+    for model in args.models:
+        for seed in range(args.seeds):
+            overrides = [f"model={model}", f"epochs={args.epochs}", f"seed={seed}"]
+            reference_run(compose_config([*overrides, *args.overrides]))
+
+
+def whole_sweep(args) -> None:
+    """Time, as whole processes, the default sweep with fashionbn.run -m (the basic
+    launcher, and local_parallel: 2 jobs x 1 thread) against the notebook's pipeline
+    doing the same runs (one process: a notebook's loop)."""
+    python = [sys.executable, "-m"]
+    register_configs()
+    cfg = compose_config(args.overrides)
+    ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
+                   dataset_name(cfg.data))  # fmt: skip
+    runs = f"{len(args.models)} models x {args.seeds} seeds, {args.epochs} epochs"
+    print(f"whole sweep as processes ({runs}), {args.repeats} repeat(s) (median)")
+    launchers = {"fashionbn": [], "fashionbn, local_parallel": [
+        "hydra/launcher=local_parallel"]}  # fmt: skip
+    seconds: dict = {name: [] for name in ["reference", *launchers]}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            reference = [*python, "fashionbn.bench", "--reference-sweep",
+                         "--models", *args.models, "--seeds", str(args.seeds),
+                         "--epochs", str(args.epochs), *args.overrides]  # fmt: skip
+            seconds["reference"].append(process_seconds(reference))
+            for name, launcher in launchers.items():
+                sweep_dir = f"{tmp}/{len(launcher)}-{repeat}"  # a fresh one each time
+                sweep = [*python, "fashionbn.run", "-m",
+                         f"model={','.join(args.models)}",
+                         f"seed={','.join(map(str, range(args.seeds)))}",
+                         f"epochs={args.epochs}", f"hydra.sweep.dir={sweep_dir}",
+                         *launcher, *args.overrides]  # fmt: skip
+                seconds[name].append(process_seconds(sweep))
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    print(f"{'pipeline':<26} {'seconds':>8} {'ratio':>6}")
+    for name, value in median.items():
+        print(f"{name:<26} {value:>8.1f} {median['reference'] / value:>5.1f}x")
+    startup(python)
+
+
+def startup(python: list[str]) -> None:
+    """What starting a process costs, and where it goes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = {
+            "python -c 'import torch'": [python[0], "-c", "import torch"],
+            "python -c 'import fashionbn.run' (torch, hydra, fashionbn)": [
+                python[0], "-c", "import fashionbn.run"],
+            "python -m fashionbn.run, 1 epoch on 64 samples": [
+                *python, "fashionbn.run", "epochs=1", "data.train_size=64",
+                "data.test_size=64", f"hydra.run.dir={tmp}/run"],
+        }  # fmt: skip
+        print("process start-up, median of 3:")
+        for name, command in parts.items():
+            value = statistics.median(process_seconds(command) for _ in range(3))
+            print(f"  {value:5.2f} s  {name}")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m fashionbn.bench",
         description="Time fashionbn's training path against the notebook's "
         "DataLoader+ToTensor pipeline on the real FashionMNIST (default config); "
-        "with --diagnostics, time fashionbn with diagnostics=on against off.",
+        "with --diagnostics, time fashionbn with diagnostics=on against off; with "
+        "--sweep, time the whole default sweep as processes against the notebook's "
+        "pipeline doing the same runs.",
     )
     parser.add_argument("--models", nargs="+", default=["baseline", "batchnorm"])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="default: 3 (1 with --sweep)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=3, help="--sweep: seeds 0..N-1")
     parser.add_argument(
         "--diagnostics", action="store_true",
         help="measure what diagnostics=on (its defaults) costs a run",
     )  # fmt: skip
+    parser.add_argument("--sweep", action="store_true",
+                        help="time the whole default sweep as processes")  # fmt: skip
+    parser.add_argument("--reference-sweep", action="store_true",
+                        help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument(
         "overrides",
         nargs="*",
         help="extra Hydra overrides, e.g. threads=1 data.root=...",
     )
     args = parser.parse_args(argv)
+    if args.reference_sweep:
+        return reference_sweep(args)
+    if args.sweep:
+        args.repeats = args.repeats or 1
+        return whole_sweep(args)
+    args.repeats = args.repeats or 3
 
     register_configs()
     configs = {}

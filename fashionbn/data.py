@@ -1,8 +1,11 @@
 """FashionMNIST (or MNIST) -> in-memory tensors: find or prepare the files, load,
 validate, hold out a validation split, batch.
 
-torchvision parses the IDX files; the images are then converted once to float32 in
-[0, 1] (the values transforms.ToTensor() gives) instead of once per sample per epoch.
+The IDX files are parsed here (a 4-byte magic, big-endian dimensions, raw bytes; their
+sizes are checked against their headers first); the images are then converted once to
+float32 in [0, 1] (the values transforms.ToTensor() gives) instead of once per sample
+per epoch. torchvision is imported only to download (data.download=true): importing it
+costs a process about a second (it pulls in torch._dynamo), every job of a sweep.
 Both datasets share the format, file names and loader; only where they live differs.
 """
 
@@ -15,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
-from torchvision.datasets import MNIST, FashionMNIST
 
 from fashionbn.config import ConfigError, FashionbnError
 from fashionbn.results import atomic_write
@@ -33,8 +36,8 @@ IDX_FILES = {
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 APT_COMMAND = "apt-get update && apt-get install -y dataset-fashion-mnist"
-# data.name -> torchvision's class, which also names the folder <root>/<Class>/raw/
-TORCHVISION = {"fashion_mnist": FashionMNIST, "mnist": MNIST}
+# data.name -> torchvision's dataset class name, which names the folder <root>/<it>/raw/
+TORCHVISION = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
 
 
 class DatasetNotFoundError(FashionbnError, FileNotFoundError):
@@ -74,7 +77,7 @@ def dataset_name(data_cfg) -> str:
 
 def raw_dir(root: str | Path, name: str = "fashion_mnist") -> Path:
     """Where torchvision expects the uncompressed IDX files of dataset `name`."""
-    return Path(root) / TORCHVISION[name].__name__ / "raw"
+    return Path(root) / TORCHVISION[name] / "raw"
 
 
 def check_idx_file(path: Path) -> None:
@@ -99,6 +102,16 @@ def check_idx_file(path: Path) -> None:
             f"{path}: size {actual_size} bytes, but its header {dims} needs "
             f"{expected_size} (truncated or corrupt file)"
         )
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An unsigned-byte IDX file (already checked by check_idx_file) as a uint8 tensor
+    shaped as its header says."""
+    with open(path, "rb") as f:
+        header = f.read(4)
+        dims = [int.from_bytes(f.read(4), "big") for _ in range(header[3])]
+        data = np.fromfile(f, dtype=np.uint8)  # the rest of the file, in one read
+    return torch.from_numpy(data).view(*dims)
 
 
 def _prod(values: list[int]) -> int:
@@ -146,11 +159,14 @@ def ensure_dataset(
     if system_dir is not None and prepare_from_system_dir(root, system_dir, name):
         return
     if download:
-        TORCHVISION[name](str(root), train=True, download=True)
-        TORCHVISION[name](str(root), train=False, download=True)
+        import torchvision.datasets  # only here: it is slow to import
+
+        dataset = getattr(torchvision.datasets, TORCHVISION[name])
+        dataset(str(root), train=True, download=True)
+        dataset(str(root), train=False, download=True)
         return
     files = raw_dir(root, name)
-    title = TORCHVISION[name].__name__
+    title = TORCHVISION[name]
     package = (
         f"(1) install Debian's package: {APT_COMMAND} (or run `make setup`); "
         if name == "fashion_mnist"
@@ -170,8 +186,12 @@ def _load_split(root: Path, name: str, train: bool, size: Optional[int]) -> tupl
     prefix = "train" if train else "t10k"
     for file in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
         check_idx_file(raw_dir(root, name) / file)
-    dataset = TORCHVISION[name](str(root), train=train, download=False)
-    images, labels = dataset.data, dataset.targets  # (N, 28, 28) uint8, (N,) int64
+    images = read_idx(
+        raw_dir(root, name) / f"{prefix}-images-idx3-ubyte"
+    )  # (N, 28, 28)
+    labels = read_idx(
+        raw_dir(root, name) / f"{prefix}-labels-idx1-ubyte"
+    ).long()  # (N,)
     split = "train" if train else "test"
     if images.shape[1:] != IMAGE_SHAPE or len(images) != len(labels):
         raise DatasetCorruptError(

@@ -60,9 +60,41 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
-    """SGD or Adam from the `optim` config group."""
+class PlainSGD:
+    """torch.optim.SGD without momentum, weight decay or nesterov: p -= lr * grad,
+    applied as one foreach call. Built without torch.optim, whose constructor imports
+    torch._dynamo (about 0.9 s of every process's start-up here), and without
+    optimizer.step()'s per-call bookkeeping (profiled: ~15 % of a step of this small
+    MLP). The numbers are torch.optim.SGD's, bit for bit (tests/test_train.py)."""
+
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        self.lr = lr
+        self.param_groups = [{"params": self.params, "lr": lr}]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grads = [p.grad for p in self.params]
+        torch._foreach_add_(self.params, grads, alpha=-self.lr)
+
+    def state_dict(self) -> dict:
+        """torch.optim.SGD's state_dict for the same settings (it has no state)."""
+        group = {"lr": self.lr, "momentum": 0.0, "dampening": 0.0,
+                 "weight_decay": 0.0, "nesterov": False, "maximize": False,
+                 "params": list(range(len(self.params)))}  # fmt: skip
+        return {"state": {}, "param_groups": [group]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("state"):
+            raise ValueError("plain SGD has no state: this is another optimizer's")
+
+
+def make_optimizer(params, optim_cfg):
+    """SGD (PlainSGD when it has no momentum, weight decay or nesterov) or Adam."""
     if optim_cfg.name == "sgd":
+        plain = (optim_cfg.momentum, optim_cfg.weight_decay) == (0, 0)
+        if plain and not optim_cfg.nesterov:
+            return PlainSGD(params, optim_cfg.lr)
         return torch.optim.SGD(
             params,
             lr=optim_cfg.lr,
@@ -81,36 +113,6 @@ def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
     raise ConfigError(f"optim.name={optim_cfg.name}: known optimizers are sgd, adam")
 
 
-def make_update(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """A function applying one optimizer step to the current gradients.
-
-    For plain SGD (no momentum, weight decay, nesterov or maximize) this is the update
-    torch.optim.SGD itself computes, p -= lr * grad, as one foreach call without
-    optimizer.step()'s per-call bookkeeping (profiled: ~15 % of a step of this small
-    MLP); the numbers are bit-identical (tests/test_train.py checks it).
-    """
-    groups = optimizer.param_groups
-    plain_sgd = (
-        type(optimizer) is torch.optim.SGD
-        and len(groups) == 1
-        and not optimizer.state
-        and groups[0]["momentum"] == 0
-        and groups[0]["weight_decay"] == 0
-        and not groups[0]["nesterov"]
-        and not groups[0]["maximize"]
-    )
-    if not plain_sgd:
-        return optimizer.step
-    params = [p for p in groups[0]["params"] if p.requires_grad]
-
-    @torch.no_grad()
-    def sgd_update() -> None:
-        grads = [p.grad for p in params]
-        torch._foreach_add_(params, grads, alpha=-groups[0]["lr"])
-
-    return sgd_update
-
-
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -123,7 +125,7 @@ def train_one_epoch(
     """One shuffled pass; returns (mean batch loss, accuracy). on_step, if given, is
     called after every update (fashionbn.diagnostics measures there)."""
     model.train()
-    update = make_update(optimizer)
+    update = optimizer.step
     params = [p for group in optimizer.param_groups for p in group["params"]]
     device = images.device
     loss_sum = torch.zeros((), device=device)

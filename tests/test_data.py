@@ -229,3 +229,39 @@ def test_missing_mnist_says_where_to_put_it(tmp_path) -> None:
     assert message.startswith(f"MNIST not found: no IDX files in {tmp_path}/MNIST/raw")
     assert "not packaged for Debian" in message
     assert "train-images-idx3-ubyte, train-labels-idx1-ubyte" in message
+
+
+# --- our IDX parser against torchvision's ----------------------------------------
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist"])
+def test_the_parser_gives_torchvisions_tensors(tmp_path, tiny_system_dir, name) -> None:
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    system_dir, _ = tiny_system_dir
+    cfg = compose_config(
+        [f"data.name={name}", f"data.system_dir={system_dir}",
+         f"data.root={tmp_path}"]
+    ).data  # fmt: skip
+    ours = load_dataset(cfg)
+    reference = {"fashion_mnist": FashionMNIST, "mnist": MNIST}[name]
+    splits = ((True, ours.train_images, ours.train_labels),
+              (False, ours.test_images, ours.test_labels))  # fmt: skip
+    for train, images, labels in splits:
+        theirs = reference(str(tmp_path), train=train, download=False)
+        assert torch.equal(images, theirs.data.to(torch.float32) / 255)
+        assert labels.dtype == theirs.targets.dtype == torch.int64
+        assert torch.equal(labels, theirs.targets)
+
+
+@pytest.mark.slow
+def test_the_parser_gives_torchvisions_tensors_on_the_real_data(real_data_root):
+    from torchvision.datasets import FashionMNIST
+
+    ours = load_dataset(data_cfg(real_data_root, None))
+    splits = ((True, ours.train_images, ours.train_labels),
+              (False, ours.test_images, ours.test_labels))  # fmt: skip
+    for train, images, labels in splits:
+        theirs = FashionMNIST(str(real_data_root), train=train, download=False)
+        assert torch.equal(images, theirs.data.to(torch.float32) / 255)
+        assert torch.equal(labels, theirs.targets)

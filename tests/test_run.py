@@ -194,3 +194,20 @@ def test_help_lists_the_real_options_only(tmp_path: Path) -> None:
         line = next(x for x in result.stdout.splitlines() if x.startswith(f"{group}:"))
         for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
             assert option in line, (group, option)
+
+
+@pytest.mark.slow
+def test_benchmark_sweep_mode_times_whole_processes(real_data_root, tmp_path) -> None:
+    """A smoke test only: the ratio is measured by the command, never asserted."""
+    result = run_module(
+        ["fashionbn.bench", "--sweep", "--epochs", "1", "--seeds", "1",
+         "data.train_size=1024", "data.test_size=500", f"data.root={real_data_root}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("whole sweep as processes (2 models x 1 seeds, 1 epoch")
+    rows = {line[:26].strip(): line[26:].split() for line in lines[2:5]}
+    assert set(rows) == {"reference", "fashionbn", "fashionbn, local_parallel"}
+    assert rows["reference"][1] == "1.0x" and float(rows["fashionbn"][0]) > 0
+    assert "python -m fashionbn.run, 1 epoch on 64 samples" in result.stdout
