@@ -140,7 +140,8 @@ class MLflowSink:
             self.client = MlflowClient(tracking_uri=tracking_uri)
             old_run = state.get("mlflow_run_id")
             if fresh and old_run:  # the job starts again: its old run goes
-                self.client.delete_run(old_run)
+                if self._exists(old_run):
+                    self.client.delete_run(old_run)
                 old_run = None
             self.run_id = old_run if old_run and self._exists(old_run) else None
             if self.run_id is None:
