@@ -97,12 +97,14 @@ def inspect_job_dir(job_dir: Path, identity: dict, force: bool) -> Previous:
                 f"cannot continue or vouch for: {FORCE_HINT}, or use another "
                 "hydra.sweep.dir/hydra.run.dir"
             )
-        if normalise_identity(status["config"]) != identity:
-            raise another_config(job_dir, status["config"], identity)
+        stored = normalise_identity(status["config"])
+        if stored != identity:
+            raise another_config(job_dir, stored, identity)
     checkpoint, checkpoint_problem = load_checkpoint(job_dir)
-    if checkpoint is not None and normalise_identity(checkpoint.identity) != identity:
+    held = normalise_identity(checkpoint.identity) if checkpoint is not None else None
+    if held is not None and held != identity:
         if status is None:  # the checkpoint is all we know of what the dir holds
-            raise another_config(job_dir, checkpoint.identity, identity)
+            raise another_config(job_dir, held, identity)
         checkpoint, checkpoint_problem = (
             None,
             (f"{CHECKPOINT_FILE} belongs to another config than {STATUS_FILE}"),
