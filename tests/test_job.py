@@ -433,3 +433,22 @@ def test_input_errors_leave_the_dir_untouched(tmp_path) -> None:
     with pytest.raises(FashionbnError, match="epochs=0: must be >= 1"):
         run_job(compose_config(["epochs=0"]), tmp_path / "job")
     assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.slow
+def test_a_refusal_names_real_differences_only(small_real_overrides, tmp_path) -> None:
+    """A status.json written before model.batch_norm became model.norm still refuses
+    another config with just the key that differs."""
+    base = [*small_real_overrides, "model=batchnorm"]
+    run_job(compose_config([*base, "optim.lr=0.01"]), tmp_path)
+    status = json.loads((tmp_path / "status.json").read_text())
+    model = status["config"]["model"]
+    model["batch_norm"] = model.pop("norm") == "batchnorm"
+    model["bn_placement"], model["bn_eps"] = (
+        model.pop("norm_placement"), model.pop("norm_eps"),
+    )  # fmt: skip
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    assert len(run_job(compose_config([*base, "optim.lr=0.01"]), tmp_path)) == 1
+    with pytest.raises(JobDirError) as info:
+        run_job(compose_config([*base, "optim.lr=0.001"]), tmp_path)
+    assert "another config (optim.lr: 0.01 -> 0.001); refusing" in str(info.value)
