@@ -12,9 +12,10 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import fashionbn.train
 from fashionbn.config import register_configs
 from fashionbn.data import prepare_from_system_dir, raw_dir
-from fashionbn.job import run_identity
+from fashionbn.job import run_identity, run_job
 from fashionbn.results import write_diagnostics, write_metrics, write_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,3 +180,24 @@ def read_only_dir(tmp_path: Path):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield path
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def killed_after(monkeypatch, epochs: int) -> None:
+    """Make training die like a kill (not an exception the job handles) once
+    `epochs` epochs are finished."""
+    real, calls = fashionbn.train.train_one_epoch, []
+
+    def train_then_die(*args, **kwargs):
+        if len(calls) == epochs:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fashionbn.train, "train_one_epoch", train_then_die)
+
+
+def kill_run(cfg, job_dir: Path, monkeypatch, epochs: int) -> None:
+    with monkeypatch.context() as patch:
+        killed_after(patch, epochs)
+        with pytest.raises(KeyboardInterrupt):
+            run_job(cfg, job_dir)

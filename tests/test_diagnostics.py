@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fashionbn.train
 from fashionbn.diagnostics import (
     hidden_layers,
     measure,
@@ -20,7 +19,7 @@ from fashionbn.diagnostics import (
 from fashionbn.job import run_job
 from fashionbn.model import build_model
 from fashionbn.results import read_diagnostics, read_metrics
-from tests.conftest import compose_config, without_seconds
+from tests.conftest import compose_config, kill_run, without_seconds
 
 STEP_SIZES = [0.5, 1.0, 2.0, 4.0]
 
@@ -214,18 +213,7 @@ def test_diagnostics_change_no_metric(overrides, tmp_path) -> None:
 def test_a_resumed_run_has_every_row_exactly_once(overrides, tmp_path, monkeypatch):
     cfg = compose_config([*overrides, "diagnostics=on", "diagnostics.every_steps=5"])
     run_job(cfg, tmp_path / "whole")
-    real, calls = fashionbn.train.train_one_epoch, []
-
-    def die_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(fashionbn.train, "train_one_epoch", die_in_epoch_2)
-        with pytest.raises(KeyboardInterrupt):
-            run_job(cfg, tmp_path / "split")
+    kill_run(cfg, tmp_path / "split", monkeypatch, epochs=1)  # dies in epoch 2
     assert max(r["step"] for r in read_diagnostics(tmp_path / "split")) <= 32
     run_job(cfg, tmp_path / "split")
     assert read_diagnostics(tmp_path / "split") == read_diagnostics(tmp_path / "whole")

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from fashionbn.config import FashionbnError
 from fashionbn.job import JobBusy, JobDirError, run_job
 from fashionbn.reading import read_job
 from fashionbn.results import RESULTS_FORMAT, WriteError, read_metrics, read_status
-from tests.conftest import compose_config, without_seconds
+from tests.conftest import compose_config, kill_run, without_seconds
 
 
 @pytest.fixture(autouse=True)
@@ -37,32 +36,11 @@ def overrides(small_real_overrides) -> list[str]:
     return [*small_real_overrides, "model=batchnorm", "epochs=3"]
 
 
-def killed_after(monkeypatch, epochs: int) -> None:
-    """Make training die like a kill (not an exception the job handles) once
-    `epochs` epochs are finished."""
-    real, calls = fashionbn.train.train_one_epoch, []
-
-    def train_then_die(*args, **kwargs):
-        if len(calls) == epochs:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fashionbn.train, "train_one_epoch", train_then_die)
-
-
 def must_not_train(monkeypatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("trained although it must not")
 
     monkeypatch.setattr(fashionbn.train, "train_one_epoch", fail)
-
-
-def kill_run(cfg, job_dir: Path, monkeypatch, epochs: int) -> None:
-    with monkeypatch.context() as patch:
-        killed_after(patch, epochs)
-        with pytest.raises(KeyboardInterrupt):
-            run_job(cfg, job_dir)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import fashionbn.train
 from fashionbn.job import run_job
 from fashionbn.loggers import LOGGERS_FILE
 from fashionbn.results import read_metrics, read_status
 from fashionbn.sweep import read_sweep
-from tests.conftest import compose_config, run_module
+from tests.conftest import compose_config, kill_run, run_module
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -100,18 +99,7 @@ def test_a_sweep_shows_up_in_both_tools(real_data_root, tmp_path) -> None:
 def test_kill_and_resume_logs_each_epoch_once(overrides, tmp_path, monkeypatch):
     job = tmp_path / "job"
     cfg = compose_config(overrides)
-    real, calls = fashionbn.train.train_one_epoch, []
-
-    def die_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(fashionbn.train, "train_one_epoch", die_in_epoch_3)
-        with pytest.raises(KeyboardInterrupt):
-            run_job(cfg, job)
+    kill_run(cfg, job, monkeypatch, epochs=2)  # dies in epoch 3
     store = job / "mlflow.db"
     (run,) = mlflow_runs(store)
     assert run.info.status == "RUNNING"
