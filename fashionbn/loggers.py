@@ -72,14 +72,11 @@ class TensorBoardSink:
                 old.unlink()
         accumulator = EventAccumulator(str(job_dir))
         accumulator.Reload()
-        scalars = set(accumulator.Tags()["scalars"])
-
-        def last_step(tag: str) -> int:
-            return max((e.step for e in accumulator.Scalars(tag)), default=0)
-
-        self.epochs = last_step("test_acc") if "test_acc" in scalars else 0
-        diagnostic_tags = [t for t in scalars if t.startswith("diagnostics/")]
-        self.diagnostic_step = max(map(last_step, diagnostic_tags), default=-1)
+        # per tag, the last step already on disk: a kill can come between two tags
+        self.logged = {
+            tag: max(event.step for event in accumulator.Scalars(tag))
+            for tag in accumulator.Tags()["scalars"]
+        }
         self.writer = SummaryWriter(log_dir=str(job_dir))
         try:
             has_hparams = bool(accumulator.PluginTagToContent("hparams"))
@@ -91,18 +88,22 @@ class TensorBoardSink:
                 self.writer.file_writer.add_summary(summary)
 
     def log(self, records: list[dict], diagnostics: list[dict]) -> None:
-        for record in records[self.epochs :]:
-            for tag in SCALARS:
-                if record.get(tag) is not None:
-                    self.writer.add_scalar(tag, record[tag], record["epoch"])
-        for row in diagnostics:
-            if row["step"] > self.diagnostic_step:
-                tag = f"diagnostics/{row['quantity']}/layer_{row['layer']}"
-                self.writer.add_scalar(tag, row["value"], row["step"])
+        points = [
+            (tag, record[tag], record["epoch"])
+            for record in records
+            for tag in SCALARS
+            if record.get(tag) is not None
+        ]
+        points += [
+            (f"diagnostics/{row['quantity']}/layer_{row['layer']}", row["value"],
+             row["step"])
+            for row in diagnostics
+        ]  # fmt: skip
+        for tag, value, step in points:
+            if step > self.logged.get(tag, -1):  # only what is not there yet
+                self.writer.add_scalar(tag, value, step)
+                self.logged[tag] = step
         self.writer.flush()
-        self.epochs = len(records)
-        if diagnostics:
-            self.diagnostic_step = max(row["step"] for row in diagnostics)
 
     def finish(self, status: str, job_dir: Path) -> None:
         self.writer.close()

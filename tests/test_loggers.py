@@ -208,3 +208,19 @@ def test_the_default_imports_no_logger(real_data_root, tmp_path) -> None:
     assert "fashionbn.loggers" in imported  # the check below is not vacuous
     assert not [m for m in imported if m.split(".")[0] in ("tensorboard", "mlflow")]
     assert not [m for m in imported if m.startswith("torch.utils.tensorboard")]
+
+
+@pytest.mark.slow
+def test_a_kill_between_two_tags_logs_the_rest_once(overrides, tmp_path, monkeypatch):
+    """Killed after TensorBoard got epoch 3's train_loss but not its other scalars:
+    the resumed job adds only what is missing."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    job = tmp_path / "job"
+    cfg = compose_config([*overrides, "logger=tensorboard"])
+    kill_run(cfg, job, monkeypatch, epochs=2)
+    with SummaryWriter(log_dir=str(job)) as writer:  # what the killed process left
+        writer.add_scalar("train_loss", 1.234, 3)
+    run_job(cfg, job)
+    assert [step for step, _ in tensorboard_scalars(job, "train_loss")] == [1, 2, 3]
+    assert [step for step, _ in tensorboard_scalars(job, "test_acc")] == [1, 2, 3]
