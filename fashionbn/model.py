@@ -57,6 +57,11 @@ def _norm(norm: str, width: int, model_cfg) -> list[nn.Module]:
     return []
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether any layer normalises over the batch (it cannot train on one sample)."""
+    return any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (BatchNorm running stats are buffers, not counted)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -24,7 +24,7 @@ from fashionbn.results import (
     METRICS_FILE,
     RESULTS_FORMAT,
     RUNNING,
-    file_problem,
+    read_checked,
     read_diagnostics,
     read_metrics,
     read_status,
@@ -128,11 +128,10 @@ def read_job(job_dir: Path) -> Job:
         return job
     hint = f"; {RERUN_HINT}" if status else ""
     digest = status.get("metrics_sha256") if status else None
-    problem = file_problem(job_dir, METRICS_FILE, read_metrics, digest, done)
+    records, problem = read_checked(job_dir, METRICS_FILE, read_metrics, digest, done)
     if problem:
         job.problem = problem + hint
         return job
-    records = read_metrics(job_dir)
     metrics = pd.DataFrame(records).reindex(columns=METRIC_COLUMNS)
     metrics = metrics.astype({c: float for c in METRIC_COLUMNS if c != "epoch"})
     if state == DIVERGED:
@@ -146,10 +145,12 @@ def read_job(job_dir: Path) -> Job:
         return job
     if status and status.get("diagnostics_sha256"):
         digest = status["diagnostics_sha256"]
-        problem = file_problem(job_dir, DIAGNOSTICS_FILE, read_diagnostics, digest)
+        rows, problem = read_checked(
+            job_dir, DIAGNOSTICS_FILE, read_diagnostics, digest
+        )
         if problem:
             job.problem = problem + hint
             return job
-        job.diagnostics = read_diagnostics(job_dir)
+        job.diagnostics = rows
     job.metrics = metrics
     return job

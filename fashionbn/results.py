@@ -105,31 +105,31 @@ def write_diagnostics(rows: list[dict], job_dir: Path) -> str:
     return _write_csv(Path(job_dir) / DIAGNOSTICS_FILE, DIAGNOSTIC_COLUMNS, rows)
 
 
-def file_problem(
+def read_checked(
     job_dir: Path,
     name: str,
     read: Callable[[Path], list],
     digest: Optional[str],
     epochs: Optional[int] = None,
-) -> Optional[str]:
-    """Why job_dir/name cannot be trusted — missing, unreadable (`read` raises
-    ValueError), not the `epochs` rows status.json says, or changed since the run
-    wrote it (its `digest`) — or None."""
+) -> tuple[Optional[list], Optional[str]]:
+    """(job_dir/name's rows, None), or (None, why it cannot be trusted): missing,
+    unreadable (`read` raises ValueError), not the `epochs` rows status.json says, or
+    changed since the run wrote it (its `digest`)."""
     path = Path(job_dir) / name
     if not path.is_file():
-        return f"there is no {name}"
+        return None, f"there is no {name}"
     try:
         rows = read(job_dir)
     except ValueError as err:
-        return str(err)
+        return None, str(err)
     if epochs is not None and len(rows) != epochs:
-        return f"{name} has {len(rows)} epochs but {STATUS_FILE} says {epochs}"
+        return None, f"{name} has {len(rows)} epochs but {STATUS_FILE} says {epochs}"
     if digest is not None and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-        return (
+        return None, (
             f"{name} was changed after the run wrote it (its digest does not match "
             f"{STATUS_FILE})"
         )
-    return None
+    return rows, None
 
 
 def read_diagnostics(job_dir: Path) -> list[dict]:

@@ -27,7 +27,7 @@ from fashionbn.results import (
     RUN_FILES,
     RUNNING,
     STATUS_FILE,
-    file_problem,
+    read_checked,
     read_diagnostics,
     read_metrics,
     read_status,
@@ -100,18 +100,10 @@ def inspect_job_dir(job_dir: Path, identity: dict, force: bool) -> Previous:
         stored = normalise_identity(status["config"])
         if stored != identity:
             raise another_config(job_dir, stored, identity)
-    checkpoint, checkpoint_problem = load_checkpoint(job_dir)
-    held = normalise_identity(checkpoint.identity) if checkpoint is not None else None
-    if held is not None and held != identity:
-        if status is None:  # the checkpoint is all we know of what the dir holds
-            raise another_config(job_dir, held, identity)
-        checkpoint, checkpoint_problem = (
-            None,
-            (f"{CHECKPOINT_FILE} belongs to another config than {STATUS_FILE}"),
-        )
-    execution = status.get("execution", []) if status is not None else []
     if status is not None and status["status"] in (COMPLETE, DIVERGED):
-        return finished_run(job_dir, status, checkpoint, checkpoint_problem)
+        return finished_run(job_dir, identity, status)
+    checkpoint, checkpoint_problem = trusted_checkpoint(job_dir, identity, status)
+    execution = status.get("execution", []) if status is not None else []
     if checkpoint is not None:
         if status_problem:
             log.warning(
@@ -144,19 +136,32 @@ def another_config(job_dir: Path, stored: dict, requested: dict) -> JobDirError:
     )
 
 
-def finished_run(
-    job_dir: Path,
-    status: dict,
-    checkpoint: Optional[Checkpoint],
-    checkpoint_problem: Optional[str],
-) -> Previous:
-    """A complete/diverged run: DONE if metrics.csv is intact, else restored from the
-    checkpoint, else refused."""
+def trusted_checkpoint(
+    job_dir: Path, identity: dict, status: Optional[dict]
+) -> tuple[Optional[Checkpoint], Optional[str]]:
+    """The verified checkpoint of this identity, or (None, why not). One of another
+    identity is refused when status.json cannot say what the dir holds."""
+    checkpoint, problem = load_checkpoint(job_dir)
+    if checkpoint is None:
+        return None, problem
+    held = normalise_identity(checkpoint.identity)
+    if held == identity:
+        return checkpoint, None
+    if status is None:  # the checkpoint is all we know of what the dir holds
+        raise another_config(job_dir, held, identity)
+    return None, f"{CHECKPOINT_FILE} belongs to another config than {STATUS_FILE}"
+
+
+def finished_run(job_dir: Path, identity: dict, status: dict) -> Previous:
+    """A complete/diverged run: DONE if its files are intact (the checkpoint is then
+    not even read), else restored from the checkpoint, else refused."""
     epochs = status["epochs_done"]
-    problem = metrics_problem(job_dir, status) or diagnostics_problem(job_dir, status)
+    digest = status.get("metrics_sha256")
+    records, problem = read_checked(job_dir, METRICS_FILE, read_metrics, digest, epochs)
+    problem = problem or diagnostics_problem(job_dir, status)
     if problem is None:
-        records = read_metrics(job_dir)
         return Previous(DONE, records, status=status["status"])
+    checkpoint, checkpoint_problem = trusted_checkpoint(job_dir, identity, status)
     if checkpoint is not None and (checkpoint.status, len(checkpoint.records)) == (
         status["status"], epochs,
     ):  # fmt: skip
@@ -172,18 +177,12 @@ def finished_run(
     )
 
 
-def metrics_problem(job_dir: Path, status: dict) -> Optional[str]:
-    """Why metrics.csv is not what status.json says was written, or None."""
-    digest, epochs = status.get("metrics_sha256"), status["epochs_done"]
-    return file_problem(job_dir, METRICS_FILE, read_metrics, digest, epochs)
-
-
 def diagnostics_problem(job_dir: Path, status: dict) -> Optional[str]:
     """Why diagnostics.csv is not what status.json says was written, or None."""
     digest = status.get("diagnostics_sha256")
     if digest is None:  # a run without diagnostics
         return None
-    return file_problem(job_dir, DIAGNOSTICS_FILE, read_diagnostics, digest)
+    return read_checked(job_dir, DIAGNOSTICS_FILE, read_diagnostics, digest)[1]
 
 
 def restored(job_dir: Path, checkpoint: Checkpoint, execution: list[dict]) -> Previous:

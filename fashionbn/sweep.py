@@ -12,6 +12,7 @@ from typing import Optional
 
 import pandas as pd
 
+from fashionbn.markdown import plural
 from fashionbn.reading import CHOICES, Job, read_job
 from fashionbn.results import (
     DIAGNOSTIC_COLUMNS,
@@ -76,10 +77,6 @@ def _describe_execution(job: Job) -> str:
     return " then ".join(runs) or "an unrecorded device"
 
 
-def plural(n, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def deduplicate(jobs: list[Job], label_keys: list[str]) -> tuple[list[Job], list]:
     """Keep one job per identity; refuse identities whose numbers disagree."""
     kept: dict[str, Job] = {}
@@ -112,16 +109,17 @@ def varying_keys(frame: pd.DataFrame, keys: list[str]) -> list[str]:
 def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     """Read every job of the given sweep dirs into one table; unusable runs are
     listed (skipped / diverged), duplicates counted once."""
-    notes, seen_dirs, jobs = [], [], []
+    notes, seen_dirs, seen_jobs, jobs = [], set(), set(), []
     for sweep_dir in sweep_dirs:
         if not Path(sweep_dir).is_dir():
             raise AggregateError(f"{sweep_dir}: no such directory")
         if Path(sweep_dir).resolve() in seen_dirs:
             notes.append(f"{sweep_dir} was given more than once; read once")
             continue
-        seen_dirs.append(Path(sweep_dir).resolve())
+        seen_dirs.add(Path(sweep_dir).resolve())
         for job_dir in find_job_dirs(Path(sweep_dir)):
-            if job_dir.resolve() not in {Path(j.job_dir).resolve() for j in jobs}:
+            if job_dir.resolve() not in seen_jobs:  # nested sweep dirs share jobs
+                seen_jobs.add(job_dir.resolve())
                 jobs.append(read_job(job_dir))
     # of two dirs holding the same run, keep the one with diagnostics
     complete = sorted(

@@ -21,7 +21,7 @@ from torch import nn
 from fashionbn.checks import check_config
 from fashionbn.config import ConfigError
 from fashionbn.data import FashionData, load_dataset, shuffled_batches
-from fashionbn.model import build_model
+from fashionbn.model import build_model, has_batch_norm
 from fashionbn.results import COMPLETE, DIVERGED
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=device)
     predictions, targets = [], []
     for batch in shuffled_batches(len(labels), batch_size, generator, device):
-        if len(batch) == 1 and _has_batch_norm(model):
+        if len(batch) == 1 and has_batch_norm(model):
             continue  # BatchNorm cannot train on one sample (DataLoader would crash)
         # index_select is ~3x faster than images[batch] for this gather (profiled)
         x = images.index_select(0, batch)  # (B, 28, 28)
@@ -171,10 +171,6 @@ def evaluate(
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
     return loss_sum.item() / len(labels), correct.item() / len(labels)
-
-
-def _has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
 
 
 @dataclass

@@ -430,3 +430,20 @@ def test_a_refusal_names_real_differences_only(small_real_overrides, tmp_path) -
     with pytest.raises(JobDirError) as info:
         run_job(compose_config([*base, "optim.lr=0.001"]), tmp_path)
     assert "another config (optim.lr: 0.01 -> 0.001); refusing" in str(info.value)
+
+
+@pytest.mark.slow
+def test_skipping_a_finished_run_does_not_read_its_checkpoint(
+    overrides, tmp_path, monkeypatch
+) -> None:
+    import fashionbn.resume
+
+    cfg = compose_config(overrides)
+    full = run_job(cfg, tmp_path)
+
+    def must_not_load(job_dir):
+        raise AssertionError("the checkpoint was read for an intact finished run")
+
+    monkeypatch.setattr(fashionbn.resume, "load_checkpoint", must_not_load)
+    must_not_train(monkeypatch)
+    assert run_job(cfg, tmp_path) == full
