@@ -9,7 +9,6 @@ one error line and keeps its previous outputs, never half of a new set.
 import argparse
 import io
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,42 +16,32 @@ from typing import Optional
 import pandas as pd
 
 from fashionbn.config import FashionbnError
-from fashionbn.markdown import summary_markdown
-from fashionbn.report import Analysis, write_report
+from fashionbn.markdown import plural, summary_markdown
+from fashionbn.outputs import OutputError, write_outputs
+from fashionbn.pairing import BASELINE, PairingError, paired_gaps, tuned_gaps
+from fashionbn.report import Analysis, same_network_warning, write_report
 from fashionbn.report_sections import TUNED
-from fashionbn.selection import SELECT_BY, select, tuned_keys, why_no_selection
+from fashionbn.selection import (
+    SELECT_BY,
+    Selection,
+    select,
+    tuned_keys,
+    why_no_selection,
+)
 from fashionbn.stats import (
     comparisons,
     diagnostics_summary,
     epochs_to_reach,
     gap_intervals,
     generalisation,
-    last_hidden_layer,
-    paired_gaps,
     summarize,
+    tuned_comparisons,
     why_numbers,
     with_holm,
 )
 from fashionbn.sweep import AggregateError, Sweep, load_sweep, read_sweep
 
 __all__ = ["aggregate", "load_sweep", "main", "newest_sweep", "parse_threshold"]
-
-# every file aggregate may write; one that a new aggregate does not produce is removed
-OUTPUTS = (
-    "results.csv",
-    "summary.csv",
-    "summary.md",
-    "comparisons.csv",
-    "selection.csv",
-    "test_accuracy.png",
-    "accuracy_gap.png",
-    "tuning.png",
-    "diagnostics_summary.csv",
-    "layer_inputs.png",
-    "gradients.png",
-    "smoothness.png",
-    "report.md",
-)
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
@@ -61,39 +50,16 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue().encode()
 
 
-def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Write `files` into out_dir as one set and remove outputs not in it; on any
-    error leave out_dir as it was and raise AggregateError."""
-    partials = {name: out_dir / f".{name}.partial-{os.getpid()}" for name in files}
-    target, written = out_dir, []
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            target = out_dir / name
-            written.append(partials[name])
-            partials[name].write_bytes(data)
-    except OSError as err:
-        for partial in written:
-            try:
-                partial.unlink(missing_ok=True)
-            except OSError:
-                pass  # a read-only dir never got it
-        reason = (err.strerror or str(err)).lower()
-        raise AggregateError(
-            f"cannot write {target}: {reason}; nothing in {out_dir} was changed"
-        ) from err
-    for name, partial in partials.items():
-        os.replace(partial, out_dir / name)
-    for stale in set(OUTPUTS) - set(files):
-        (out_dir / stale).unlink(missing_ok=True)
-
-
 def analyse(
-    sweep: Sweep, threshold: float, precision: float, select_by: str
+    sweep: Sweep,
+    threshold: float,
+    precision: float,
+    select_by: str,
+    reference: str = BASELINE,
 ) -> Analysis:
-    """Every table the outputs are made of."""
+    """Every table the outputs are made of; gaps are every model − `reference`."""
     results, keys = sweep.results, sweep.group_keys
-    gaps = paired_gaps(results, keys)
+    gaps = paired_gaps(results, keys, reference)
     table = comparisons(gaps, keys, precision)
     analysis = Analysis(
         summary=summarize(results, keys),
@@ -103,22 +69,52 @@ def analyse(
         reach=epochs_to_reach(results, keys, threshold),
         threshold=threshold,
         precision=precision,
+        reference=reference,
         selection_note=why_no_selection(results, keys, select_by),
     )
     if analysis.selection_note is None and tuned_keys(keys):
-        selection = select(results, keys, select_by)
-        tuned = comparisons(paired_gaps(selection.results, ["model"]), ["model"],
-                            precision, label=TUNED)  # fmt: skip
-        if not tuned.empty:  # the gap at the epoch the selection looked at
-            tuned = tuned[tuned["epoch"] == tuned["epoch"].max()]
+        selection = select(results, keys, select_by, sweep.diverged_params)
+        tuned = tuned_comparisons(
+            tuned_gaps(selection.chosen, reference), precision, TUNED
+        )
+        if tuned.empty:
+            analysis.tuned_note = why_no_tuned_gap(selection, sweep, reference)
         table = pd.concat([table, tuned], ignore_index=True)
         analysis.selection = selection
-        analysis.tuned_generalisation = generalisation(selection.results, ["model"])
+        analysis.tuned_generalisation = generalisation(selection.chosen, ["model"])
     analysis.comparisons = with_holm(table)
     if not sweep.diagnostics.empty:
         analysis.diagnostics = diagnostics_summary(sweep.diagnostics, keys)
         analysis.why = why_numbers(analysis.diagnostics, keys)
     return analysis
+
+
+def why_no_tuned_gap(selection: Selection, sweep: Sweep, reference: str) -> str:
+    """Why the tuned comparison has no gap: no reference, or no seed in common."""
+    chosen = selection.chosen
+    models = sorted(set(chosen["model"]))
+    if reference not in models:
+        diverged = sweep.diverged_params
+        lost = 0 if diverged.empty else int((diverged["model"] == reference).sum())
+        if lost:
+            return (
+                f"No tuned gap: model={reference} has no complete run to compare with "
+                f"(its {plural(lost, 'run')} diverged; see Diverged runs)."
+            )
+        return (
+            f"No tuned gap: the runs have no model={reference} to compare with "
+            f"(models: {', '.join(models)}); choose the reference with --baseline NAME."
+        )
+    if len(models) == 1:
+        return f"No tuned gap: model={reference} is the only model."
+    seeds = "; ".join(
+        f"{model} ran seed {', '.join(map(str, sorted(part['seed'])))}"
+        for model, part in chosen.groupby("model")
+    )
+    return (
+        f"No tuned gap: the chosen settings share no seed with model={reference}'s, so "
+        f"there is no pair to compare ({seeds})."
+    )
 
 
 def aggregate(
@@ -127,20 +123,32 @@ def aggregate(
     threshold: float = 0.70,
     precision: float = 0.01,
     select_by: str = "val_acc",
+    baseline: Optional[str] = None,
 ) -> Path:
-    """Write the tables, plots and report.md into out_dir; return the report."""
+    """Write the tables, plots and report.md into out_dir; return the report. Gaps
+    are every model − `baseline` (default: the model named baseline; a name given
+    here must be one of the runs' models)."""
     from fashionbn import plot  # matplotlib is only needed here
 
     sweep = read_sweep(sweep_dirs)
     out_dir = Path(out_dir or sweep_dirs[0])
+    models = sorted(sweep.results["model"].unique())
+    if baseline is not None and baseline not in models:
+        raise AggregateError(
+            f"--baseline {baseline}: no complete run has model={baseline} (models: "
+            f"{', '.join(models)})"
+        )
+    reference = baseline or BASELINE
     for run, how in sweep.diverged:
         print(f"diverged {run}: {how}", file=sys.stderr)
     for run, reason in sweep.skipped:
         print(f"skipped {run}: {reason}", file=sys.stderr)
     for run, kept in sweep.duplicates:
         print(f"duplicate {run}: same run as {kept}; counted once", file=sys.stderr)
+    for names in sweep.same_models:
+        print(f"warning: {same_network_warning(names, sweep)}", file=sys.stderr)
     keys = sweep.group_keys
-    analysis = analyse(sweep, threshold, precision, select_by)
+    analysis = analyse(sweep, threshold, precision, select_by, reference)
     files = {
         "results.csv": csv_bytes(sweep.results),
         "summary.csv": csv_bytes(analysis.summary),
@@ -150,13 +158,13 @@ def aggregate(
     figures, notes = ["test_accuracy.png"], []
     if analysis.intervals.empty:
         notes.append(
-            "accuracy_gap.png skipped: the runs need model=baseline and another "
+            f"accuracy_gap.png skipped: the runs need model={reference} and another "
             "model with the same seeds"
         )
         print(notes[-1], file=sys.stderr)
     else:
         figure = plot.accuracy_gap(
-            analysis.intervals, [k for k in keys if k != "model"]
+            analysis.intervals, [k for k in keys if k != "model"], reference
         )
         files["accuracy_gap.png"] = plot.png(figure)
         figures.append("accuracy_gap.png")
@@ -169,11 +177,12 @@ def aggregate(
         files["tuning.png"] = plot.png(figure)
     elif analysis.selection_note:
         print(analysis.selection_note, file=sys.stderr)
+    if analysis.tuned_note:
+        print(analysis.tuned_note, file=sys.stderr)
     if analysis.diagnostics is not None:
         summary = analysis.diagnostics
         files["diagnostics_summary.csv"] = csv_bytes(summary)
-        layer = last_hidden_layer(summary)
-        files["layer_inputs.png"] = plot.png(plot.layer_inputs(summary, keys, layer))
+        files["layer_inputs.png"] = plot.png(plot.layer_inputs(summary, keys))
         files["gradients.png"] = plot.png(plot.gradients(summary, keys))
         files["smoothness.png"] = plot.png(plot.smoothness(summary, keys))
     report = write_report(sweep, analysis, figures, notes, sweep_dirs)
@@ -253,6 +262,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "hyperparameters (default: val_acc, the highest mean); none: no selection",
     )  # fmt: skip
     parser.add_argument(
+        "--baseline", default=None, metavar="NAME",
+        help="the model every gap is measured against, e.g. --baseline layernorm "
+        "(default: baseline)",
+    )  # fmt: skip
+    parser.add_argument(
         "--precision", type=parse_precision, default=0.01,
         help="the 95 %% interval half-width the report's 'seeds needed' aims at "
         "(default: 0.01, one accuracy point)",
@@ -261,9 +275,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         sweep_dirs = args.sweep_dirs or [newest_sweep()]
         report = aggregate(
-            sweep_dirs, args.out, args.threshold, args.precision, args.select_by
-        )
-    except (AggregateError, FashionbnError) as err:
+            sweep_dirs, args.out, args.threshold, args.precision, args.select_by,
+            args.baseline,
+        )  # fmt: skip
+    except (AggregateError, FashionbnError, OutputError, PairingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"report: {report}")

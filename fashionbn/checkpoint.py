@@ -11,6 +11,7 @@ it holds.
 import hashlib
 import io
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -88,9 +89,16 @@ def load_checkpoint(job_dir: Path) -> tuple[Optional[Checkpoint], Optional[str]]
         )
     if sha256(payload) != digest:
         return None, f"{CHECKPOINT_FILE} does not match its digest (changed or damaged)"
-    try:  # our own, verified file: it holds RNG states (numpy arrays), not only tensors
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    try:  # tensors and plain values only: a digest detects damage, not tampering,
+        # so a checkpoint copied from someone else must never run pickle
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         records = state.pop("records")
+    except pickle.UnpicklingError:
+        return None, (
+            f"{CHECKPOINT_FILE} holds more than tensors and plain values (written by "
+            "an older fashionbn, or not by fashionbn); it is not loaded, since "
+            "loading it would run code from the file"
+        )
     except Exception as err:  # noqa: BLE001 - any failure means: not usable
         return None, f"{CHECKPOINT_FILE} cannot be loaded ({type(err).__name__})"
     if [r.get("epoch") for r in records] != list(range(1, len(records) + 1)):

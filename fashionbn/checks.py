@@ -5,7 +5,9 @@ unknown keys): refused before anything is trained or written, one line naming th
 import math
 import os
 
-from fashionbn.config import ConfigError, DataConfig
+from omegaconf import OmegaConf
+
+from fashionbn.config import ConfigError, DataConfig, flatten, not_applicable
 
 
 def available_cores() -> int:
@@ -25,6 +27,11 @@ def check_config(cfg) -> None:
     problems = [*_run_problems(cfg), *_model_problems(cfg.model)]
     problems += [*_optim_problems(cfg.optim), *_data_problems(cfg.data)]
     problems += _diagnostics_problems(cfg.diagnostics)
+    # a key that cannot change what the run computes is not held against it (every
+    # problem starts with the key it is about: "model.bn_momentum=2.0: ...")
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    ignored = tuple(f"{key}=" for key in not_applicable(flatten(config)))
+    problems = [p for p in problems if not p.startswith(ignored)]
     if problems:
         raise ConfigError(problems[0])
 

@@ -166,6 +166,25 @@ RENAMED_KEYS = {
 MEASUREMENT_PREFIXES = ("diagnostics.",)
 
 
+def not_applicable(flat: dict[str, Any]) -> list[str]:
+    """Keys of a flat config that cannot change what the run computes: a BatchNorm
+    setting without BatchNorm, a normalisation setting without normalisation, the
+    std of an init that is not used, the validation split's seed without a split.
+    They are not validated, and a run's identity holds null for them, so the same
+    computation has one identity whatever they were set to."""
+    norm = flat.get("model.norm", Norm.none.value)
+    keys = []
+    if norm != Norm.batchnorm.value:
+        keys.append("model.bn_momentum")
+    if norm == Norm.none.value:
+        keys += ["model.norm_eps", "model.norm_placement"]
+    if flat.get("model.init", Init.default.value) != Init.normal.value:
+        keys.append("model.init_std")
+    if not flat.get("data.val_size"):
+        keys.append("data.split_seed")
+    return keys
+
+
 def dirname_exclude_keys() -> list[str]:
     """Overrides left out of a job dir's name: NON_IDENTITY_KEYS, the logger group
     and the preset name (a preset's own overrides name the dir)."""
@@ -220,9 +239,9 @@ def _schema_defaults(schema) -> dict[str, Any]:
 def normalise_identity(config: dict) -> dict:
     """A resolved config (plain dict, from any fashionbn version) -> its identity.
 
-    Drops NON_IDENTITY_KEYS and retired keys, and fills keys an older fashionbn did not
-    record with their defaults: every new key defaults to the old behaviour, so that is
-    what those runs computed.
+    Drops NON_IDENTITY_KEYS and retired keys, fills keys an older fashionbn did not
+    record with their defaults (every new key defaults to the old behaviour, so that is
+    what those runs computed), and nulls keys that cannot matter (not_applicable).
     """
     flat = {
         key: value.value if isinstance(value, Enum) else value
@@ -249,6 +268,8 @@ def normalise_identity(config: dict) -> dict:
         for key, value in _schema_defaults(schema).items():
             if f"{prefix}{key}" not in NON_IDENTITY_KEYS:
                 flat.setdefault(f"{prefix}{key}", value)
+    for key in not_applicable(flat):
+        flat[key] = None
     return unflatten(flat)
 
 

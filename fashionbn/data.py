@@ -11,8 +11,9 @@ Both datasets share the format, file names and loader; only where they live diff
 
 import functools
 import gzip
+import hashlib
 import logging
-import shutil
+import math
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,23 @@ NUM_CLASSES = 10
 APT_COMMAND = "apt-get update && apt-get install -y dataset-fashion-mnist"
 # data.name -> torchvision's dataset class name, which names the folder <root>/<it>/raw/
 TORCHVISION = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
+# What the files of a dataset are, by content: SHA-256 of each uncompressed IDX file,
+# read off Debian's dataset-fashion-mnist (0.0~git20200523; tests/test_data.py checks
+# them against the installed files). A dataset is identified by these, never by the
+# spelling of its path: data.name=mnist on these files is refused. (MNIST's are not
+# listed: it cannot be had offline here to read them off.)
+KNOWN_SHA256 = {
+    "fashion_mnist": {
+        "train-images-idx3-ubyte":
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte":
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte":
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte":
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}  # fmt: skip
 
 
 class DatasetNotFoundError(FashionbnError, FileNotFoundError):
@@ -95,7 +113,7 @@ def check_idx_file(path: Path) -> None:
     dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(3)][
         :expected_dims
     ]
-    expected_size = len(header) + _prod(dims)
+    expected_size = len(header) + math.prod(dims)
     actual_size = path.stat().st_size
     if actual_size != expected_size:
         raise DatasetCorruptError(
@@ -114,35 +132,53 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.from_numpy(data).view(*dims)
 
 
-def _prod(values: list[int]) -> int:
-    result = 1
-    for value in values:
-        result *= value
-    return result
-
-
 def _has_raw_files(root: str | Path, name: str) -> bool:
     return all((raw_dir(root, name) / file).is_file() for file in IDX_FILES)
+
+
+def check_content(name: str, digests: dict[str, str], where: Path) -> None:
+    """Refuse files that are, by their content, another dataset's than `name`."""
+    for other, known in KNOWN_SHA256.items():
+        matching = [file for file in IDX_FILES if digests.get(file) == known[file]]
+        if other != name and matching:
+            raise DatasetCorruptError(
+                f"{where} holds {TORCHVISION[other]}'s files (by their content: "
+                f"{', '.join(matching)}), but data.name={name}: use data={other}, or "
+                f"point data.system_dir at a dir with {name}'s four .gz files"
+            )
+
+
+def dataset_digest(digests: dict[str, str]) -> str:
+    """One SHA-256 for a dataset's four files (each file's own digest, in order)."""
+    lines = "".join(f"{file} {digests[file]}\n" for file in IDX_FILES)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def prepare_from_system_dir(
     root: str | Path, system_dir: str | Path, name: str = "fashion_mnist"
 ) -> bool:
-    """Decompress the four `.gz` files of `system_dir` into `root`; False if absent."""
+    """Decompress the four `.gz` files of `system_dir` into `root`; False if absent.
+    Files that are another dataset's, by content, are refused before any is written."""
     sources = {file: Path(system_dir) / f"{file}.gz" for file in IDX_FILES}
     if not all(path.is_file() for path in sources.values()):
         return False
     target_dir = raw_dir(root, name)
-    target_dir.mkdir(parents=True, exist_ok=True)
+    contents = {}
     for file, source in sources.items():
-        target = target_dir / file
-        if target.is_file():
+        if (target_dir / file).is_file():
             continue
-        try:  # a kill or a bad file never leaves a half-written target behind
+        try:
             with gzip.open(source, "rb") as src:
-                atomic_write(target, lambda dst: shutil.copyfileobj(src, dst), "wb")
+                contents[file] = src.read()
         except (OSError, EOFError, zlib.error) as err:
             raise DatasetCorruptError(f"{source}: cannot decompress ({err})") from err
+    digests = {
+        file: hashlib.sha256(data).hexdigest() for file, data in contents.items()
+    }
+    check_content(name, digests, Path(system_dir))
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for file, data in contents.items():  # a kill never leaves a half-written file
+        atomic_write(target_dir / file, lambda dst: dst.write(data), "wb")
     log.info("prepared %s in %s from %s", name, target_dir, system_dir)
     return True
 
@@ -215,19 +251,45 @@ def load_dataset(data_cfg) -> FashionData:
     """Find (or prepare) the dataset `data_cfg` names and return it as tensors.
 
     The tensors are cached for the process (treat them as read-only), so the jobs of a
-    sweep that run in one process parse and convert the files only once.
+    sweep that run in one process parse and convert the files only once. Files that
+    are, by content, another dataset's than data.name are refused.
     """
     root, name = Path(data_cfg.root).resolve(), dataset_name(data_cfg)
-    ensure_dataset(root, data_cfg.system_dir, data_cfg.download, name)
-    # the files' sizes and times are part of the key: a changed file is read again
-    stamps = tuple(
-        (path.stat().st_size, path.stat().st_mtime_ns)
-        for path in (raw_dir(root, name) / file for file in IDX_FILES)
-    )
+    stamps = _prepared(data_cfg)
+    check_content(name, _file_digests(root, name, stamps), raw_dir(root, name))
     return _load_cached(
         root, name, data_cfg.train_size, data_cfg.test_size, data_cfg.val_size,
         data_cfg.split_seed, stamps,
     )  # fmt: skip
+
+
+def data_digest(data_cfg) -> str:
+    """The SHA-256 of the dataset's four files (dataset_digest), as a run records it."""
+    root, name = Path(data_cfg.root).resolve(), dataset_name(data_cfg)
+    return dataset_digest(_file_digests(root, name, _prepared(data_cfg)))
+
+
+def _prepared(data_cfg) -> tuple:
+    """Make sure the raw files exist; their sizes and times (a changed file is read
+    again, by the caches below)."""
+    root, name = Path(data_cfg.root).resolve(), dataset_name(data_cfg)
+    ensure_dataset(root, data_cfg.system_dir, data_cfg.download, name)
+    return tuple(
+        (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in (raw_dir(root, name) / file for file in IDX_FILES)
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _file_digests(root: Path, name: str, stamps: tuple) -> dict[str, str]:
+    digests = {}
+    for file in IDX_FILES:  # (hashlib.file_digest needs Python 3.11)
+        digest = hashlib.sha256()
+        with open(raw_dir(root, name) / file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        digests[file] = digest.hexdigest()
+    return digests
 
 
 @functools.lru_cache(maxsize=1)
@@ -261,6 +323,7 @@ def _load_cached(
 def clear_cache() -> None:
     """Forget the cached tensors (the benchmark times cold loads)."""
     _load_cached.cache_clear()
+    _file_digests.cache_clear()
 
 
 def shuffled_batches(

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionbn.config import ConfigError
-from fashionbn.model import ACTIVATIONS, has_batch_norm
+from fashionbn.model import ACTIVATIONS
 
 PROBE_SEED = 0  # the probe batch is the same for every run, model and seed
 POINTS = 50  # every_steps=null: this many measurements after step 0
@@ -279,10 +279,3 @@ class Diagnostics:
 
     def state(self) -> dict:
         return {"step": self.step, "rows": list(self.rows)}
-
-
-def steps_per_epoch(num_samples: int, batch_size: int, model: nn.Module) -> int:
-    """Optimizer steps per epoch (BatchNorm skips a last batch of one sample)."""
-    batches = math.ceil(num_samples / batch_size)
-    skips_one = num_samples % batch_size == 1 and has_batch_norm(model)
-    return batches - int(skips_one)

@@ -23,9 +23,10 @@ from omegaconf import OmegaConf
 from fashionbn.checkpoint import Checkpoint, save_checkpoint
 from fashionbn.checks import check_config
 from fashionbn.config import FashionbnError, normalise_identity
-from fashionbn.data import FashionData, load_dataset
-from fashionbn.diagnostics import Diagnostics, probe_indices, steps_per_epoch
+from fashionbn.data import FashionData, data_digest, load_dataset
+from fashionbn.diagnostics import Diagnostics, probe_indices
 from fashionbn.loggers import Loggers, make_loggers
+from fashionbn.model import has_batch_norm
 from fashionbn.results import (
     COMPLETE,
     DIVERGED,
@@ -47,10 +48,12 @@ from fashionbn.resume import (  # noqa: F401 - JobDirError: raised by run_job
 )
 from fashionbn.train import (
     Training,
+    check_trainable,
     log_start,
     resolve_device,
     restore_training,
     start_training,
+    steps_per_epoch,
     to_device,
     train_epochs,
     training_state,
@@ -118,9 +121,11 @@ class JobFiles:
         identity: dict,
         execution: list[dict],
         diagnostics: Optional[Diagnostics] = None,
+        data_sha256: Optional[str] = None,
     ):
         self.job_dir, self.identity, self.execution = job_dir, identity, execution
         self.diagnostics = diagnostics
+        self.data_sha256 = data_sha256  # what the run trained on, by content
         self.epochs_on_disk = 0
         self.started = False
 
@@ -164,6 +169,8 @@ class JobFiles:
             pass  # status.json still describes the last epoch that was written
 
     def _status(self, status: str, **extra) -> None:
+        if self.data_sha256 is not None:
+            extra["data_sha256"] = self.data_sha256
         write_status(
             self.job_dir, status, self.identity, self.epochs_on_disk, self.execution,
             **extra,
@@ -202,6 +209,8 @@ def run_job(
         # missing dataset leaves it as it was
         data = to_device(data if data is not None else load_dataset(cfg.data),
                          device)  # fmt: skip
+        check_trainable(cfg, len(data.train_labels))
+        job.data_sha256 = data_digest(cfg.data)
         probe = (
             probe_indices(len(data.train_labels), cfg.diagnostics.probe_size)
             if cfg.diagnostics.enabled
@@ -284,7 +293,9 @@ def make_diagnostics(
         cfg.diagnostics, training.model, cfg.optim.lr,
         data.train_images.index_select(0, probe),
         data.train_labels.index_select(0, probe),
-        steps_per_epoch(len(data.train_labels), cfg.batch_size, training.model),
+        steps_per_epoch(
+            len(data.train_labels), cfg.batch_size, has_batch_norm(training.model)
+        ),
         cfg.epochs, state.get("diagnostics"),
     )  # fmt: skip
 

@@ -6,8 +6,14 @@ import pandas as pd
 
 
 def group_label(row: pd.Series, keys: list[str]) -> str:
-    """'model=batchnorm, optim.lr=0.01'."""
-    return ", ".join(f"{k}={row[k]}" for k in keys)
+    """'model=batchnorm, optim.lr=0.01'; a key that does not apply to the group (null,
+    e.g. model.bn_momentum of a model without BatchNorm) is left out."""
+    return ", ".join(f"{k}={row[k]}" for k in keys if not is_null(row[k]))
+
+
+def is_null(value) -> bool:
+    """A missing value (None/NaN), not a list or text."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def plural(n: int, noun: str) -> str:

@@ -15,16 +15,15 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fashionbn.markdown import group_label  # noqa: E402
+
 
 def facet_labels(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """'optim.lr=0.01, batch_size=32' per row ('' when there are no keys)."""
+    """'optim.lr=0.01, batch_size=32' per row ('' when there are no keys; a key that
+    does not apply to the row, null, is left out)."""
     if not keys:
         return pd.Series("", index=frame.index)
-    return (
-        frame[keys]
-        .astype(str)
-        .agg(lambda row: ", ".join(f"{k}={v}" for k, v in zip(keys, row)), axis=1)
-    )
+    return frame.apply(lambda row: group_label(row, keys), axis=1).astype(str)
 
 
 def panels(
@@ -35,10 +34,13 @@ def panels(
     ncols: int = 3,
 ) -> tuple[Figure, list[tuple[Axes, pd.DataFrame, str]]]:
     """A grid of axes, one per value of facet_keys (at most ncols columns, in the
-    values' sorted order), with its rows."""
+    values' sorted order), with its rows. A row that lacks a key (null: a setting
+    that does not apply to it, e.g. bn_momentum of the baseline) is drawn in every
+    panel that agrees with its other keys."""
     sns.set_theme(style="whitegrid")
     labels = facet_labels(frame, facet_keys)
-    names = sorted(labels.unique())
+    complete = frame[facet_keys].notna().all(axis=1) if facet_keys else labels == ""
+    names = sorted(labels[complete].unique()) or sorted(labels.unique())
     ncols = min(len(names), ncols)
     nrows = math.ceil(len(names) / ncols)
     fig, axes = plt.subplots(
@@ -47,9 +49,15 @@ def panels(
     )  # fmt: skip
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
-    return fig, [
-        (ax, frame[labels == name], name) for ax, name in zip(axes.flat, names)
-    ]
+    drawn = []
+    for ax, name in zip(axes.flat, names):
+        panel = frame[labels == name].iloc[0]
+        rows = pd.Series(True, index=frame.index)
+        for key in facet_keys:
+            same = frame[key].astype(str) == str(panel[key])
+            rows &= frame[key].isna() | same if pd.notna(panel[key]) else same
+        drawn.append((ax, frame[rows], name))
+    return fig, drawn
 
 
 def band_lines(
@@ -101,8 +109,10 @@ def accuracy_curves(summary: pd.DataFrame, keys: list[str]) -> Figure:
     return _finish(fig, axes, title, "epoch", "test accuracy")
 
 
-def accuracy_gap(intervals: pd.DataFrame, facet_keys: list[str]) -> Figure:
-    """Per-epoch test-accuracy gap vs the baseline, mean with its 95 % t-interval."""
+def accuracy_gap(
+    intervals: pd.DataFrame, facet_keys: list[str], reference: str = "baseline"
+) -> Figure:
+    """Per-epoch test-accuracy gap vs the reference, mean with its 95 % t-interval."""
     fig, axes = panels(intervals, facet_keys)
     colors = _palette(intervals["comparison"])
     for ax, part, _ in axes:
@@ -110,7 +120,7 @@ def accuracy_gap(intervals: pd.DataFrame, facet_keys: list[str]) -> Figure:
         ax.axhline(0.0, color="grey", linewidth=1, linestyle="--")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     title = (
-        "Test accuracy gap vs baseline, paired by seed\n"
+        f"Test accuracy gap vs {reference}, paired by seed\n"
         "line = mean, band = 95 % t-interval over seeds"
     )
     return _finish(fig, axes, title, "epoch", "test accuracy difference")
@@ -171,21 +181,25 @@ def _over_steps(axes: list, hue: str, colors: dict) -> None:
         ax.set_title(part["panel"].iloc[0])
 
 
-def layer_inputs(summary: pd.DataFrame, keys: list[str], layer: str) -> Figure:
-    """Ioffe & Szegedy's Figure 1(b, c): the 15th, 50th and 85th percentile of the
-    last hidden layer's activation input (unit 0) over training, one panel per group,
-    mean across seeds with ±1 std bands."""
+def layer_inputs(summary: pd.DataFrame, keys: list[str]) -> Figure:
+    """Ioffe & Szegedy's Figure 1(b, c): the 15th, 50th and 85th percentile of each
+    group's last hidden layer's activation input (unit 0) over training, one panel per
+    group (groups may differ in depth), mean across seeds with ±1 std bands."""
     names = {"act_in_p15": "15th", "act_in_p50": "50th", "act_in_p85": "85th"}
-    frame = _diagnostic(summary, keys, list(names), [layer])
-    frame = frame.assign(percentile=frame["quantity"].map(names))
-    fig, axes = panels(frame, ["group"])
+    frame = _diagnostic(summary, keys, list(names))
+    frame = frame[frame["layer"] != "all"]
+    deepest = frame.groupby("group")["layer"].transform(lambda x: x.astype(int).max())
+    frame = frame[frame["layer"].astype(int) == deepest]
+    frame = frame.assign(
+        percentile=frame["quantity"].map(names),
+        panel=frame["group"] + " · hidden layer " + frame["layer"],
+    )
+    fig, axes = panels(frame, ["panel"])
     colors = _palette(frame["percentile"])
     for ax, part, _ in axes:
         band_lines(ax, part, "step", "mean", "low", "high", "percentile", colors)
-    for ax, part, _ in axes:
-        ax.set_title(part["group"].iloc[0])
     title = (
-        f"Input to hidden layer {layer}'s activation, unit 0: percentiles over the "
+        "Input to the last hidden layer's activation, unit 0: percentiles over the "
         "probe batch\nline = mean, band = ±1 std across seeds"
     )
     return _finish(fig, axes, title, "training step", "activation input")

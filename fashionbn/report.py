@@ -12,6 +12,7 @@ from fashionbn.markdown import (
     plural,
     summary_markdown,
 )
+from fashionbn.pairing import BASELINE
 from fashionbn.report_sections import (
     comparisons_section,
     generalisation_line,
@@ -34,8 +35,10 @@ class Analysis:
     reach: pd.DataFrame
     threshold: float
     precision: float
+    reference: str = BASELINE  # every gap is a model − this one
     selection: Optional[Selection] = None
     selection_note: Optional[str] = None
+    tuned_note: Optional[str] = None  # why a selection has no tuned gap
     tuned_generalisation: Optional[pd.DataFrame] = None
     diagnostics: Optional[pd.DataFrame] = None  # stats.diagnostics_summary
     why: Optional[pd.DataFrame] = None  # stats.why_numbers, when runs have diagnostics
@@ -58,12 +61,16 @@ def header(sweep: Sweep, sweep_dirs: list[Path]) -> list[str]:
         f"Model{'s' if len(models) > 1 else ''}: {', '.join(models)}. Groups differ "
         f"in: {', '.join(keys)}; ± is the standard deviation across seeds (n runs).",
     ]
-    if sweep.model_options:
-        described = "; ".join(
-            f"{model} = " + ", ".join(f"{k}={v}" for k, v in options.items())
-            for model, options in sweep.model_options.items()
-        )
-        lines.append(f"What each model is: {described}.")
+    described = "; ".join(
+        f"{model} = " + (", ".join(f"{k}={v}" for k, v in options.items()) or "—")
+        for model, options in sweep.model_options.items()
+    )
+    lines.append(
+        f"What each model is (keys that vary within a model are among the groups): "
+        f"{described}."
+    )
+    lines += [f"**Warning:** {same_network_warning(names, sweep)}"
+              for names in sweep.same_models]  # fmt: skip
     for key, (kept, others) in sweep.fixed.items():
         lines.append(
             f"Every run used has {key}={kept}; the sweep also had {key}="
@@ -78,6 +85,17 @@ def header(sweep: Sweep, sweep_dirs: list[Path]) -> list[str]:
         )
     lines += [f"Note: {note}." for note in sweep.notes]
     return lines
+
+
+def same_network_warning(names: list[str], sweep: Sweep) -> str:
+    """Two or more model names that are the same network."""
+    options = sweep.model_options.get(names[0], {})
+    what = ", ".join(f"{k}={v}" for k, v in options.items())
+    return (
+        f"{' and '.join(f'model={n}' for n in names)} are the same network ({what}): "
+        "the name is only a label, and a gap between them measures nothing but seeds; "
+        "did an override (e.g. model.norm=...) apply to every model?"
+    )
 
 
 def observations(sweep: Sweep, analysis: Analysis) -> list[str]:
@@ -120,7 +138,7 @@ def observations(sweep: Sweep, analysis: Analysis) -> list[str]:
             )
             + "."
         )
-    lines += gap_lines(analysis.intervals, keys)
+    lines += gap_lines(analysis.intervals, keys, analysis.reference)
     spread = last.dropna(subset=["test_acc_std"])
     if len(spread) > 1:
         ordered = spread.sort_values("test_acc_std")
@@ -152,11 +170,11 @@ def observations(sweep: Sweep, analysis: Analysis) -> list[str]:
     return lines
 
 
-def gap_lines(intervals: pd.DataFrame, keys: list[str]) -> list[str]:
+def gap_lines(intervals: pd.DataFrame, keys: list[str], reference: str) -> list[str]:
     """The paired gaps at epoch 1 and at each comparison's own last epoch."""
     if intervals.empty:
         return [
-            "- No gap to the baseline: the runs do not contain both model=baseline "
+            f"- No gap to {reference}: the runs do not contain both model={reference} "
             "and another model with matching seeds."
         ]
     facet_keys = [k for k in keys if k != "model"]
@@ -196,12 +214,12 @@ def write_report(
     if analysis.selection is not None or analysis.selection_note:
         val_size = sweep.results.get("data.val_size")
         lines += tuned_section(
-            analysis.selection, analysis.selection_note, analysis.comparisons,
-            analysis.tuned_generalisation,
-            None if val_size is None else int(val_size.iloc[0]),
+            analysis.selection, analysis.selection_note or analysis.tuned_note,
+            analysis.comparisons, analysis.tuned_generalisation,
+            None if val_size is None else int(val_size.iloc[0]), analysis.reference,
         )  # fmt: skip
     if analysis.why is not None:
-        lines += why_section(analysis.why, keys)
+        lines += why_section(analysis.why, keys, analysis.reference)
     lines += ["## Summary (mean ± std across seeds)", "",
               summary_markdown(analysis.summary, keys), ""]  # fmt: skip
     if figures or notes:

@@ -32,6 +32,10 @@ def comparisons_section(table: pd.DataFrame, keys: list[str], precision: float):
         where = ", ".join(
             f"{k}={row[k]}" for k in facet_keys if k in row and pd.notna(row[k])
         )
+        epoch = int(row.epoch)
+        if int(row.epoch_reference) != epoch:
+            epoch = f"{epoch} (reference: {int(row.epoch_reference)})"
+        p_value = p_text(row.p_value) + ("†" if row.p_test == "sign-flip" else "")
         seeds = (
             "—" if not math.isfinite(row.seeds_needed) else str(int(row.seeds_needed))
         )
@@ -40,10 +44,10 @@ def comparisons_section(table: pd.DataFrame, keys: list[str], precision: float):
             f"{interval(row.p_improve_low, row.p_improve_high, '.2f')}"
         )
         cells = [
-            row.comparison, where or "—", int(row.epoch), int(row.n),
+            row.comparison, where or "—", epoch, int(row.n),
             signed(row["mean"]), interval(row.ci_low, row.ci_high),
             interval(row.boot_low, row.boot_high),
-            share, p_text(row.p_value), p_text(row.p_holm), seeds,
+            share, p_value, p_text(row.p_holm), seeds,
         ]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     family = int(table["p_value"].notna().sum())
@@ -53,9 +57,11 @@ def comparisons_section(table: pd.DataFrame, keys: list[str], precision: float):
         f"t-interval: Student t over the pairs' gaps. Bootstrap: BCa interval of the "
         f"mean gap (9,999 resamples, fixed random state), given from "
         f"{MIN_BOOTSTRAP_PAIRS} pairs on. P(improvement): the share of pairs in which "
-        "the model beats the baseline, ties counting half (rliable's probability of "
+        "the model beats the reference, ties counting half (rliable's probability of "
         "improvement over matched pairs), with a Wilson score interval. p: two-sided "
-        f"paired t-test of a zero mean gap; Holm: corrected for the {family} "
+        "paired t-test of a zero mean gap (†: every pair had the same gap, where t is "
+        "undefined: the exact sign-flip permutation p-value, 2/2ⁿ for n equal "
+        f"non-zero gaps); Holm: corrected for the {family} "
         "comparisons of this report. Seeds: the pairs the observed spread of the gap "
         f"would need for the {LEVEL:.0%} t-interval to be at most ±{precision:g} wide.",
         "",
@@ -81,9 +87,10 @@ def tuned_section(
     comparisons: pd.DataFrame,
     generalisation: Optional[pd.DataFrame],
     val_size: Optional[int],
+    reference: str,
 ) -> list[str]:
     """Each model at its own best setting, chosen on validation data (or the note
-    saying why there is no selection)."""
+    saying why there is no selection, or no gap), against `reference` at its own."""
     lines = ["## Tuned comparison (each model at its own best hyperparameters)", ""]
     if selection is None:
         return [*lines, note or "", ""]
@@ -103,16 +110,25 @@ def tuned_section(
             f"{mean_std(row.test_acc_mean, row.test_acc_std, row.n)}."
         )
     lines += [f"- Warning: {warning}." for warning in selection.warnings]
-    tuned = comparisons[comparisons["comparison"].str.endswith(TUNED)]
-    for _, row in tuned[tuned["epoch"] == tuned["epoch"].max()].iterrows():
+    tuned = (
+        comparisons[comparisons["comparison"].str.endswith(TUNED)]
+        if "comparison" in comparisons
+        else comparisons
+    )
+    if tuned.empty and note:
+        lines.append(f"- {note}")
+    for _, row in tuned.iterrows():
         ci = (
             f"95 % CI {interval(row.ci_low, row.ci_high)}, paired t-interval over "
             f"n={int(row.n)} seeds"
             if row.n > 1
             else "n=1, no interval"
         )
+        at = f"at epoch {int(row.epoch)}"
+        if int(row.epoch_reference) != int(row.epoch):
+            at += f" ({reference} at epoch {int(row.epoch_reference)})"
         lines.append(
-            f"- Gap {row.comparison} at epoch {int(row.epoch)}: {signed(row['mean'])} "
+            f"- Gap {row.comparison} {at}: {signed(row['mean'])} "
             f"({ci}; the other statistics are in the table above)."
         )
     if generalisation is not None:
@@ -122,10 +138,20 @@ def tuned_section(
     return lines
 
 
-def why_section(why: pd.DataFrame, keys: list[str]) -> list[str]:
-    """What the diagnostics measured, in sentences: how far the last hidden layer's
-    input distribution moved, and how smooth the landscape was, per group."""
-    layer = why["layer"].iloc[0]
+def seeds_behind(row: pd.Series) -> str:
+    """'n=3', or 'n=1–3 per step' when the runs measured different steps."""
+    if row.n_min == row.n_max:
+        return f"n={int(row.n_max)}"
+    return (
+        f"n={int(row.n_min)}–{int(row.n_max)} per step: its runs measured different "
+        "steps (another diagnostics.every_steps or run length), so some points rest "
+        f"on {int(row.n_min)} seed{'s' if row.n_min > 1 else ''} only"
+    )
+
+
+def why_section(why: pd.DataFrame, keys: list[str], reference: str) -> list[str]:
+    """What the diagnostics measured, in sentences: how far each group's last hidden
+    layer's input distribution moved, and how smooth the landscape was."""
     lines = [
         "## Why: what the diagnostics measured",
         "",
@@ -135,8 +161,9 @@ def why_section(why: pd.DataFrame, keys: list[str]) -> list[str]:
     ]
     for _, row in why.iterrows():
         lines.append(
-            f"- {group_label(row, keys)} (n={row.n}): from step {int(row.first_step)} "
-            f"to step {int(row.last_step)}, the input to hidden layer {layer}'s "
+            f"- {group_label(row, keys)} ({seeds_behind(row)}): from step "
+            f"{int(row.first_step)} to step {int(row.last_step)}, the input to its "
+            f"last hidden layer's ({row.layer}) "
             f"activation (unit 0) moved its median from {row.act_in_p50_start:+.3f} "
             f"to {row.act_in_p50_end:+.3f} and its 15th–85th percentile range from "
             f"[{row.act_in_p15_start:+.3f}, {row.act_in_p85_start:+.3f}] to "
@@ -161,29 +188,29 @@ def why_section(why: pd.DataFrame, keys: list[str]) -> list[str]:
         )
         + "."
     )
-    lines += [f"- {ratio}" for ratio in smoothness_ratios(why, keys)]
+    lines += [f"- {ratio}" for ratio in smoothness_ratios(why, keys, reference)]
     lines += ["", *[f"![{name}]({name})" for name in WHY_FIGURES], ""]
     return lines
 
 
-def smoothness_ratios(why: pd.DataFrame, keys: list[str]) -> list[str]:
-    """Every model's mean β-smoothness and gradient change over the baseline's, at
+def smoothness_ratios(why: pd.DataFrame, keys: list[str], reference: str) -> list[str]:
+    """Every model's mean β-smoothness and gradient change over the reference's, at
     the same values of the other group keys."""
     facet_keys = [k for k in keys if k != "model"]
     ratios = []
     groups = why.groupby(facet_keys, dropna=False) if facet_keys else [((), why)]
     for key, part in groups:
-        base = part[part["model"] == "baseline"]
+        base = part[part["model"] == reference]
         if base.empty:
             continue
         base = base.iloc[0]
         key = key if isinstance(key, tuple) else (key,)
         where = ", ".join(f"{k}={v}" for k, v in zip(facet_keys, key))
-        for _, row in part[part["model"] != "baseline"].iterrows():
+        for _, row in part[part["model"] != reference].iterrows():
             beta = row.beta_smoothness_mean / base.beta_smoothness_mean
             change = row.grad_change_mean / base.grad_change_mean
             ratios.append(
-                f"{row.model} / baseline{f' ({where})' if where else ''}: "
+                f"{row.model} / {reference}{f' ({where})' if where else ''}: "
                 f"β-smoothness ×{beta:.3g}, gradient change ×{change:.3g}."
             )
     return ratios

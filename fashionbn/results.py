@@ -62,13 +62,21 @@ class WriteError(FashionbnError):
 
 
 def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "w") -> None:
-    """Call write(file) on a temporary file next to `path`, then rename it to `path`."""
+    """Call write(file) on a temporary file next to `path`, then rename it to `path`.
+
+    The data is flushed to the disk (fsync) before the rename, and the rename itself
+    after it (the directory's fsync): on a network filesystem (SLURM clusters) or
+    after a power cut, `path` then holds either the old file or the whole new one,
+    never a renamed but still empty one."""
     path = Path(path)
     partial = partial_name(path)
     try:
         with open(partial, mode, **({"newline": ""} if "b" not in mode else {})) as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(partial, path)
+        sync_directory(path.parent)
     except OSError as err:
         if err.errno in _DISK_ERRNOS:
             reason = (err.strerror or str(err)).lower()
@@ -76,6 +84,21 @@ def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "w") -> No
         raise
     finally:
         partial.unlink(missing_ok=True)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory, so that a rename into it is on the disk; best effort (not
+    every filesystem can open or sync a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def partial_name(path: Path) -> Path:

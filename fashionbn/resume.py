@@ -166,7 +166,8 @@ def finished_run(job_dir: Path, identity: dict, status: dict) -> Previous:
         status["status"], epochs,
     ):  # fmt: skip
         log.warning("%s: %s; restoring it from %s", job_dir, problem, CHECKPOINT_FILE)
-        return restored(job_dir, checkpoint, status.get("execution", []))
+        return restored(job_dir, checkpoint, status.get("execution", []),
+                        status.get("data_sha256"))  # fmt: skip
     why_not = checkpoint_problem or (
         f"{CHECKPOINT_FILE} holds {len(checkpoint.records)} epochs"  # type: ignore
     )
@@ -185,10 +186,17 @@ def diagnostics_problem(job_dir: Path, status: dict) -> Optional[str]:
     return read_checked(job_dir, DIAGNOSTICS_FILE, read_diagnostics, digest)[1]
 
 
-def restored(job_dir: Path, checkpoint: Checkpoint, execution: list[dict]) -> Previous:
+def restored(
+    job_dir: Path,
+    checkpoint: Checkpoint,
+    execution: list[dict],
+    data_sha256: Optional[str] = None,
+) -> Previous:
     """Rewrite the files of a finished run (metrics.csv, diagnostics.csv, status.json)
     from its checkpoint."""
     digests = {"metrics_sha256": write_metrics(checkpoint.records, job_dir)}
+    if data_sha256 is not None:
+        digests["data_sha256"] = data_sha256
     if "diagnostics" in checkpoint.state:
         rows = checkpoint.state["diagnostics"]["rows"]
         digests["diagnostics_sha256"] = write_diagnostics(rows, job_dir)

@@ -15,6 +15,8 @@ from fashionbn.stats import last_epochs
 
 # selection metric -> whether larger is better
 SELECT_BY = {"val_acc": True, "val_loss": False}
+# means closer than this are a tie (accuracies are fractions of a split: float noise)
+TIE_TOLERANCE = 1e-12
 
 
 @dataclass
@@ -24,6 +26,7 @@ class Selection:
     table: pd.DataFrame  # selection.csv: one row per model
     grid: pd.DataFrame  # per model and setting: n, mean/std of `by` and of test_acc
     results: pd.DataFrame  # the results rows of every model at its chosen setting
+    chosen: pd.DataFrame  # of those, each run's row at the epoch the choice used
     warnings: list[str] = field(default_factory=list)
 
 
@@ -60,9 +63,15 @@ def why_no_selection(
     return None
 
 
-def select(results: pd.DataFrame, group_keys: list[str], by: str) -> Selection:
+def select(
+    results: pd.DataFrame,
+    group_keys: list[str],
+    by: str,
+    diverged: Optional[pd.DataFrame] = None,
+) -> Selection:
     """Per model, the setting of the tuned keys with the best mean `by` at the runs'
-    last epoch (ties: the first setting in sorted order)."""
+    last epoch (ties: the first setting in sorted order, with a warning).
+    `diverged`: the parameters of runs that diverged, which an edge warning names."""
     tuned = tuned_keys(group_keys)
     last = last_epochs(results, ["run"])
     grouped = last.groupby(["model", *tuned], dropna=False)
@@ -80,7 +89,13 @@ def select(results: pd.DataFrame, group_keys: list[str], by: str) -> Selection:
         )
         chosen = order.iloc[0]
         chosen_rows.append(chosen)
-        warnings += _edge_warnings(model, chosen, part, tuned)
+        warnings += _tie_warnings(model, order, tuned, by)
+        failed = (
+            diverged[diverged["model"] == model]
+            if diverged is not None and "model" in diverged
+            else None
+        )
+        warnings += _edge_warnings(model, chosen, part, tuned, failed)
         if chosen["n"] < part["n"].max():
             warnings.append(
                 f"{model}'s chosen setting has n={int(chosen['n'])} complete runs, "
@@ -90,13 +105,34 @@ def select(results: pd.DataFrame, group_keys: list[str], by: str) -> Selection:
     table = pd.DataFrame(chosen_rows).reset_index(drop=True)
     table = table[["model", *tuned, "n", f"{by}_mean", "test_acc_mean", "test_acc_std"]]
     at_choice = results.merge(table[["model", *tuned]], on=["model", *tuned])
-    return Selection(tuned, by, table, grid, at_choice, warnings)
+    chosen_epochs = last_epochs(at_choice, ["run"])
+    return Selection(tuned, by, table, grid, at_choice, chosen_epochs, warnings)
+
+
+def _tie_warnings(
+    model: str, order: pd.DataFrame, tuned: list[str], by: str
+) -> list[str]:
+    """Say so when the best mean is shared: the choice is then only the grid's order."""
+    best = order[f"{by}_mean"].iloc[0]
+    tied = order[(order[f"{by}_mean"] - best).abs() <= TIE_TOLERANCE]
+    if len(tied) < 2:
+        return []
+    settings = [", ".join(f"{k}={row[k]}" for k in tuned) for _, row in tied.iterrows()]
+    return [
+        f"{model}: {' and '.join(settings)} tie at mean {by} {best:.4f}; the first in "
+        f"sorted order ({settings[0]}) was taken, the others would do as well"
+    ]
 
 
 def _edge_warnings(
-    model: str, chosen: pd.Series, part: pd.DataFrame, tuned: list[str]
+    model: str,
+    chosen: pd.Series,
+    part: pd.DataFrame,
+    tuned: list[str],
+    failed: Optional[pd.DataFrame] = None,
 ) -> list[str]:
-    """'widen the grid' for every numeric tuned value at the edge of what was tried."""
+    """'widen the grid' for every numeric tuned value at the edge of what was tried,
+    unless values beyond it were tried and diverged (then: that they diverged)."""
     warnings = []
     for key in tuned:
         tried = pd.to_numeric(part[key], errors="coerce").dropna().unique()
@@ -104,12 +140,24 @@ def _edge_warnings(
         if len(tried) < 2 or pd.isna(value):
             continue
         if value == tried.max():
-            edge = "largest"
+            edge, beyond = "largest", lambda other: other > value
         elif value == tried.min():
-            edge = "smallest"
+            edge, beyond = "smallest", lambda other: other < value
         else:
             continue
-        warnings.append(
-            f"{model}'s best {key}={chosen[key]} is the {edge} tried: widen the grid"
-        )
+        lost = []
+        if failed is not None and key in failed:
+            values = pd.to_numeric(failed[key], errors="coerce").dropna().unique()
+            lost = sorted(v for v in values if beyond(v))
+        if lost:
+            warnings.append(
+                f"{model}'s best {key}={chosen[key]} is the {edge} that trained "
+                f"without diverging: {key}={', '.join(f'{v:g}' for v in lost)} was "
+                "tried and diverged (see Diverged runs)"
+            )
+        else:
+            warnings.append(
+                f"{model}'s best {key}={chosen[key]} is the {edge} tried: widen the "
+                "grid"
+            )
     return warnings

@@ -1,7 +1,7 @@
-"""Statistics of the tidy results table: summaries across seeds, paired gaps to the
-baseline and how sure we are of them (t and bootstrap intervals, probability of
-improvement, Holm-corrected p-values, seeds needed), generalisation, epochs to reach an
-accuracy. Pure functions of tables and numbers."""
+"""Statistics of the tidy results table: summaries across seeds, how sure we are of
+paired gaps (fashionbn.pairing makes the pairs: t and bootstrap intervals, probability
+of improvement, Holm-corrected p-values, seeds needed), generalisation, epochs to reach
+an accuracy. Pure functions of tables and numbers."""
 
 import math
 from collections.abc import Sequence
@@ -12,7 +12,6 @@ from scipy import stats
 
 METRICS = ["test_acc", "test_loss", "train_acc", "train_loss", "seconds"]
 METRICS += ["val_acc", "val_loss"]  # NaN where runs have no validation split
-BASELINE = "baseline"
 LEVEL = 0.95  # every interval's confidence level
 MIN_BOOTSTRAP_PAIRS = 8  # fewer pairs: a bootstrap interval is not worth reporting
 
@@ -33,26 +32,6 @@ def last_epochs(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         return frame[frame["epoch"] == frame["epoch"].max()]
     last = frame.groupby(keys, dropna=False)["epoch"].transform("max")
     return frame[frame["epoch"] == last]
-
-
-def paired_gaps(results: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
-    """Test-accuracy difference of every other model minus the baseline, paired by seed
-    and all other parameters; empty when the sweep lacks a baseline or another model."""
-    models = set(results["model"])
-    if BASELINE not in models or len(models) < 2:
-        return pd.DataFrame()
-    pair_keys = [k for k in group_keys if k != "model"] + ["seed", "epoch"]
-    wide = results.pivot_table(
-        index=pair_keys, columns="model", values="test_acc", dropna=False
-    )
-    frames = []
-    for model in wide.columns:
-        if model == BASELINE:
-            continue
-        gap = (wide[model] - wide[BASELINE]).dropna().rename("gap").reset_index()
-        frames.append(gap.assign(comparison=f"{model} − {BASELINE}"))
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def t_interval(values: pd.Series, level: float = 0.95) -> tuple[float, float]:
@@ -153,14 +132,20 @@ def wilson_interval(share: float, n: int, level: float = LEVEL) -> tuple[float, 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def paired_p_value(gaps: Sequence[float]) -> float:
-    """Two-sided paired t-test p-value of mean gap = 0 (NaN for fewer than 2)."""
+def paired_p_value(gaps: Sequence[float]) -> tuple[float, str]:
+    """Two-sided p-value of mean gap = 0 and the test that gave it: the paired t-test
+    ("t"), or, when every gap is the same, the exact sign-flip permutation test
+    ("sign-flip"), since t is undefined without spread and zero spread is not
+    certainty: with n equal non-zero gaps only the two all-same-sign flips are as
+    extreme, p = 2 / 2^n (0.5 for two pairs). NaN for fewer than 2 pairs."""
     gaps = np.asarray(gaps, dtype=float)
     if len(gaps) < 2:
-        return math.nan
-    if no_spread(gaps):  # certain, unless the gap is 0
-        return 1.0 if abs(gaps[0]) <= SPREAD_TOLERANCE else 0.0
-    return float(stats.ttest_1samp(gaps, 0.0).pvalue)
+        return math.nan, "t"
+    if no_spread(gaps):
+        if abs(gaps[0]) <= SPREAD_TOLERANCE:
+            return 1.0, "sign-flip"
+        return 2.0 / 2 ** len(gaps), "sign-flip"
+    return float(stats.ttest_1samp(gaps, 0.0).pvalue), "t"
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -196,19 +181,22 @@ def compare(gaps: Sequence[float], precision: float) -> dict:
     share = probability_of_improvement(gaps)
     share_low, share_high = wilson_interval(share, n)
     std = float(np.std(gaps, ddof=1)) if n > 1 else math.nan
+    p_value, p_test = paired_p_value(gaps)
     return {
         "n": n, "mean": float(np.mean(gaps)), "ci_low": low, "ci_high": high,
         "boot_low": boot[0], "boot_high": boot[1], "p_improve": share,
         "p_improve_low": share_low, "p_improve_high": share_high,
-        "p_value": paired_p_value(gaps), "seeds_needed": seeds_needed(std, precision),
+        "p_value": p_value, "p_test": p_test,
+        "seeds_needed": seeds_needed(std, precision),
     }  # fmt: skip
 
 
 def comparisons(
-    gaps: pd.DataFrame, group_keys: list[str], precision: float, label: str = ""
+    gaps: pd.DataFrame, group_keys: list[str], precision: float
 ) -> pd.DataFrame:
     """compare() at epoch 1 and at the last epoch of every comparison (and value of
-    the other group keys), as the report states them."""
+    the other group keys), as the report states them (fashionbn.pairing.paired_gaps
+    makes the gaps)."""
     facet_keys = [k for k in group_keys if k != "model"]
     rows = []
     if gaps.empty:
@@ -219,9 +207,21 @@ def comparisons(
             at = part[part["epoch"] == epoch]["gap"]
             if at.empty:
                 continue
-            rows.append({"comparison": key[0] + label,
-                         **dict(zip(facet_keys, key[1:])), "epoch": epoch,
+            rows.append({"comparison": key[0], **dict(zip(facet_keys, key[1:])),
+                         "epoch": epoch, "epoch_reference": epoch,
                          **compare(at, precision)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def tuned_comparisons(gaps: pd.DataFrame, precision: float, label: str):
+    """compare() of each model at its chosen setting against the reference at its own
+    (fashionbn.pairing.tuned_gaps), each side at the epoch its selection used."""
+    rows = []
+    for comparison, part in [] if gaps.empty else gaps.groupby("comparison"):
+        rows.append({"comparison": comparison + label,
+                     "epoch": int(part["epoch"].iloc[0]),
+                     "epoch_reference": int(part["epoch_reference"].iloc[0]),
+                     **compare(part["gap"], precision)})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -251,13 +251,14 @@ def last_hidden_layer(summary: pd.DataFrame) -> str:
 
 
 def why_numbers(summary: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
-    """Per group: the last hidden layer's input distribution at the first and last
+    """Per group: its own last hidden layer's input distribution at the first and last
     measured step, and the run-mean landscape and ICS quantities (means across seeds,
-    then over steps)."""
-    last = last_hidden_layer(summary)
+    then over steps); n_min / n_max: the fewest and most seeds behind one point (they
+    differ when the runs measured different steps)."""
     rows = []
     for key, part in summary.groupby(group_keys, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
+        last = last_hidden_layer(part)  # groups may differ in depth
         first_step, last_step = part["step"].min(), part["step"].max()
 
         def at(step: int, quantity: str, layer: str = last) -> float:
@@ -272,7 +273,8 @@ def why_numbers(summary: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
             return float(hit["mean"].mean()) if len(hit) else math.nan
 
         row = {**dict(zip(group_keys, key)), "layer": last, "first_step": first_step,
-               "last_step": last_step, "n": int(part["n"].max())}  # fmt: skip
+               "last_step": last_step, "n_min": int(part["n"].min()),
+               "n_max": int(part["n"].max())}  # fmt: skip
         for quantity in ("act_in_p15", "act_in_p50", "act_in_p85", "act_in_std"):
             row[f"{quantity}_start"] = at(first_step, quantity)
             row[f"{quantity}_end"] = at(last_step, quantity)

@@ -37,8 +37,13 @@ class Sweep:
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (dir, same as)
     older: list[str] = field(default_factory=list)  # used runs of an older format
     fixed: dict[str, tuple] = field(default_factory=dict)  # key -> (kept, others)
-    model_options: dict[str, dict] = field(default_factory=dict)  # model -> {key: v}
+    # model -> {key: value}: what each model is (its model.* keys that are the same in
+    # all its runs; those that vary are group keys)
+    model_options: dict[str, dict] = field(default_factory=dict)
+    same_models: list[list[str]] = field(default_factory=list)  # names, one network
     notes: list[str] = field(default_factory=list)
+    # the parameters of the diverged runs (one row each)
+    diverged_params: pd.DataFrame = field(default_factory=pd.DataFrame)
     # tidy: run, its parameters, step, epoch, layer, quantity, value (runs that have it)
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -144,7 +149,8 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
             )
     rows = [j.metrics.assign(run=j.job_dir, **j.params) for j in complete]
     results = pd.concat(rows, ignore_index=True)[["run", *params, *METRIC_COLUMNS]]
-    group_keys, model_options = _group_keys(results, params)
+    group_keys = _group_keys(results, params)
+    model_options = describe_models(results, group_keys)
     readable = pd.DataFrame([j.params for j in jobs if j.params])
     diagnostics = [
         pd.DataFrame(j.diagnostics, columns=DIAGNOSTIC_COLUMNS).assign(
@@ -153,12 +159,16 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
         for j in complete
         if j.diagnostics
     ]
-    diagnostics_table = (
-        pd.concat(diagnostics, ignore_index=True)[["run", *params, *DIAGNOSTIC_COLUMNS]]
+    diagnostics_table = (  # runs without a key (another optimizer's) get it empty
+        pd.concat(diagnostics, ignore_index=True).reindex(
+            columns=["run", *params, *DIAGNOSTIC_COLUMNS]
+        )
         if diagnostics
         else pd.DataFrame()
     )
     return Sweep(
+        same_models=same_networks(results),
+        diverged_params=pd.DataFrame([j.params for j in diverged_jobs]),
         diagnostics=diagnostics_table,
         results=results,
         params=params,
@@ -185,10 +195,10 @@ def no_runs_message(sweep_dirs: list[Path], jobs: list[Job]) -> str:
     )
 
 
-def _group_keys(results: pd.DataFrame, params: list[str]) -> tuple[list[str], dict]:
+def _group_keys(results: pd.DataFrame, params: list[str]) -> list[str]:
     """'model' plus every parameter but seed that varies across the runs; a sub-key
     of a group choice (model.norm for model) that the choice determines is left
-    out of the groups and described per model instead."""
+    out of the groups and described per model instead (describe_models)."""
     runs = results.drop_duplicates("run")
     varying = varying_keys(runs, [p for p in params if p not in ("model", "seed")])
     implied = [
@@ -198,12 +208,48 @@ def _group_keys(results: pd.DataFrame, params: list[str]) -> tuple[list[str], di
         if key.startswith(f"{choice}.")
         and runs.groupby(choice, dropna=False)[key].nunique(dropna=False).max() == 1
     ]
-    model_options = {
-        model: {k: part[k].iloc[0] for k in implied if k.startswith("model.")}
-        for model, part in runs.groupby("model")
-    }
-    model_options = {m: o for m, o in model_options.items() if o}
-    return ["model", *[k for k in varying if k not in implied]], model_options
+    return ["model", *[k for k in varying if k not in implied]]
+
+
+# the keys that say what a network is, first in a model's description
+DESCRIBED_FIRST = ["model.hidden", "model.norm", "model.norm_placement",
+                   "model.activation", "model.init"]  # fmt: skip
+
+
+def model_keys(results: pd.DataFrame) -> list[str]:
+    """The model.* parameters (not the name), the ones that describe a network first."""
+    keys = [c for c in results.columns if c.startswith("model.")]
+    return [*[k for k in DESCRIBED_FIRST if k in keys],
+            *sorted(k for k in keys if k not in DESCRIBED_FIRST)]  # fmt: skip
+
+
+def describe_models(results: pd.DataFrame, group_keys: list[str]) -> dict:
+    """model -> {key: value} of every model.* key that is the same in all its runs
+    and applies to it (not null), whether or not it differs between models: a
+    report always says what each arm is. Keys that vary are group keys."""
+    runs = results.drop_duplicates("run")
+    described = {}
+    for model, part in runs.groupby("model"):
+        described[model] = {
+            key: part[key].iloc[0]
+            for key in model_keys(runs)
+            if key not in group_keys
+            and part[key].nunique(dropna=False) == 1
+            and pd.notna(part[key].iloc[0])
+        }
+    return described
+
+
+def same_networks(results: pd.DataFrame) -> list[list[str]]:
+    """Groups of model names whose runs are the same networks (every model.* key
+    equal): their gap measures nothing but a label."""
+    runs = results.drop_duplicates("run")
+    keys = model_keys(runs)
+    networks: dict[frozenset, list[str]] = {}
+    for model, part in runs.groupby("model"):
+        shapes = frozenset(part[keys].astype(str).apply(tuple, axis=1))
+        networks.setdefault(shapes, []).append(model)
+    return [sorted(names) for names in networks.values() if len(names) > 1]
 
 
 def _fixed_keys(results: pd.DataFrame, readable: pd.DataFrame, params: list[str]):

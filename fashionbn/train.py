@@ -65,28 +65,35 @@ class PlainSGD:
     applied as one foreach call. Built without torch.optim, whose constructor imports
     torch._dynamo (about 0.9 s of every process's start-up here), and without
     optimizer.step()'s per-call bookkeeping (profiled: ~15 % of a step of this small
-    MLP). The numbers are torch.optim.SGD's, bit for bit (tests/test_train.py)."""
+    MLP). The numbers are torch.optim.SGD's, bit for bit (tests/test_train.py), and so
+    is the behaviour a schedule or a frozen layer relies on: a parameter without a
+    gradient is left alone, and the learning rate is read from param_groups[0]["lr"]
+    at every step (a schedule that writes it takes effect)."""
 
     def __init__(self, params, lr: float):
-        self.params = list(params)
-        self.lr = lr
-        self.param_groups = [{"params": self.params, "lr": lr}]
+        self.param_groups = [{"params": list(params), "lr": lr}]
 
     @torch.no_grad()
     def step(self) -> None:
-        grads = [p.grad for p in self.params]
-        torch._foreach_add_(self.params, grads, alpha=-self.lr)
+        group = self.param_groups[0]
+        params = [p for p in group["params"] if p.grad is not None]
+        if params:
+            grads = [p.grad for p in params]
+            torch._foreach_add_(params, grads, alpha=-group["lr"])
 
     def state_dict(self) -> dict:
         """torch.optim.SGD's state_dict for the same settings (it has no state)."""
-        group = {"lr": self.lr, "momentum": 0.0, "dampening": 0.0,
-                 "weight_decay": 0.0, "nesterov": False, "maximize": False,
-                 "params": list(range(len(self.params)))}  # fmt: skip
+        params, lr = self.param_groups[0]["params"], self.param_groups[0]["lr"]
+        group = {"lr": lr, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
+                 "nesterov": False, "maximize": False,
+                 "params": list(range(len(params)))}  # fmt: skip
         return {"state": {}, "param_groups": [group]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Take the saved learning rate, as torch.optim.SGD does; refuse state."""
         if state.get("state"):
             raise ValueError("plain SGD has no state: this is another optimizer's")
+        self.param_groups[0]["lr"] = state["param_groups"][0]["lr"]
 
 
 def make_optimizer(params, optim_cfg):
@@ -111,6 +118,25 @@ def make_optimizer(params, optim_cfg):
             weight_decay=optim_cfg.weight_decay,
         )
     raise ConfigError(f"optim.name={optim_cfg.name}: known optimizers are sgd, adam")
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, batch_norm: bool) -> int:
+    """Optimizer steps per epoch: one per batch, except that a model with BatchNorm
+    skips batches of one sample (it cannot normalise over a single sample)."""
+    full, rest = divmod(num_samples, batch_size)
+    if not batch_norm:
+        return full + int(rest > 0)
+    return (full if batch_size > 1 else 0) + int(rest > 1)
+
+
+def check_trainable(cfg, num_samples: int) -> None:
+    """Refuse, before anything is trained or written, a run with no step to take."""
+    batch_norm = str(getattr(cfg.model.norm, "value", cfg.model.norm)) == "batchnorm"
+    if steps_per_epoch(num_samples, cfg.batch_size, batch_norm) == 0:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} with {num_samples} training sample(s) leaves "
+            "only one-sample batches, which BatchNorm cannot train on"
+        )
 
 
 def train_one_epoch(
@@ -190,14 +216,25 @@ def start_training(cfg, device: torch.device) -> Training:
 
 
 def training_state(training: Training) -> dict:
-    """Everything needed to continue bit-identically: weights, optimizer, every RNG."""
+    """Everything needed to continue bit-identically: weights, optimizer, every RNG.
+
+    Only tensors and plain Python values (numpy's RNG keys become a tensor), so that
+    checkpoint.pt loads with torch.load(weights_only=True): reading a job dir copied
+    from someone else never runs pickle."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "model": training.model.state_dict(),
         "optimizer": training.optimizer.state_dict(),
         "generator": training.generator.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
+        "numpy": (
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(position),
+            int(has_gauss),
+            float(cached),
+        ),  # fmt: skip
         "python": random.getstate(),
     }
 
@@ -210,7 +247,9 @@ def restore_training(training: Training, state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss,
+                         cached))  # fmt: skip
     random.setstate(state["python"])
 
 
@@ -296,8 +335,9 @@ def train_and_evaluate(cfg, data: Optional[FashionData] = None) -> list[dict]:
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    training = start_training(cfg, device)
     data = to_device(data if data is not None else load_dataset(cfg.data), device)
+    check_trainable(cfg, len(data.train_labels))
+    training = start_training(cfg, device)
     log_start(cfg, data, device)
     records: list[dict] = []
     train_epochs(cfg, training, data, records)

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fashionbn.aggregate import OUTPUTS, aggregate, main, newest_sweep
+from fashionbn.aggregate import aggregate, main, newest_sweep
+from fashionbn.outputs import MANIFEST, OUTPUTS
 from fashionbn.results import METRIC_COLUMNS
 from fashionbn.sweep import AggregateError, load_sweep, read_sweep
 from tests.conftest import make_job_dir
@@ -255,10 +256,15 @@ def test_model_options_are_described_not_grouped_separately(tmp_path) -> None:
     assert read.group_keys == ["model"]  # norm / norm_placement follow the model
     aggregate([sweep])
     report = report_of(sweep)
-    assert "baseline = model.norm=none" in report
     assert (
-        "batchnorm_after = model.norm=batchnorm, model.norm_placement=after" in report
-    )
+        "baseline = model.hidden=[64, 32], model.norm=none, model.activation=relu, "
+        "model.init=default; "
+    ) in report
+    assert (
+        "batchnorm_after = model.hidden=[64, 32], model.norm=batchnorm, "
+        "model.norm_placement=after, model.activation=relu, model.init=default, "
+        "model.bn_momentum=0.1, model.norm_eps=1e-05."
+    ) in report
 
 
 @pytest.mark.parametrize("value", ["70", "-1", "nan", "0", "1.5", "inf", "x"])
@@ -345,9 +351,10 @@ def test_stale_outputs_of_an_earlier_aggregate_are_removed(tmp_path) -> None:
     aggregate([only_bn], out_dir=out)
     assert not (out / "accuracy_gap.png").exists()
     assert sorted(p.name for p in out.iterdir()) == [
-        "report.md", "results.csv", "summary.csv", "summary.md", "test_accuracy.png",
+        MANIFEST, "report.md", "results.csv", "summary.csv", "summary.md",
+        "test_accuracy.png",
     ]  # fmt: skip
-    assert set(OUTPUTS) > {p.name for p in out.iterdir()}
+    assert set(OUTPUTS) > {p.name for p in out.iterdir()} - {MANIFEST}
 
 
 def test_when_nothing_is_usable_the_error_says_why(tmp_path, capsys) -> None:
@@ -422,13 +429,15 @@ def test_a_full_tmpfs_as_out_is_one_line_and_unchanged(
     tmp_path, capsys, tiny_tmpfs
 ) -> None:
     sweep = make_sweep(tmp_path / "sweep")
-    (tiny_tmpfs / "report.md").write_text("an earlier report\n")
+    (tiny_tmpfs / "report.md").write_text("# fashionbn report\nan earlier one\n")
     (tiny_tmpfs / "filler").write_bytes(os.urandom(280_000))  # leaves ~20 KB
     assert main([str(sweep), "--out", str(tiny_tmpfs)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no space left on device; nothing in" in err
     assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["filler", "report.md"]
-    assert (tiny_tmpfs / "report.md").read_text() == "an earlier report\n"
+    assert (
+        tiny_tmpfs / "report.md"
+    ).read_text() == "# fashionbn report\nan earlier one\n"
 
 
 # --- the command line --------------------------------------------------------------
@@ -536,8 +545,8 @@ def test_diagnostics_are_summarised_explained_and_drawn(tmp_path: Path) -> None:
     report = report_of(sweep)
     assert "## Why: what the diagnostics measured" in report
     assert (
-        "- model=baseline (n=2): from step 0 to step 10, the input to hidden layer 2's "
-        "activation (unit 0) moved its median from +0.000 to +1.500 and its 15th–85th "
+        "- model=baseline (n=2): from step 0 to step 10, the input to its last hidden "
+        "layer's (2) activation (unit 0) moved its median from +0.000 to +1.500 and its 15th–85th "
         "percentile range from [-1.000, +1.000] to [+0.500, +2.500]; the layer's "
         "per-unit standard deviation, averaged over its units, went from 1.000 to "
         "1.750."

@@ -5,7 +5,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from fashionbn.config import normalise_identity
+from fashionbn.checks import check_config
+from fashionbn.config import ConfigError, normalise_identity
 from fashionbn.job import run_identity
 from tests.conftest import CONF_DIR, compose_config
 
@@ -135,7 +136,7 @@ def test_identities_of_older_versions_use_todays_keys() -> None:
     identity = normalise_identity(old)
     assert identity["model"] == {
         "activation": "relu", "bn_momentum": 0.1, "hidden": [64, 32],
-        "init": "default", "init_std": 0.01, "name": "batchnorm_after",
+        "init": "default", "init_std": None, "name": "batchnorm_after",
         "norm": "batchnorm", "norm_eps": 1e-5, "norm_placement": "after",
     }  # fmt: skip
     assert identity["optim"] == {"lr": 0.01, "momentum": 0.0, "name": "sgd",
@@ -163,3 +164,49 @@ def test_loggers_are_not_part_of_a_runs_identity() -> None:
         cfg = compose("config", ["logger=all", "logger.experiment=e", "seed=2"],
                       return_hydra_config=True)  # fmt: skip
     assert cfg.hydra.job.override_dirname == "seed=2"
+
+
+# --- issue 15: keys that cannot change a run are not part of what it is -------------
+
+
+@pytest.mark.parametrize(
+    "model, irrelevant",
+    [
+        ("baseline", ["model.bn_momentum=0.5", "model.norm_eps=0.1",
+                      "model.norm_placement=after"]),
+        ("layernorm", ["model.bn_momentum=0.5"]),
+        ("batchnorm", ["model.init_std=0.5"]),  # the default init draws no N(0, std)
+        ("batchnorm", ["data.split_seed=7"]),  # no validation split to draw
+    ],
+)  # fmt: skip
+def test_keys_that_cannot_matter_give_the_same_identity(model, irrelevant) -> None:
+    plain = run_identity(compose_config([f"model={model}"]))
+    assert run_identity(compose_config([f"model={model}", *irrelevant])) == plain
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["model=batchnorm", "model.bn_momentum=0.5"],
+     ["model=layernorm", "model.norm_eps=0.1"],
+     ["model=batchnorm", "model.norm_placement=after"],
+     ["model.init=normal", "model.init_std=0.5"],
+     ["data.val_size=100", "data.split_seed=7"]],
+)  # fmt: skip
+def test_keys_that_matter_still_give_another_identity(overrides) -> None:
+    base = [o for o in overrides if o.split("=")[0] in ("model", "model.init",
+                                                         "data.val_size")]  # fmt: skip
+    assert run_identity(compose_config(overrides)) != run_identity(compose_config(base))
+
+
+def test_keys_that_cannot_matter_are_not_refused() -> None:
+    irrelevant = ["model.bn_momentum=2", "model.norm_eps=0", "model.init_std=0",
+                  "data.split_seed=-1"]  # fmt: skip
+    check_config(compose_config(irrelevant))
+    for overrides, key in (
+        (["model=batchnorm", "model.bn_momentum=2"], "model.bn_momentum=2.0"),
+        (["model=layernorm", "model.norm_eps=0"], "model.norm_eps=0.0"),
+        (["model.init=normal", "model.init_std=0"], "model.init_std=0.0"),
+        (["data.val_size=10", "data.split_seed=-1"], "data.split_seed=-1"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            check_config(compose_config(overrides))

@@ -91,9 +91,8 @@ def test_truncated_gz_is_named(tmp_path, tiny_system_dir) -> None:
     victim.write_bytes(victim.read_bytes()[:200])
     with pytest.raises(DatasetCorruptError, match="t10k-images-idx3-ubyte.gz"):
         load_dataset(data_cfg(tmp_path / "root", system_dir))
-    left = [p.name for p in raw_dir(tmp_path / "root").iterdir()]
-    assert "t10k-images-idx3-ubyte" not in left
-    assert not [name for name in left if "partial" in name]  # no half-written debris
+    # all four are read and checked before any is written: nothing, no debris
+    assert not raw_dir(tmp_path / "root").exists()
 
 
 def test_truncated_idx_file_is_named(tmp_path, tiny_system_dir) -> None:
@@ -265,3 +264,75 @@ def test_the_parser_gives_torchvisions_tensors_on_the_real_data(real_data_root):
         theirs = FashionMNIST(str(real_data_root), train=train, download=False)
         assert torch.equal(images, theirs.data.to(torch.float32) / 255)
         assert torch.equal(labels, theirs.targets)
+
+
+# --- issue 15: a dataset is what its files hold, not how its path is spelt ----------
+
+
+@pytest.fixture(scope="module")
+def fashion_gz_dir(tmp_path_factory, real_data_root) -> Path:
+    """A dir with FashionMNIST's four .gz files: Debian's, or made from data/."""
+    system = Path("/usr/share/datasets/fashion-mnist")
+    if (system / "train-images-idx3-ubyte.gz").is_file():
+        return system
+    made = tmp_path_factory.mktemp("fashion_gz")
+    for name in fashionbn.data.IDX_FILES:
+        with gzip.open(made / f"{name}.gz", "wb", compresslevel=1) as f:
+            f.write((raw_dir(real_data_root) / name).read_bytes())
+    return made
+
+
+def test_the_known_digests_are_the_real_fashion_mnist(real_data_root) -> None:
+    import hashlib
+
+    for name, digest in fashionbn.data.KNOWN_SHA256["fashion_mnist"].items():
+        content = (raw_dir(real_data_root) / name).read_bytes()
+        assert hashlib.sha256(content).hexdigest() == digest, name
+
+
+@pytest.mark.parametrize("spelling", ["trailing slash", "dot", "symlink"])
+def test_mnist_on_fashion_mnists_files_is_refused_however_spelt(
+    tmp_path, fashion_gz_dir, spelling
+) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(fashion_gz_dir)
+    system_dir = {"trailing slash": f"{fashion_gz_dir}/", "dot": f"{fashion_gz_dir}/.",
+                  "symlink": str(link)}[spelling]  # fmt: skip
+    cfg = compose_config(["data=mnist", f"data.system_dir={system_dir}",
+                          f"data.root={tmp_path / 'root'}"]).data  # fmt: skip
+    with pytest.raises(DatasetCorruptError) as info:
+        load_dataset(cfg)
+    assert "holds FashionMNIST's files (by their content" in str(info.value)
+    assert "but data.name=mnist: use data=fashion_mnist" in str(info.value)
+    assert not (tmp_path / "root" / "MNIST").exists()  # nothing lands there
+
+
+def test_fashion_mnists_files_put_where_mnist_goes_are_refused(
+    tmp_path, real_data_root
+) -> None:
+    target = raw_dir(tmp_path, "mnist")
+    target.mkdir(parents=True)
+    for name in fashionbn.data.IDX_FILES:
+        (target / name).symlink_to(raw_dir(real_data_root) / name)
+    cfg = compose_config(["data=mnist", f"data.root={tmp_path}"]).data
+    with pytest.raises(DatasetCorruptError, match=f"{target} holds FashionMNIST's"):
+        load_dataset(cfg)
+
+
+def test_a_run_records_its_data_by_content(tmp_path, tiny_system_dir) -> None:
+    """status.json's data_sha256: the digest of the four files it trained on."""
+    import hashlib
+    import json
+
+    from fashionbn.job import run_job
+
+    system_dir, arrays = tiny_system_dir
+    overrides = [f"data.system_dir={system_dir}", f"data.root={tmp_path / 'root'}",
+                 "epochs=1", "device=cpu"]  # fmt: skip
+    run_job(compose_config(overrides), tmp_path / "job")
+    status = json.loads((tmp_path / "job" / "status.json").read_text())
+    lines = ""
+    for name in fashionbn.data.IDX_FILES:
+        raw = (raw_dir(tmp_path / "root") / name).read_bytes()
+        lines += f"{name} {hashlib.sha256(raw).hexdigest()}\n"
+    assert status["data_sha256"] == hashlib.sha256(lines.encode()).hexdigest()

@@ -14,11 +14,11 @@ from fashionbn.diagnostics import (
     hidden_layers,
     measure,
     probe_indices,
-    steps_per_epoch,
 )
 from fashionbn.job import run_job
 from fashionbn.model import build_model
 from fashionbn.results import read_diagnostics, read_metrics
+from fashionbn.train import steps_per_epoch
 from tests.conftest import compose_config, kill_run, without_seconds
 
 STEP_SIZES = [0.5, 1.0, 2.0, 4.0]
@@ -175,11 +175,14 @@ def test_measuring_reads_the_training_state_only() -> None:
 def test_probe_batch_and_steps_per_epoch() -> None:
     assert torch.equal(probe_indices(1000, 8), probe_indices(1000, 8))
     assert len(set(probe_indices(1000, 128).tolist())) == 128
-    bn = build_model(compose_config(["model=batchnorm"]).model)
-    plain = build_model(compose_config([]).model)
-    assert steps_per_epoch(60_000, 64, plain) == 938
-    assert steps_per_epoch(129, 64, plain) == 3
-    assert steps_per_epoch(129, 64, bn) == 2  # BatchNorm skips the one-sample batch
+    assert steps_per_epoch(60_000, 64, batch_norm=False) == 938
+    assert steps_per_epoch(129, 64, batch_norm=False) == 3
+    assert steps_per_epoch(129, 64, batch_norm=True) == 2  # skips the 1-sample batch
+    assert steps_per_epoch(130, 64, batch_norm=True) == 3
+    # batches of one sample only: BatchNorm has nothing to train on
+    assert steps_per_epoch(5, 1, batch_norm=False) == 5
+    assert steps_per_epoch(5, 1, batch_norm=True) == 0
+    assert steps_per_epoch(1, 64, batch_norm=True) == 0
 
 
 # --- in a real run -------------------------------------------------------------------

@@ -447,3 +447,99 @@ def test_skipping_a_finished_run_does_not_read_its_checkpoint(
     monkeypatch.setattr(fashionbn.resume, "load_checkpoint", must_not_load)
     must_not_train(monkeypatch)
     assert run_job(cfg, tmp_path) == full
+
+
+# --- issue 15: checkpoints load without pickle; files reach the disk -----------------
+
+
+class RunsCodeWhenUnpickled:
+    """What a tampered checkpoint could hold: unpickling it creates a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_never_loaded(tmp_path) -> None:
+    from fashionbn.checkpoint import Checkpoint, save_checkpoint
+
+    marker = tmp_path / "code-ran"
+    state = {"model": {}, "evil": RunsCodeWhenUnpickled(marker)}
+    save_checkpoint(tmp_path, Checkpoint({"seed": 0}, "running", [], state))
+    assert not marker.exists()
+    checkpoint, problem = load_checkpoint(tmp_path)  # its digest is right
+    assert checkpoint is None and not marker.exists()
+    assert "holds more than tensors and plain values" in problem
+
+
+@pytest.mark.parametrize(
+    "optim", [["optim.momentum=0.9"], ["optim=adam"], []], ids=["momentum", "adam",
+                                                              "plain"]
+)  # fmt: skip
+def test_every_training_state_round_trips_without_pickle(tmp_path, optim) -> None:
+    """Weights, optimizer state and every RNG (torch, numpy, python, the shuffle
+    generator) come back from a weights_only checkpoint exactly."""
+    import random
+
+    import numpy as np
+
+    from fashionbn.checkpoint import Checkpoint, save_checkpoint
+    from fashionbn.train import restore_training, start_training, training_state
+
+    cfg = compose_config(["model=batchnorm", "model.hidden=[4]", *optim])
+    training = start_training(cfg, torch.device("cpu"))
+    model, optimizer = training.model, training.optimizer
+    for _ in range(2):  # optimizer state (momentum buffers, Adam's moments)
+        for p in model.parameters():
+            p.grad = None
+        model(torch.rand(8, 28, 28)).sum().backward()
+        optimizer.step()
+    np.random.standard_normal()  # numpy's cached gaussian is part of its state
+    save_checkpoint(tmp_path, Checkpoint({"seed": 0}, "running", [{"epoch": 1}],
+                                         training_state(training)))  # fmt: skip
+    expected = (torch.rand(3), np.random.rand(3), random.random(),
+                torch.rand(3, generator=training.generator))  # fmt: skip
+    checkpoint, problem = load_checkpoint(tmp_path)
+    assert problem is None and checkpoint.records == [{"epoch": 1}]
+    again = start_training(cfg, torch.device("cpu"))
+    restore_training(again, checkpoint.state)
+    got = (torch.rand(3), np.random.rand(3), random.random(),
+           torch.rand(3, generator=again.generator))  # fmt: skip
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2] and torch.equal(got[3], expected[3])
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[key], value)
+    assert str(again.optimizer.state_dict()) == str(optimizer.state_dict())
+
+
+def test_files_reach_the_disk_before_they_are_renamed(tmp_path, monkeypatch) -> None:
+    """checkpoint.pt, status.json and the csv files: fsync of the file's data, then
+    the rename, then fsync of the directory (network filesystems, power cuts)."""
+    import fashionbn.results
+    from fashionbn.checkpoint import Checkpoint, save_checkpoint
+    from fashionbn.results import write_metrics, write_status
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(fashionbn.results.os, "fsync", fsync)
+    monkeypatch.setattr(fashionbn.results.os, "replace", replace)
+    save_checkpoint(tmp_path, Checkpoint({"seed": 0}, "running", [], {}))
+    write_status(tmp_path, "running", {"seed": 0}, 0)
+    write_metrics([], tmp_path)
+    for name in ("checkpoint.pt", "status.json", "metrics.csv"):
+        renames = [e for e in events if e[0] == "replace" and e[2].endswith(name)]
+        assert len(renames) == 1, name
+        at = events.index(renames[0])
+        assert events[at - 1] == ("fsync", renames[0][1])  # the partial file's data
+        assert events[at + 1] == ("fsync", str(tmp_path))  # then the rename itself

@@ -35,13 +35,25 @@ def test_paired_p_value_closed_form_for_two_degrees_of_freedom() -> None:
     """For df = 2 the t distribution's cdf is 1/2 + t / (2 sqrt(2 + t^2)), so the
     two-sided p-value is 1 - t / sqrt(2 + t^2)."""
     t = 0.2 / (0.1 / math.sqrt(3))
-    assert paired_p_value([0.1, 0.2, 0.3]) == pytest.approx(1 - t / math.sqrt(2 + t**2))
-    assert paired_p_value([-0.1, -0.2, -0.3]) == pytest.approx(
+    p, test = paired_p_value([0.1, 0.2, 0.3])
+    assert p == pytest.approx(1 - t / math.sqrt(2 + t**2)) and test == "t"
+    assert paired_p_value([-0.1, -0.2, -0.3])[0] == pytest.approx(
         1 - t / math.sqrt(2 + t**2)
     )
-    assert math.isnan(paired_p_value([0.3]))
-    assert paired_p_value([0.1, 0.1, 0.1]) == 0.0  # no spread, not zero: certain
-    assert paired_p_value([0.0, 0.0]) == 1.0
+    assert math.isnan(paired_p_value([0.3])[0])
+
+
+@pytest.mark.parametrize(
+    "gaps, expected",
+    [([0.1, 0.1], 0.5), ([0.6 - 0.5, 0.2 - 0.1], 0.5), ([-0.02] * 3, 0.25),
+     ([0.1] * 5, 2 / 32), ([0.0, 0.0], 1.0)],
+)  # fmt: skip
+def test_equal_gaps_get_the_exact_sign_flip_p_value(gaps, expected) -> None:
+    """Zero spread is not certainty: of the 2^n sign flips of n equal gaps, the two
+    with all signs alike are as extreme as the data, so p = 2 / 2^n (never 0)."""
+    assert paired_p_value(gaps) == (pytest.approx(expected), "sign-flip")
+    row = compare(gaps, precision=0.01)
+    assert row["p_value"] == pytest.approx(expected) and row["p_test"] == "sign-flip"
 
 
 def test_holm_by_hand() -> None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import fashionbn.data
 import fashionbn.train
+from fashionbn.config import ConfigError
 from fashionbn.data import load_dataset, shuffled_batches, split_indices
 from fashionbn.job import run_job
 from fashionbn.model import build_model
@@ -235,3 +236,122 @@ def test_evaluating_the_validation_split_changes_nothing_else(
     ]
     assert all(0 <= r["val_acc"] <= 1 for r in with_val)
     assert all(r["val_acc"] * 500 == round(r["val_acc"] * 500) for r in with_val)
+
+
+# --- issue 15: the optimizer, the evaluation and batches of one sample ---------------
+
+
+def twin_linears() -> tuple:
+    """Two equal Linear layers, each with an extra parameter that gets no gradient."""
+    torch.manual_seed(0)
+    first = torch.nn.Linear(3, 2)
+    second = torch.nn.Linear(3, 2)
+    second.load_state_dict(first.state_dict())
+    return (
+        first,
+        torch.nn.Parameter(torch.ones(2)),
+        second,
+        torch.nn.Parameter(torch.ones(2)),
+    )
+
+
+def test_plain_sgd_leaves_a_parameter_without_gradient_alone_like_torchs_sgd():
+    first, unused_a, second, unused_b = twin_linears()
+    plain = PlainSGD([*first.parameters(), unused_a], lr=0.1)
+    reference = torch.optim.SGD([*second.parameters(), unused_b], lr=0.1)
+    x = torch.randn(4, 3)
+    for layer, optimizer in ((first, plain), (second, reference)):
+        layer(x).square().sum().backward()
+        optimizer.step()  # unused_* has .grad None: torch's SGD skips it
+    assert torch.equal(unused_a, torch.ones(2)) and torch.equal(unused_b, unused_a)
+    for a, b in zip(first.parameters(), second.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_plain_sgd_takes_a_learning_rate_written_into_its_param_group():
+    """A schedule writes param_groups[0]['lr']: the next step must use it."""
+    first, _, second, _ = twin_linears()
+    plain = PlainSGD(first.parameters(), lr=0.1)
+    reference = torch.optim.SGD(second.parameters(), lr=0.1)
+    torch.manual_seed(1)
+    for lr in (0.1, 0.5, 0.02):
+        x = torch.randn(4, 3)
+        for layer, optimizer in ((first, plain), (second, reference)):
+            optimizer.param_groups[0]["lr"] = lr
+            for p in layer.parameters():
+                p.grad = None
+            layer(x).square().sum().backward()
+            optimizer.step()
+        for a, b in zip(first.parameters(), second.parameters()):
+            assert torch.equal(a, b)
+    assert plain.state_dict()["param_groups"][0]["lr"] == 0.02
+    restored = PlainSGD(second.parameters(), lr=0.1)
+    restored.load_state_dict(reference.state_dict())  # torch's SGD restores its lr
+    assert restored.param_groups[0]["lr"] == 0.02
+
+
+@pytest.mark.parametrize("train_size, batch_size", [(96, 1), (1, 64)])
+def test_batchnorm_on_one_sample_batches_is_refused_before_anything_is_written(
+    tmp_path, tiny_system_dir, train_size, batch_size, monkeypatch
+) -> None:
+    system_dir, _ = tiny_system_dir
+
+    def fail(*args, **kwargs):
+        raise AssertionError("trained although no step can be taken")
+
+    monkeypatch.setattr(fashionbn.train, "train_one_epoch", fail)
+    cfg = compose_config(
+        [f"data.system_dir={system_dir}", f"data.root={tmp_path / 'root'}",
+         "model=batchnorm", f"batch_size={batch_size}",
+         f"data.train_size={train_size}", "device=cpu"]
+    )  # fmt: skip
+    job = tmp_path / "job"
+    with pytest.raises(ConfigError, match="leaves only one-sample batches"):
+        run_job(cfg, job)
+    assert not [p.name for p in job.iterdir() if p.name != ".lock"]
+    with pytest.raises(ConfigError, match="leaves only one-sample batches"):
+        train_and_evaluate(cfg)
+    # the baseline trains on one-sample batches
+    baseline = compose_config([*cfg_overrides(cfg), "model=baseline", "epochs=1"])
+    monkeypatch.undo()
+    assert len(train_and_evaluate(baseline)) == 1
+
+
+def cfg_overrides(cfg) -> list[str]:
+    return [f"data.system_dir={cfg.data.system_dir}", f"data.root={cfg.data.root}",
+            f"batch_size={cfg.batch_size}", f"data.train_size={cfg.data.train_size}",
+            "device=cpu"]  # fmt: skip
+
+
+def test_evaluation_uses_running_statistics_whatever_the_batch_size() -> None:
+    """evaluate() is an eval-mode pass: BatchNorm normalises with its running
+    statistics (F.batch_norm(training=False)), so the numbers do not depend on how the
+    split is batched, and the running statistics are not updated."""
+    torch.manual_seed(0)
+    model = build_model(compose_config(["model=batchnorm", "model.hidden=[6,5]"]).model,
+                        in_features=4, num_classes=3)  # fmt: skip
+    model.train()
+    for _ in range(5):  # running statistics away from their initial 0 / 1
+        model(torch.randn(32, 4) * 3 + 1)
+    images, labels = torch.randn(12, 2, 2) * 2, torch.arange(12) % 3
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    x = images.flatten(1)  # the same pass written with the functional ops
+    for module in model:
+        if isinstance(module, torch.nn.Linear):
+            x = F.linear(x, module.weight, module.bias)
+        elif isinstance(module, torch.nn.BatchNorm1d):
+            x = F.batch_norm(x, module.running_mean, module.running_var,
+                             module.weight, module.bias, training=False,
+                             eps=module.eps)  # fmt: skip
+        elif isinstance(module, torch.nn.ReLU):
+            x = torch.relu(x)
+    expected_loss = F.cross_entropy(x, labels).item()
+    expected_acc = (x.argmax(dim=1) == labels).float().mean().item()
+
+    for batch_size in (1, 5, 12):
+        loss, accuracy = fashionbn.train.evaluate(model, images, labels, batch_size)
+        assert loss == pytest.approx(expected_loss, rel=1e-5)
+        assert accuracy == pytest.approx(expected_acc)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key

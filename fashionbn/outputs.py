@@ -1,0 +1,123 @@
+"""The aggregate's output folder (--out): written as one set, and only ever touching
+what fashionbn's aggregate wrote there itself.
+
+Every output is rendered in memory first; then all are written to temporary files and
+renamed into place, so a full or read-only folder keeps its previous outputs, never
+half of a new set. `.fashionbn-outputs.json` records the name and SHA-256 of every
+file the aggregate wrote: an output name that exists but is not recorded there, or was
+changed since (a user's own `comparisons.csv`, an edited `report.md`), is never
+replaced or removed — the aggregate refuses instead. Folders written by a fashionbn
+before the record existed are recognised by their `report.md`.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from fashionbn.results import partial_name
+
+
+class OutputError(Exception):
+    """The outputs cannot be written without harming what the folder holds."""
+
+
+MANIFEST = ".fashionbn-outputs.json"
+REPORT_TITLE = b"# fashionbn report"
+# every file aggregate may write; one a new aggregate does not produce is removed,
+# if the aggregate wrote it
+OUTPUTS = (
+    "results.csv",
+    "summary.csv",
+    "summary.md",
+    "comparisons.csv",
+    "selection.csv",
+    "test_accuracy.png",
+    "accuracy_gap.png",
+    "tuning.png",
+    "diagnostics_summary.csv",
+    "layer_inputs.png",
+    "gradients.png",
+    "smoothness.png",
+    "report.md",
+)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def ours(out_dir: Path) -> dict[str, Optional[str]]:
+    """name -> SHA-256 of each output the aggregate wrote into out_dir (None: written
+    by a fashionbn that kept no record; then only the outputs beside its report)."""
+    try:
+        record = json.loads((out_dir / MANIFEST).read_text())
+        return {str(k): v for k, v in dict(record["written"]).items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        legacy = (out_dir / "report.md").read_bytes().startswith(REPORT_TITLE)
+    except OSError:
+        legacy = False
+    return {name: None for name in OUTPUTS if legacy and (out_dir / name).is_file()}
+
+
+def is_ours(out_dir: Path, name: str, written: dict[str, Optional[str]]) -> bool:
+    """Whether out_dir/name is the file the aggregate wrote, unchanged."""
+    if name not in written:
+        return False
+    if written[name] is None:
+        return True
+    try:
+        return digest((out_dir / name).read_bytes()) == written[name]
+    except OSError:
+        return False
+
+
+def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
+    """Write `files` into out_dir as one set, remove the aggregate's own outputs that
+    are not in it, and record what was written. Raise OutputError, changing nothing,
+    if an output name is taken by a file the aggregate did not write (or that was
+    changed since), or if the folder cannot take the files."""
+    written = ours(out_dir)
+    foreign = [
+        name
+        for name in files
+        if (out_dir / name).exists() and not is_ours(out_dir, name, written)
+    ]
+    if foreign:
+        raise OutputError(
+            f"refusing to replace {', '.join(str(out_dir / n) for n in foreign)}: "
+            "fashionbn's aggregate did not write "
+            f"{'it' if len(foreign) == 1 else 'them'} (or it was changed since); "
+            "move it away or choose another --out"
+        )
+    record = {"written": {name: digest(data) for name, data in sorted(files.items())}}
+    # the record travels with the set: written with it, renamed into place last
+    files = {**files, MANIFEST: (json.dumps(record, indent=2) + "\n").encode()}
+    partials = {name: partial_name(out_dir / name) for name in files}
+    target, started = out_dir, []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            target = out_dir / name
+            started.append(partials[name])
+            partials[name].write_bytes(data)
+    except OSError as err:
+        for partial in started:
+            try:
+                partial.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only dir never got it
+        reason = (err.strerror or str(err)).lower()
+        raise OutputError(
+            f"cannot write {target}: {reason}; nothing in {out_dir} was changed"
+        ) from err
+    for name, partial in partials.items():
+        if name != MANIFEST:
+            os.replace(partial, out_dir / name)
+    for stale in set(written) - set(files):
+        if is_ours(out_dir, stale, written):
+            (out_dir / stale).unlink(missing_ok=True)
+    os.replace(partials[MANIFEST], out_dir / MANIFEST)
