@@ -182,9 +182,15 @@ def aggregate(
     if analysis.diagnostics is not None:
         summary = analysis.diagnostics
         files["diagnostics_summary.csv"] = csv_bytes(summary)
-        files["layer_inputs.png"] = plot.png(plot.layer_inputs(summary, keys))
-        files["gradients.png"] = plot.png(plot.gradients(summary, keys))
-        files["smoothness.png"] = plot.png(plot.smoothness(summary, keys))
+        measured = set(summary["quantity"])
+        for name, draw, quantity in (
+            ("layer_inputs.png", plot.layer_inputs, "act_in_p50"),
+            ("gradients.png", plot.gradients, "grad_norm"),
+            ("smoothness.png", plot.smoothness, "beta_smoothness"),
+        ):
+            if quantity in measured:  # runs of every fashionbn measure all three
+                files[name] = plot.png(draw(summary, keys))
+                analysis.why_figures.append(name)
     report = write_report(sweep, analysis, figures, notes, sweep_dirs)
     files["report.md"] = report.encode()
     write_outputs(out_dir, files)

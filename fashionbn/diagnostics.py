@@ -30,6 +30,7 @@ that the probe's loss equals the model's own forward pass.
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -221,16 +222,29 @@ def _landscape(
     k = 1 + len(step_sizes)
     flat = torch.cat([grads[n][:k].flatten(1) for n in probe.names], dim=1)  # (k, P)
     changes = (flat[1:] - flat[0]).norm(dim=1)  # (len(step_sizes),)
-    g_norm = flat[0].norm().item()
-    loss_values, change_values = losses[:k].tolist(), changes.tolist()
-    betas = [
-        change / (size * lr * g_norm) if g_norm > 0 else math.nan
-        for change, size in zip(change_values, step_sizes)
-    ]
+    return landscape_values(
+        losses[:k].tolist(), changes.tolist(), step_sizes, lr, flat[0].norm().item()
+    )
+
+
+def landscape_values(
+    losses: list[float],
+    changes: list[float],
+    step_sizes: list[float],
+    lr: float,
+    g_norm: float,
+) -> list[tuple[str, float]]:
+    """loss_range (max − min of `losses`), grad_change (max of `changes`) and
+    beta_smoothness (max of change / (c * lr * |g|)). numpy's max/min, not Python's:
+    a NaN point makes the quantity NaN wherever it is (Python's max and min keep or
+    drop a NaN depending on its position)."""
+    losses_, changes_ = np.asarray(losses, float), np.asarray(changes, float)
+    distances = np.asarray(step_sizes, float) * lr * g_norm
+    betas = changes_ / distances if g_norm > 0 else np.full_like(changes_, math.nan)
     return [
-        ("loss_range", max(loss_values) - min(loss_values)),
-        ("grad_change", max(change_values)),
-        ("beta_smoothness", max(betas)),
+        ("loss_range", float(np.max(losses_) - np.min(losses_))),
+        ("grad_change", float(np.max(changes_))),
+        ("beta_smoothness", float(np.max(betas))),
     ]
 
 

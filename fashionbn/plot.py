@@ -198,6 +198,7 @@ def layer_inputs(summary: pd.DataFrame, keys: list[str]) -> Figure:
     colors = _palette(frame["percentile"])
     for ax, part, _ in axes:
         band_lines(ax, part, "step", "mean", "low", "high", "percentile", colors)
+        ax.set_title(part["panel"].iloc[0])
     title = (
         "Input to the last hidden layer's activation, unit 0: percentiles over the "
         "probe batch\nline = mean, band = ±1 std across seeds"

@@ -1,6 +1,6 @@
 """report.md: the sweep's observations in sentences, written from the tables."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +42,7 @@ class Analysis:
     tuned_generalisation: Optional[pd.DataFrame] = None
     diagnostics: Optional[pd.DataFrame] = None  # stats.diagnostics_summary
     why: Optional[pd.DataFrame] = None  # stats.why_numbers, when runs have diagnostics
+    why_figures: list[str] = field(default_factory=list)  # the diagnostics' figures
 
 
 def header(sweep: Sweep, sweep_dirs: list[Path]) -> list[str]:
@@ -219,7 +220,9 @@ def write_report(
             None if val_size is None else int(val_size.iloc[0]), analysis.reference,
         )  # fmt: skip
     if analysis.why is not None:
-        lines += why_section(analysis.why, keys, analysis.reference)
+        lines += why_section(
+            analysis.why, keys, analysis.reference, analysis.why_figures
+        )
     lines += ["## Summary (mean ± std across seeds)", "",
               summary_markdown(analysis.summary, keys), ""]  # fmt: skip
     if figures or notes:

@@ -12,7 +12,6 @@ from fashionbn.selection import Selection
 from fashionbn.stats import LEVEL, MIN_BOOTSTRAP_PAIRS
 
 TUNED = " (each at its best)"
-WHY_FIGURES = ("layer_inputs.png", "gradients.png", "smoothness.png")
 
 
 def comparisons_section(table: pd.DataFrame, keys: list[str], precision: float):
@@ -149,7 +148,9 @@ def seeds_behind(row: pd.Series) -> str:
     )
 
 
-def why_section(why: pd.DataFrame, keys: list[str], reference: str) -> list[str]:
+def why_section(
+    why: pd.DataFrame, keys: list[str], reference: str, figures: list[str]
+) -> list[str]:
     """What the diagnostics measured, in sentences: how far each group's last hidden
     layer's input distribution moved, and how smooth the landscape was."""
     lines = [
@@ -189,7 +190,7 @@ def why_section(why: pd.DataFrame, keys: list[str], reference: str) -> list[str]
         + "."
     )
     lines += [f"- {ratio}" for ratio in smoothness_ratios(why, keys, reference)]
-    lines += ["", *[f"![{name}]({name})" for name in WHY_FIGURES], ""]
+    lines += ["", *[f"![{name}]({name})" for name in figures], ""]
     return lines
 
 

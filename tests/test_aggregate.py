@@ -546,10 +546,10 @@ def test_diagnostics_are_summarised_explained_and_drawn(tmp_path: Path) -> None:
     assert "## Why: what the diagnostics measured" in report
     assert (
         "- model=baseline (n=2): from step 0 to step 10, the input to its last hidden "
-        "layer's (2) activation (unit 0) moved its median from +0.000 to +1.500 and its 15th–85th "
-        "percentile range from [-1.000, +1.000] to [+0.500, +2.500]; the layer's "
-        "per-unit standard deviation, averaged over its units, went from 1.000 to "
-        "1.750."
+        "layer's (2) activation (unit 0) moved its median from +0.000 to +1.500 and "
+        "its 15th–85th percentile range from [-1.000, +1.000] to [+0.500, +2.500]; "
+        "the layer's per-unit standard deviation, averaged over its units, went from "
+        "1.000 to 1.750."
     ) in report
     # run means: baseline beta (50 + 50 + 51 + 51) / 4 = 50.5, batchnorm 5.5
     assert "model=baseline: effective β-smoothness 50.5, gradient change 3.5" in report

@@ -12,6 +12,7 @@ from torch import nn
 
 from fashionbn.diagnostics import (
     hidden_layers,
+    landscape_values,
     measure,
     probe_indices,
 )
@@ -28,10 +29,13 @@ def as_dict(rows: list) -> dict:
     return {(layer, quantity): value for layer, quantity, value in rows}
 
 
-def tiny(model_name: str, hidden=(5, 4, 3), seed: int = 0) -> tuple:
+def tiny(
+    model_name: str, hidden=(5, 4, 3), seed: int = 0, activation: str = "relu"
+) -> tuple:
     """A small model on 4 inputs and 3 classes, and a batch of 16 made-up samples."""
     torch.manual_seed(seed)
-    cfg = compose_config([f"model={model_name}", f"model.hidden={list(hidden)}"])
+    cfg = compose_config([f"model={model_name}", f"model.hidden={list(hidden)}",
+                          f"model.activation={activation}"])  # fmt: skip
     model = build_model(cfg.model, in_features=4, num_classes=3)
     x = torch.randn(16, 4) * 2 + 0.5
     y = torch.arange(16) % 3
@@ -117,8 +121,14 @@ def test_normalised_layer_inputs_at_step_0(model_name: str) -> None:
             assert got[(number, "act_in_std")] != pytest.approx(1.0, abs=1e-3)
 
 
-def test_loss_landscape_and_ics_by_hand() -> None:
-    model, x, y = tiny("batchnorm")
+@pytest.mark.parametrize(
+    "model_name, activation",
+    [("baseline", "relu"), ("batchnorm", "relu"), ("batchnorm_after", "relu"),
+     ("layernorm", "relu"), ("layernorm", "tanh"), ("batchnorm", "sigmoid")],
+)  # fmt: skip
+def test_loss_landscape_and_ics_by_hand(model_name, activation) -> None:
+    """Every kind of model: the stacked pass must normalise as each module does."""
+    model, x, y = tiny(model_name, activation=activation)
     lr = 0.3
     got = as_dict(measure(model, x, y, lr, STEP_SIZES, ics=True))
     grads = plain_grads(model, x, y)
@@ -133,10 +143,13 @@ def test_loss_landscape_and_ics_by_hand() -> None:
         change = torch.cat([(moved[n] - grads[n]).flatten() for n in names]).norm()
         changes.append(change.item())
         betas.append(change.item() / (size * lr * g.norm().item()))
-    assert got[("all", "loss_range")] == pytest.approx(max(losses) - min(losses))
+    # a difference of float32 losses near 1: a few of their ulps (1.2e-7) of noise
+    assert got[("all", "loss_range")] == pytest.approx(
+        max(losses) - min(losses), abs=5e-7
+    )
     assert got[("all", "grad_change")] == pytest.approx(max(changes), rel=1e-5)
     assert got[("all", "beta_smoothness")] == pytest.approx(max(betas), rel=1e-5)
-    # ICS of layer 3: layers 1 and 2 (Linear + BatchNorm) take an SGD step first
+    # ICS of layer 3: layers 1 and 2 (Linear + their norm) take an SGD step first
     layers = hidden_layers(model)
     for number in (2, 3):
         earlier = {
@@ -155,6 +168,18 @@ def test_loss_landscape_and_ics_by_hand() -> None:
         cos = (before * after).sum() / (before.norm() * after.norm())
         assert got[(str(number), "ics_cos")] == pytest.approx(cos.item(), abs=1e-5)
     assert ("1", "ics_l2") not in got  # nothing comes before layer 1
+
+
+@pytest.mark.parametrize("where", [0, 1, -1])
+def test_a_nan_point_makes_the_landscape_nan_wherever_it_is(where) -> None:
+    losses, changes = [1.0, 2.0, 3.5], [0.1, 0.3, 0.2]
+    assert dict(landscape_values(losses, changes, [1.0, 2.0, 4.0], 0.5, 2.0)) == {
+        "loss_range": 2.5, "grad_change": 0.3,
+        "beta_smoothness": pytest.approx(max(0.1 / 1.0, 0.3 / 2.0, 0.2 / 4.0)),
+    }  # fmt: skip
+    losses[where], changes[where] = math.nan, math.nan
+    values = dict(landscape_values(losses, changes, [1.0, 2.0, 4.0], 0.5, 2.0))
+    assert all(math.isnan(v) for v in values.values()), values
 
 
 def test_measuring_reads_the_training_state_only() -> None:
