@@ -12,7 +12,11 @@ logger=csv.
 import fcntl
 import json
 import logging
+import os
 import time
+import urllib.error
+import urllib.request
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -26,6 +30,7 @@ from fashionbn.results import (
     METRICS_FILE,
     STATUS_FILE,
     atomic_write,
+    partial_name,
 )
 
 log = logging.getLogger(__name__)
@@ -138,6 +143,7 @@ class MLflowSink:
         self.state_path = job_dir / LOGGERS_FILE
         state = read_state(self.state_path)
         with self.turn():
+            create_sqlite_store(tracking_uri, MlflowClient)
             self.client = MlflowClient(tracking_uri=tracking_uri)
             old_run = state.get("mlflow_run_id")
             if fresh and old_run:  # the job starts again: its old run goes
@@ -208,12 +214,60 @@ class MLflowSink:
             self.client.set_terminated(self.run_id, finished)
 
 
+SQLITE = "sqlite:///"
+
+
 def sqlite_lock(tracking_uri: str) -> Optional[Path]:
     """The lock file beside a sqlite:/// store (None for any other store)."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
+    if not tracking_uri.startswith(SQLITE):
         return None
-    return Path(tracking_uri[len(prefix) :] + ".lock")
+    return Path(tracking_uri[len(SQLITE) :] + ".lock")
+
+
+def create_sqlite_store(tracking_uri: str, client_class) -> None:
+    """Create a sqlite:/// store that does not exist yet aside, schema migrated and
+    all, then rename it into place (the caller holds the store's lock): a kill during
+    the ~1.5 s of migrations leaves debris beside the store, never a half-migrated
+    store that every later job fails to open ("table ... already exists")."""
+    if not tracking_uri.startswith(SQLITE):
+        return
+    store = Path(tracking_uri[len(SQLITE) :])
+    if store.exists():
+        return
+    for debris in store.parent.glob(f".{store.name}.partial-*"):
+        debris.unlink(missing_ok=True)  # a creator killed earlier (we hold the lock)
+    # a name never used before: MLflow caches engines per URI, and one left from a
+    # failed creation in this process would still point at the removed file
+    aside = partial_name(store).with_name(
+        f"{partial_name(store).name}-{uuid.uuid4().hex[:8]}"
+    )
+    client_class(tracking_uri=f"{SQLITE}{aside}").search_experiments()  # migrates
+    os.replace(aside, store)
+
+
+# how long a tracking server may take to answer the probe before a sweep goes on
+# without it (MLflow's own HTTP retries take ~4 minutes per job)
+PROBE_SECONDS = 5.0
+_unreachable: dict[str, str] = {}  # tracking URI -> why, for this process
+
+
+def unreachable(tracking_uri: str) -> Optional[str]:
+    """Why an http(s) tracking server cannot be used, probed once per process (the
+    basic launcher runs a whole sweep in one) with a short timeout; None if it
+    answered or the store is not a server."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    if tracking_uri not in _unreachable:
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            urllib.request.urlopen(url, timeout=PROBE_SECONDS).close()
+            _unreachable[tracking_uri] = ""
+        except urllib.error.HTTPError:
+            _unreachable[tracking_uri] = ""  # it answered: a server is there
+        except (OSError, ValueError) as err:  # refused, timed out, no such host
+            reason = getattr(err, "reason", err)
+            _unreachable[tracking_uri] = f"{type(reason).__name__}: {reason}"
+    return _unreachable[tracking_uri] or None
 
 
 def read_state(path: Path) -> dict:
@@ -273,8 +327,19 @@ def make_loggers(
     starts = []
     if logger_cfg.tensorboard:
         starts.append(("tensorboard", lambda: TensorBoardSink(job_dir, params, fresh)))
-    if logger_cfg.mlflow:
-        uri = logger_cfg.tracking_uri or f"sqlite:///{log_root.resolve()}/mlflow.db"
+    uri = logger_cfg.tracking_uri or f"{SQLITE}{log_root.resolve()}/mlflow.db"
+    probed = uri in _unreachable
+    why = unreachable(uri) if logger_cfg.mlflow else None
+    if why and not probed:  # one line for the sweep: later jobs are told quietly
+        log.warning(
+            "logger mlflow is off for this sweep: the tracking server %s did not "
+            "answer within %g s (%s); training goes on and the csv files are "
+            "written, without mlflow",
+            uri, PROBE_SECONDS, why,
+        )  # fmt: skip
+    elif why:
+        log.info("logger mlflow stays off: %s did not answer earlier (%s)", uri, why)
+    elif logger_cfg.mlflow:
         experiment = logger_cfg.experiment or str(log_root.resolve())
         artifacts = log_root.resolve() / "mlartifacts"
         starts.append(

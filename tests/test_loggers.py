@@ -224,3 +224,80 @@ def test_a_kill_between_two_tags_logs_the_rest_once(overrides, tmp_path, monkeyp
     run_job(cfg, job)
     assert [step for step, _ in tensorboard_scalars(job, "train_loss")] == [1, 2, 3]
     assert [step for step, _ in tensorboard_scalars(job, "test_acc")] == [1, 2, 3]
+
+
+# --- issue 15: a store killed while it is created, a server that does not answer ----
+
+
+def test_a_kill_while_the_store_is_created_leaves_no_broken_store(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """A kill during the schema's migrations (~1.5 s of the first job) used to leave a
+    half-migrated mlflow.db that every later job failed to open ("table ... already
+    exists"): the store is created aside and renamed into place when complete."""
+    import mlflow.store.db.utils as db_utils
+
+    from fashionbn.loggers import MLflowSink
+
+    store = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{store}"
+
+    def killed(engine):
+        raise KeyboardInterrupt  # between creating the tables and migrating them
+
+    with monkeypatch.context() as patch:
+        patch.setattr(db_utils, "_upgrade_db", killed)
+        with pytest.raises(KeyboardInterrupt):
+            MLflowSink(tmp_path / "a", {"seed": 0}, True, uri, "e", tmp_path / "art")
+    assert not store.exists()
+    caplog.set_level(logging.WARNING)
+    (tmp_path / "b").mkdir()
+    sink = MLflowSink(tmp_path / "b", {"seed": 0}, True, uri, "e", tmp_path / "art")
+    sink.log([{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.6}], [])
+    history = mlflow_client(store).get_metric_history(sink.run_id, "test_acc")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.6)]
+    assert not caplog.records and not list(tmp_path.glob(".mlflow.db.partial-*"))
+
+
+def test_a_silent_tracking_server_costs_a_sweep_one_short_probe(
+    tmp_path, caplog, monkeypatch
+) -> None:
+    """A server that accepts connections but never answers: MLflow's own retries took
+    ~4 minutes per job. One probe with a short timeout, one warning, every later job
+    of the process goes on without mlflow at once."""
+    import socket
+    import time
+    import urllib.request
+
+    import fashionbn.loggers
+    from fashionbn.loggers import make_loggers
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the backlog; nothing ever answers
+    uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    monkeypatch.setattr(fashionbn.loggers, "PROBE_SECONDS", 0.5)
+    monkeypatch.setattr(fashionbn.loggers, "_unreachable", {})
+    probes, real_urlopen = [], urllib.request.urlopen
+
+    def counted(*args, **kwargs):
+        probes.append(args[0])
+        return real_urlopen(*args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", counted)
+    caplog.set_level(logging.WARNING)
+    cfg = compose_config(["logger=mlflow", f"logger.tracking_uri={uri}"]).logger
+    start = time.perf_counter()
+    for job in range(3):
+        loggers = make_loggers(cfg, tmp_path / f"job{job}", tmp_path, {"seed": job},
+                               {}, True)  # fmt: skip
+        assert loggers.sinks == []
+    assert time.perf_counter() - start < 5
+    silent.close()
+    assert probes == [f"{uri}/health"]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(
+        f"logger mlflow is off for this sweep: the tracking server {uri} did not "
+        "answer within 0.5 s"
+    )
+    assert "training goes on and the csv files are written" in warning

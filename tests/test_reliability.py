@@ -173,7 +173,10 @@ def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path: Path) -> Non
             ["diagnostics=on", "diagnostics.step_sizes=[1,-2]"],
             r"diagnostics.step_sizes=\[1.0, -2.0\]: give one or more",
         ),
-        (["model.bn_momentum=2"], r"model.bn_momentum=2.0: must be in \[0, 1\]"),
+        (
+            ["model=batchnorm", "model.bn_momentum=2"],
+            r"model.bn_momentum=2.0: must be in \[0, 1\]",
+        ),
         (["optim.momentum=-1"], r"optim.momentum=-1.0: must be in \[0, 1\)"),
         (["optim.nesterov=true"], "optim.nesterov=true needs optim.momentum > 0"),
         (["optim.weight_decay=-1"], "optim.weight_decay=-1.0: must be a finite"),
