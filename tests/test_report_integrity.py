@@ -395,8 +395,11 @@ def test_the_aggregates_own_outputs_are_replaced_and_edited_ones_kept(tmp_path):
     only_bn = tmp_path / "bn"
     job(only_bn, ["model=batchnorm", "seed=0"], [0.7, 0.8])
     (out / "summary.md").unlink()
-    assert main([str(only_bn), "--out", str(out)]) == 0
-    assert not (out / "accuracy_gap.png").exists()  # its own stale output: removed
+    assert (out / "comparisons.csv").is_file()
+    (out / "accuracy_gap.png").write_bytes(b"my annotated figure")
+    assert main([str(only_bn), "--out", str(out)]) == 0  # no gaps: neither produced
+    assert not (out / "comparisons.csv").exists()  # its own stale output: removed
+    assert (out / "accuracy_gap.png").read_bytes() == b"my annotated figure"  # kept
 
 
 # --- 15: figures draw the numbers of the tables --------------------------------------
