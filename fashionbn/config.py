@@ -99,6 +99,7 @@ class DataConfig:
     test_size: Optional[int] = None
     val_size: int = 0
     split_seed: int = 0
+    drop_last: bool = False
     eval_batch_size: int = 10_000
 
 
@@ -133,6 +134,7 @@ class Config:
     threads: Optional[int] = None
     force: bool = False
     divergence_loss: float = 100.0
+    precise_bn: bool = False
 
 
 OPTIM_SCHEMAS = {"sgd": SGDConfig, "adam": AdamConfig}
@@ -160,22 +162,24 @@ RENAMED_KEYS = {
     "model.bn_placement": "model.norm_placement",
     "model.bn_eps": "model.norm_eps",
 }
-# keys that decide what a run records besides its metrics, never its numbers (a test
-# proves diagnostics change no metric): part of a job's identity, but not parameters
-# of the experiment when the aggregate groups and counts runs
-MEASUREMENT_PREFIXES = ("diagnostics.",)
+# keys that decide what a run records besides its metrics, never its numbers (tests
+# prove diagnostics and precise BatchNorm statistics change no metric): part of a job's
+# identity, but not parameters of the experiment when the aggregate groups and counts
+# runs
+MEASUREMENT_PREFIXES = ("diagnostics.", "precise_bn")
 
 
 def not_applicable(flat: dict[str, Any]) -> list[str]:
-    """Keys of a flat config that cannot change what the run computes: a BatchNorm
-    setting without BatchNorm, a normalisation setting without normalisation, the
-    std of an init that is not used, the validation split's seed without a split.
-    They are not validated, and a run's identity holds null for them, so the same
-    computation has one identity whatever they were set to."""
+    """Keys of a flat config that cannot change what the run computes or records: a
+    BatchNorm setting without BatchNorm (its momentum, its precise statistics), a
+    normalisation setting without normalisation, the std of an init that is not used,
+    the validation split's seed without a split. They are not validated, and a run's
+    identity holds null for them, so the same computation has one identity whatever
+    they were set to."""
     norm = flat.get("model.norm", Norm.none.value)
     keys = []
     if norm != Norm.batchnorm.value:
-        keys.append("model.bn_momentum")
+        keys += ["model.bn_momentum", "precise_bn"]
     if norm == Norm.none.value:
         keys += ["model.norm_eps", "model.norm_placement"]
     if flat.get("model.init", Init.default.value) != Init.normal.value:

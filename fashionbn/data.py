@@ -331,11 +331,16 @@ def shuffled_batches(
     batch_size: int,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
+    drop_last: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """Yield index tensors of one shuffled epoch, like DataLoader(shuffle=True).
+    """Yield index tensors of one shuffled epoch, like DataLoader(shuffle=True,
+    drop_last=drop_last): the permutation is drawn the same way either way, so
+    drop_last changes which samples an epoch ends on, never the order.
 
     The order comes from the (CPU) `generator`, so a seed gives the same batches on
     every device; it is moved to `device` once per epoch, not once per batch.
     """
     order = torch.randperm(num_samples, generator=generator).to(device)
+    if drop_last:
+        order = order[: num_samples - num_samples % batch_size]
     yield from order.split(batch_size)

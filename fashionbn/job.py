@@ -294,8 +294,9 @@ def make_diagnostics(
         data.train_images.index_select(0, probe),
         data.train_labels.index_select(0, probe),
         steps_per_epoch(
-            len(data.train_labels), cfg.batch_size, has_batch_norm(training.model)
-        ),
+            len(data.train_labels), cfg.batch_size, has_batch_norm(training.model),
+            bool(cfg.data.get("drop_last", False)),
+        ),  # fmt: skip
         cfg.epochs, state.get("diagnostics"),
     )  # fmt: skip
 

@@ -47,6 +47,7 @@ class Job:
     metrics: Optional[pd.DataFrame] = None  # set when the run is complete
     diagnostics: Optional[list] = None  # diagnostics.csv's rows, where it has one
     diverged: Optional[str] = None  # how it diverged
+    diverged_metrics: Optional[pd.DataFrame] = None  # the epochs it ran, diverged
     problem: Optional[str] = None  # why it is skipped
 
 
@@ -139,6 +140,7 @@ def read_job(job_dir: Path) -> Job:
             f"diverged at epoch {len(metrics)} (train_loss "
             f"{metrics['train_loss'].iloc[-1]:.4g})"
         )
+        job.diverged_metrics = metrics  # its epochs before a smaller budget count
         return job
     if len(metrics) != epochs:
         job.problem = f"incomplete: {len(metrics)} of {epochs} epochs"

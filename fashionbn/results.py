@@ -41,7 +41,13 @@ REQUIRED_COLUMNS = [
     "test_acc",
     "seconds",
 ]
-METRIC_COLUMNS = [*REQUIRED_COLUMNS, "val_loss", "val_acc"]  # format 3
+# evaluation with precise BatchNorm statistics (fashionbn.precise_bn)
+PRECISE_COLUMNS = ["val_loss_precise", "val_acc_precise", "test_loss_precise",
+                   "test_acc_precise"]  # fmt: skip
+# format 3: val_loss and val_acc (empty without a validation split), then the four
+# *_precise columns (empty unless precise_bn=true and the model has BatchNorm; files
+# written before they existed end at val_acc and read as empty)
+METRIC_COLUMNS = [*REQUIRED_COLUMNS, "val_loss", "val_acc", *PRECISE_COLUMNS]
 METRICS_FILE = "metrics.csv"
 STATUS_FILE = "status.json"
 CHECKPOINT_FILE = "checkpoint.pt"

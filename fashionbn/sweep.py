@@ -17,6 +17,7 @@ from fashionbn.reading import CHOICES, Job, read_job
 from fashionbn.results import (
     DIAGNOSTIC_COLUMNS,
     METRIC_COLUMNS,
+    PRECISE_COLUMNS,
     RESULTS_FORMAT,
 )
 
@@ -42,8 +43,10 @@ class Sweep:
     model_options: dict[str, dict] = field(default_factory=dict)
     same_models: list[list[str]] = field(default_factory=list)  # names, one network
     notes: list[str] = field(default_factory=list)
-    # the parameters of the diverged runs (one row each)
+    # the parameters of the diverged runs (one row each), and their epochs (tidy, like
+    # results: the epochs before the one that diverged count at a smaller budget)
     diverged_params: pd.DataFrame = field(default_factory=pd.DataFrame)
+    diverged_results: pd.DataFrame = field(default_factory=pd.DataFrame)
     # tidy: run, its parameters, step, epoch, layer, quantity, value (runs that have it)
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -55,8 +58,13 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def _same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> Optional[str]:
-    """None if two runs' metrics agree (timings aside), else the first difference."""
-    a, b = a.drop(columns="seconds"), b.drop(columns="seconds")
+    """None if two runs' metrics agree (timings aside, and what only one of them
+    measured: precise statistics), else the first difference."""
+    unmeasured = [c for c in PRECISE_COLUMNS if a[c].isna().all() or b[c].isna().all()]
+    a, b = (
+        a.drop(columns=["seconds", *unmeasured]),
+        b.drop(columns=["seconds", *unmeasured]),
+    )
     if a.equals(b):
         return None
     headline = ["test_acc", "test_loss", "train_acc", "train_loss"]
@@ -72,6 +80,11 @@ def _same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> Optional[str]:
                     f"{row_a[column]:.6g} vs {row_b[column]:.6g}"
                 )
     return f"{len(a)} vs {len(b)} epochs"
+
+
+def measured_precisely(job: Job) -> bool:
+    """Whether the run recorded an evaluation with precise BatchNorm statistics."""
+    return bool(job.metrics["test_acc_precise"].notna().any())
 
 
 def _describe_execution(job: Job) -> str:
@@ -126,10 +139,10 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
             if job_dir.resolve() not in seen_jobs:  # nested sweep dirs share jobs
                 seen_jobs.add(job_dir.resolve())
                 jobs.append(read_job(job_dir))
-    # of two dirs holding the same run, keep the one with diagnostics
+    # of two dirs holding the same run, keep the one that measured most
     complete = sorted(
         (j for j in jobs if j.metrics is not None),
-        key=lambda j: (j.diagnostics is None, j.job_dir),
+        key=lambda j: (j.diagnostics is None, not measured_precisely(j), j.job_dir),
     )
     if not complete:
         raise AggregateError(no_runs_message(sweep_dirs, jobs))
@@ -147,9 +160,8 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
                 "the same run, complete in one and diverged in the other: refusing to "
                 "count either; aggregate only one of them"
             )
-    rows = [j.metrics.assign(run=j.job_dir, **j.params) for j in complete]
-    results = pd.concat(rows, ignore_index=True)[["run", *params, *METRIC_COLUMNS]]
-    group_keys = _group_keys(results, params)
+    results = tidy(complete, params)
+    group_keys = grouping_keys(results, params)
     model_options = describe_models(results, group_keys)
     readable = pd.DataFrame([j.params for j in jobs if j.params])
     diagnostics = [
@@ -168,7 +180,10 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     )
     return Sweep(
         same_models=same_networks(results),
-        diverged_params=pd.DataFrame([j.params for j in diverged_jobs]),
+        diverged_params=pd.DataFrame(
+            [{"run": j.job_dir, **j.params} for j in diverged_jobs]
+        ),
+        diverged_results=tidy(diverged_jobs, params, "diverged_metrics"),
         diagnostics=diagnostics_table,
         results=results,
         params=params,
@@ -183,6 +198,15 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     )
 
 
+def tidy(jobs: list[Job], params: list[str], field: str = "metrics") -> pd.DataFrame:
+    """One row per (run, epoch): run, every parameter, the metrics."""
+    rows = [getattr(j, field).assign(run=j.job_dir, **j.params) for j in jobs]
+    if not rows:
+        return pd.DataFrame(columns=["run", *params, *METRIC_COLUMNS])
+    frame = pd.concat(rows, ignore_index=True)
+    return frame.reindex(columns=["run", *params, *METRIC_COLUMNS])
+
+
 def no_runs_message(sweep_dirs: list[Path], jobs: list[Job]) -> str:
     where = ", ".join(map(str, sweep_dirs))
     unusable = [j for j in jobs if j.problem or j.diverged]
@@ -195,7 +219,7 @@ def no_runs_message(sweep_dirs: list[Path], jobs: list[Job]) -> str:
     )
 
 
-def _group_keys(results: pd.DataFrame, params: list[str]) -> list[str]:
+def grouping_keys(results: pd.DataFrame, params: list[str]) -> list[str]:
     """'model' plus every parameter but seed that varies across the runs; a sub-key
     of a group choice (model.norm for model) that the choice determines is left
     out of the groups and described per model instead (describe_models)."""

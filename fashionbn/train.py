@@ -21,6 +21,7 @@ from torch import nn
 from fashionbn.checks import check_config
 from fashionbn.config import ConfigError
 from fashionbn.data import FashionData, load_dataset, shuffled_batches
+from fashionbn.evaluation import evaluate_epoch
 from fashionbn.model import build_model, has_batch_norm
 from fashionbn.results import COMPLETE, DIVERGED
 
@@ -120,10 +121,14 @@ def make_optimizer(params, optim_cfg):
     raise ConfigError(f"optim.name={optim_cfg.name}: known optimizers are sgd, adam")
 
 
-def steps_per_epoch(num_samples: int, batch_size: int, batch_norm: bool) -> int:
-    """Optimizer steps per epoch: one per batch, except that a model with BatchNorm
-    skips batches of one sample (it cannot normalise over a single sample)."""
+def steps_per_epoch(
+    num_samples: int, batch_size: int, batch_norm: bool, drop_last: bool = False
+) -> int:
+    """Optimizer steps per epoch: one per batch (without the incomplete last batch
+    when drop_last), except that a model with BatchNorm skips batches of one sample
+    (it cannot normalise over a single sample)."""
     full, rest = divmod(num_samples, batch_size)
+    rest = 0 if drop_last else rest
     if not batch_norm:
         return full + int(rest > 0)
     return (full if batch_size > 1 else 0) + int(rest > 1)
@@ -132,11 +137,19 @@ def steps_per_epoch(num_samples: int, batch_size: int, batch_norm: bool) -> int:
 def check_trainable(cfg, num_samples: int) -> None:
     """Refuse, before anything is trained or written, a run with no step to take."""
     batch_norm = str(getattr(cfg.model.norm, "value", cfg.model.norm)) == "batchnorm"
-    if steps_per_epoch(num_samples, cfg.batch_size, batch_norm) == 0:
+    drop_last = bool(cfg.data.get("drop_last", False))
+    if steps_per_epoch(num_samples, cfg.batch_size, batch_norm, drop_last) > 0:
+        return
+    if drop_last and num_samples < cfg.batch_size:
         raise ConfigError(
-            f"batch_size={cfg.batch_size} with {num_samples} training sample(s) leaves "
-            "only one-sample batches, which BatchNorm cannot train on"
+            f"data.drop_last=true with batch_size={cfg.batch_size} and {num_samples} "
+            "training sample(s) drops every batch: use a smaller batch_size or "
+            "data.drop_last=false"
         )
+    raise ConfigError(
+        f"batch_size={cfg.batch_size} with {num_samples} training sample(s) leaves "
+        "only one-sample batches, which BatchNorm cannot train on"
+    )
 
 
 def train_one_epoch(
@@ -147,8 +160,10 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     on_step: Optional[Callable[[], None]] = None,
+    drop_last: bool = False,
 ) -> tuple[float, float]:
-    """One shuffled pass; returns (mean batch loss, accuracy). on_step, if given, is
+    """One shuffled pass (without the incomplete last batch when drop_last); returns
+    (mean batch loss, accuracy over the samples trained on). on_step, if given, is
     called after every update (fashionbn.diagnostics measures there)."""
     model.train()
     update = optimizer.step
@@ -156,7 +171,8 @@ def train_one_epoch(
     device = images.device
     loss_sum = torch.zeros((), device=device)
     predictions, targets = [], []
-    for batch in shuffled_batches(len(labels), batch_size, generator, device):
+    batches = shuffled_batches(len(labels), batch_size, generator, device, drop_last)
+    for batch in batches:
         if len(batch) == 1 and has_batch_norm(model):
             continue  # BatchNorm cannot train on one sample (DataLoader would crash)
         # index_select is ~3x faster than images[batch] for this gather (profiled)
@@ -182,21 +198,6 @@ def train_one_epoch(
     seen = torch.cat(targets)
     correct = (torch.cat(predictions) == seen).sum().item()
     return loss_sum.item() / len(predictions), correct / len(seen)
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
-) -> tuple[float, float]:
-    """Eval-mode pass over a whole split; returns (mean sample loss, accuracy)."""
-    model.eval()
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), dtype=torch.long, device=images.device)
-    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
-        logits = model(x)  # (B, 10)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(dim=1) == y).sum()
-    return loss_sum.item() / len(labels), correct.item() / len(labels)
 
 
 @dataclass
@@ -282,29 +283,17 @@ def train_epochs(
         start = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
             model, optimizer, data.train_images, data.train_labels, cfg.batch_size,
-            generator, on_step,
+            generator, on_step, bool(cfg.data.get("drop_last", False)),
         )  # fmt: skip
-        test_loss, test_acc = evaluate(
-            model, data.test_images, data.test_labels, cfg.data.eval_batch_size
-        )
-        val_loss, val_acc = None, None  # no validation split: empty in metrics.csv
-        if len(data.val_labels):
-            val_loss, val_acc = evaluate(
-                model, data.val_images, data.val_labels, cfg.data.eval_batch_size
-            )
+        evaluated = evaluate_epoch(cfg, model, data)
         seconds = time.perf_counter() - start
         records.append(
-            dict(
-                epoch=epoch,
-                train_loss=train_loss,
-                train_acc=train_acc,
-                test_loss=test_loss,
-                test_acc=test_acc,
-                seconds=seconds,
-                val_loss=val_loss,
-                val_acc=val_acc,
-            )
-        )
+            {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+             "test_loss": evaluated["test_loss"], "test_acc": evaluated["test_acc"],
+             "seconds": seconds, **evaluated}
+        )  # fmt: skip
+        test_loss, test_acc = evaluated["test_loss"], evaluated["test_acc"]
+        val_loss, val_acc = evaluated["val_loss"], evaluated["val_acc"]
         # NaN/inf, or so far above chance (ln 10 = 2.3) that training has blown up
         diverged = not math.isfinite(train_loss) or train_loss > cfg.divergence_loss
         if on_epoch is not None:

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+import fashionbn.evaluation
 import fashionbn.train
 from fashionbn.config import FashionbnError
 from fashionbn.data import raw_dir
@@ -34,7 +35,7 @@ def cfg3(small_real_overrides):
 def test_interrupted_run_resumes_with_identical_numbers(cfg3, tmp_path, monkeypatch):
     uninterrupted = run_job(cfg3, tmp_path / "whole")
 
-    real_evaluate, calls = fashionbn.train.evaluate, []
+    real_evaluate, calls = fashionbn.evaluation.evaluate, []
 
     def evaluate_then_crash(*args, **kwargs):
         calls.append(1)
@@ -42,7 +43,7 @@ def test_interrupted_run_resumes_with_identical_numbers(cfg3, tmp_path, monkeypa
             raise RuntimeError("simulated crash in epoch 2")
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(fashionbn.train, "evaluate", evaluate_then_crash)
+    monkeypatch.setattr(fashionbn.evaluation, "evaluate", evaluate_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_job(cfg3, tmp_path / "split")
     status = read_status(tmp_path / "split")[0]
@@ -50,7 +51,7 @@ def test_interrupted_run_resumes_with_identical_numbers(cfg3, tmp_path, monkeypa
     assert "simulated crash" in status["error"]
     assert len(read_metrics(tmp_path / "split")) == 1
 
-    monkeypatch.setattr(fashionbn.train, "evaluate", real_evaluate)
+    monkeypatch.setattr(fashionbn.evaluation, "evaluate", real_evaluate)
     resumed = run_job(cfg3, tmp_path / "split")
     assert without_seconds(resumed) == without_seconds(uninterrupted)
     assert without_seconds(read_metrics(tmp_path / "split")) == without_seconds(

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import fashionbn.data
+import fashionbn.evaluation
 import fashionbn.train
 from fashionbn.config import ConfigError
 from fashionbn.data import load_dataset, shuffled_batches, split_indices
+from fashionbn.evaluation import evaluate
 from fashionbn.job import run_job
 from fashionbn.model import build_model
 from fashionbn.results import METRIC_COLUMNS
@@ -221,14 +223,14 @@ def test_evaluating_the_validation_split_changes_nothing_else(
     with_val = train_and_evaluate(cfg)
     assert "1548 train / 500 val / 1000 test samples" in caplog.text
     assert "val_acc" in caplog.text
-    real_evaluate = fashionbn.train.evaluate
+    real_evaluate = fashionbn.evaluation.evaluate
 
     def skip_validation(model, images, labels, batch_size):
         if len(labels) == 500:
             return None, None
         return real_evaluate(model, images, labels, batch_size)
 
-    monkeypatch.setattr(fashionbn.train, "evaluate", skip_validation)
+    monkeypatch.setattr(fashionbn.evaluation, "evaluate", skip_validation)
     without_val = train_and_evaluate(cfg)
     keep = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
     assert [{k: r[k] for k in keep} for r in with_val] == [
@@ -350,7 +352,7 @@ def test_evaluation_uses_running_statistics_whatever_the_batch_size() -> None:
     expected_acc = (x.argmax(dim=1) == labels).float().mean().item()
 
     for batch_size in (1, 5, 12):
-        loss, accuracy = fashionbn.train.evaluate(model, images, labels, batch_size)
+        loss, accuracy = evaluate(model, images, labels, batch_size)
         assert loss == pytest.approx(expected_loss, rel=1e-5)
         assert accuracy == pytest.approx(expected_acc)
     for key, value in model.state_dict().items():

@@ -1,0 +1,164 @@
+"""The protocol choices an analysis is made under, applied to a read sweep: which
+evaluation of BatchNorm (its running statistics, or precise ones), at which budget
+(epoch), and which runs collapsed at evaluation.
+
+- evaluated(): the tables with test/val metrics of the chosen evaluation. With
+  "precise", BatchNorm runs take their *_precise columns; models without BatchNorm
+  have nothing to recompute and keep theirs.
+- at_budget(): the sweep as if every run had been asked for `epoch` epochs: longer
+  runs are cut there (the learning rate is constant, so their first epochs *are* the
+  shorter run), runs that diverged later count with their epochs before it, shorter
+  runs are left out; the same run seen twice counts once.
+- collapses(): runs whose evaluated accuracy falls far below their own training
+  accuracy at the same epoch.
+"""
+
+import dataclasses
+from typing import Optional
+
+import pandas as pd
+
+from fashionbn.markdown import plural
+from fashionbn.results import METRIC_COLUMNS
+from fashionbn.sweep import AggregateError, Sweep, _same_numbers, grouping_keys
+
+EVALUATIONS = ("default", "precise")
+EVALUATED = ["test_acc", "test_loss", "val_acc", "val_loss"]
+# train − evaluated accuracy above this at the evaluated epoch is a collapse (healthy
+# runs here stay within a few points: the largest seen at lr <= 0.3 is about 0.05)
+COLLAPSE_MARGIN = 0.2
+
+
+def describe_evaluation(evaluation: str) -> str:
+    if evaluation == "precise":
+        return (
+            "precise BatchNorm statistics (each BatchNorm layer's mean and variance "
+            "recomputed over the training samples before each evaluation; models "
+            "without BatchNorm are evaluated as usual)"
+        )
+    return (
+        "the default: BatchNorm evaluates with its running statistics (an average over "
+        "the last training steps, momentum model.bn_momentum)"
+    )
+
+
+def has_batch_norm(frame: pd.DataFrame) -> pd.Series:
+    return frame.get("model.norm", pd.Series("none", index=frame.index)) == "batchnorm"
+
+
+def evaluated(frame: pd.DataFrame, evaluation: str) -> pd.DataFrame:
+    """`frame` (results rows) with test/val metrics of `evaluation`; raises
+    AggregateError when BatchNorm runs did not record precise statistics."""
+    if evaluation == "default" or frame.empty:
+        return frame
+    batch_norm = has_batch_norm(frame)
+    missing = frame.loc[batch_norm & frame["test_acc_precise"].isna(), "run"].unique()
+    if len(missing):
+        raise AggregateError(
+            f"--metric precise: {plural(len(missing), 'BatchNorm run')} did not record "
+            f"precise statistics (e.g. {missing[0]}); run them with precise_bn=true"
+        )
+    frame = frame.copy()
+    for column in EVALUATED:
+        frame.loc[batch_norm, column] = frame.loc[batch_norm, f"{column}_precise"]
+    return frame
+
+
+def precise_available(sweep: Sweep) -> bool:
+    """Whether every BatchNorm run recorded precise statistics (and there is one)."""
+    results = sweep.results
+    batch_norm = has_batch_norm(results)
+    return bool(
+        batch_norm.any() and results.loc[batch_norm, "test_acc_precise"].notna().all()
+    )
+
+
+def at_budget(sweep: Sweep, epoch: int) -> Sweep:
+    """The sweep at `epoch` epochs (see the module docstring)."""
+    results, diverged = sweep.results, sweep.diverged_results
+    lasted = results.groupby("run")["epoch"].transform("max")
+    short = sorted(results.loc[lasted < epoch, "run"].unique())
+    kept = results[(lasted >= epoch) & (results["epoch"] <= epoch)]
+    if not diverged.empty:  # diverged after the budget: fine up to it
+        went = diverged.groupby("run")["epoch"].transform("max")
+        later = diverged[(went > epoch) & (diverged["epoch"] <= epoch)]
+        kept = pd.concat([kept, later], ignore_index=True)
+        still = sorted(set(diverged.loc[went <= epoch, "run"]))
+    else:
+        still = []
+    if kept.empty:
+        raise AggregateError(f"--at-epoch {epoch}: no run lasted {epoch} epochs")
+    kept = once(kept.assign(epochs=epoch), sweep.params)
+    notes = list(sweep.notes)
+    if short:
+        notes.append(
+            f"at epoch {epoch}: {plural(len(short), 'run')} ended earlier and "
+            f"{'is' if len(short) == 1 else 'are'} left out (e.g. {short[0]})"
+        )
+    params = sweep.diverged_params
+    return dataclasses.replace(
+        sweep,
+        results=kept,
+        group_keys=grouping_keys(kept, sweep.params),
+        diverged=[(run, how) for run, how in sweep.diverged if run in still],
+        diverged_params=params[params["run"].isin(still)] if len(params) else params,
+        diagnostics=sweep.diagnostics[sweep.diagnostics["epoch"] <= epoch]
+        if not sweep.diagnostics.empty
+        else sweep.diagnostics,
+        notes=notes,
+    )
+
+
+def once(frame: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    """Each run once: runs with every parameter equal (a 5-epoch run and the first 5
+    epochs of a 20-epoch one) must agree, and count once (the one that measured
+    precise statistics, if one did)."""
+    keys = [p for p in params if p in frame]
+    precise = frame.groupby("run")["test_acc_precise"].transform(
+        lambda column: column.notna().any()
+    )
+    order = frame.assign(_precise=precise).sort_values(
+        ["_precise", "run", "epoch"], ascending=[False, True, True]
+    )
+    kept: dict[tuple, pd.DataFrame] = {}
+    for run, rows in order.groupby("run", sort=False):
+        key = tuple(str(rows[k].iloc[0]) for k in keys)
+        if key not in kept:
+            kept[key] = rows
+            continue
+        first = kept[key][METRIC_COLUMNS].reset_index(drop=True)
+        difference = _same_numbers(first, rows[METRIC_COLUMNS].reset_index(drop=True))
+        if difference:
+            raise AggregateError(
+                f"{kept[key]['run'].iloc[0]} and {run} are the same run up to this "
+                f"epoch but differ ({difference}): refusing to count either"
+            )
+    return pd.concat(kept.values(), ignore_index=True).drop(columns="_precise")
+
+
+def collapses(frame: pd.DataFrame, margin: float = COLLAPSE_MARGIN) -> pd.DataFrame:
+    """Runs whose test or validation accuracy at their last epoch in `frame` falls
+    more than `margin` below their training accuracy of that epoch: run, model, epoch,
+    train_acc, test_acc, val_acc (one row per run)."""
+    last = frame[frame["epoch"] == frame.groupby("run")["epoch"].transform("max")]
+    worst = last[["test_acc", "val_acc"]].min(axis=1, skipna=True)
+    return last[last["train_acc"] - worst > margin]
+
+
+def why_collapsed(row: pd.Series, batch_size: int, train_samples: Optional[int]) -> str:
+    """The likely cause of one collapse, and what to try."""
+    causes = []
+    if row.get("model.norm") == "batchnorm":
+        causes.append(
+            "BatchNorm evaluates with running statistics that lag weights moving at "
+            "this learning rate"
+        )
+    if train_samples and train_samples % batch_size and not row.get("data.drop_last"):
+        causes.append(
+            f"the epoch ended on an incomplete batch of {train_samples % batch_size} "
+            "samples, one noisy step just before the evaluation"
+        )
+    tries = ["data.drop_last=true", "precise_bn=true (then --metric precise)",
+             "a smaller optim.lr"]  # fmt: skip
+    cause = "; ".join(causes) or "a noisy last step before the evaluation"
+    return f"likely: {cause}; try {', '.join(tries)}"
