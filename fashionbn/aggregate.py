@@ -15,31 +15,16 @@ from typing import Optional
 
 import pandas as pd
 
+from fashionbn.analysis import analyse
 from fashionbn.config import FashionbnError
-from fashionbn.markdown import plural, summary_markdown
+from fashionbn.markdown import summary_markdown
 from fashionbn.outputs import OutputError, write_outputs
-from fashionbn.pairing import BASELINE, PairingError, paired_gaps, tuned_gaps
-from fashionbn.report import Analysis, same_network_warning, write_report
-from fashionbn.report_sections import TUNED
-from fashionbn.selection import (
-    SELECT_BY,
-    Selection,
-    select,
-    tuned_keys,
-    why_no_selection,
-)
-from fashionbn.stats import (
-    comparisons,
-    diagnostics_summary,
-    epochs_to_reach,
-    gap_intervals,
-    generalisation,
-    summarize,
-    tuned_comparisons,
-    why_numbers,
-    with_holm,
-)
-from fashionbn.sweep import AggregateError, Sweep, load_sweep, read_sweep
+from fashionbn.pairing import BASELINE, PairingError
+from fashionbn.protocol import EVALUATIONS, at_budget
+from fashionbn.report import same_network_warning, write_report
+from fashionbn.robustness import robustness, verdict
+from fashionbn.selection import SELECT_BY
+from fashionbn.sweep import AggregateError, load_sweep, read_sweep
 
 __all__ = ["aggregate", "load_sweep", "main", "newest_sweep", "parse_threshold"]
 
@@ -50,73 +35,6 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue().encode()
 
 
-def analyse(
-    sweep: Sweep,
-    threshold: float,
-    precision: float,
-    select_by: str,
-    reference: str = BASELINE,
-) -> Analysis:
-    """Every table the outputs are made of; gaps are every model − `reference`."""
-    results, keys = sweep.results, sweep.group_keys
-    gaps = paired_gaps(results, keys, reference)
-    table = comparisons(gaps, keys, precision)
-    analysis = Analysis(
-        summary=summarize(results, keys),
-        intervals=gap_intervals(gaps, keys) if not gaps.empty else pd.DataFrame(),
-        comparisons=table,
-        generalisation=generalisation(results, keys),
-        reach=epochs_to_reach(results, keys, threshold),
-        threshold=threshold,
-        precision=precision,
-        reference=reference,
-        selection_note=why_no_selection(results, keys, select_by),
-    )
-    if analysis.selection_note is None and tuned_keys(keys):
-        selection = select(results, keys, select_by, sweep.diverged_params)
-        tuned = tuned_comparisons(
-            tuned_gaps(selection.chosen, reference), precision, TUNED
-        )
-        if tuned.empty:
-            analysis.tuned_note = why_no_tuned_gap(selection, sweep, reference)
-        table = pd.concat([table, tuned], ignore_index=True)
-        analysis.selection = selection
-        analysis.tuned_generalisation = generalisation(selection.chosen, ["model"])
-    analysis.comparisons = with_holm(table)
-    if not sweep.diagnostics.empty:
-        analysis.diagnostics = diagnostics_summary(sweep.diagnostics, keys)
-        analysis.why = why_numbers(analysis.diagnostics, keys)
-    return analysis
-
-
-def why_no_tuned_gap(selection: Selection, sweep: Sweep, reference: str) -> str:
-    """Why the tuned comparison has no gap: no reference, or no seed in common."""
-    chosen = selection.chosen
-    models = sorted(set(chosen["model"]))
-    if reference not in models:
-        diverged = sweep.diverged_params
-        lost = 0 if diverged.empty else int((diverged["model"] == reference).sum())
-        if lost:
-            return (
-                f"No tuned gap: model={reference} has no complete run to compare with "
-                f"(its {plural(lost, 'run')} diverged; see Diverged runs)."
-            )
-        return (
-            f"No tuned gap: the runs have no model={reference} to compare with "
-            f"(models: {', '.join(models)}); choose the reference with --baseline NAME."
-        )
-    if len(models) == 1:
-        return f"No tuned gap: model={reference} is the only model."
-    seeds = "; ".join(
-        f"{model} ran seed {', '.join(map(str, sorted(part['seed'])))}"
-        for model, part in chosen.groupby("model")
-    )
-    return (
-        f"No tuned gap: the chosen settings share no seed with model={reference}'s, so "
-        f"there is no pair to compare ({seeds})."
-    )
-
-
 def aggregate(
     sweep_dirs: list[Path],
     out_dir: Optional[Path] = None,
@@ -124,13 +42,20 @@ def aggregate(
     precision: float = 0.01,
     select_by: str = "val_acc",
     baseline: Optional[str] = None,
+    metric: str = "default",
+    at_epoch: Optional[int] = None,
+    budgets: Optional[list[int]] = None,
 ) -> Path:
     """Write the tables, plots and report.md into out_dir; return the report. Gaps
     are every model − `baseline` (default: the model named baseline; a name given
-    here must be one of the runs' models)."""
+    here must be one of the runs' models), on the test/val metrics of `metric`
+    (default, or precise BatchNorm statistics), at epoch `at_epoch` of every run that
+    lasted that long (default: each run's last). `budgets`: the epochs of the
+    robustness section's cells (default: 5 and the runs' last)."""
     from fashionbn import plot  # matplotlib is only needed here
 
-    sweep = read_sweep(sweep_dirs)
+    full = read_sweep(sweep_dirs)
+    sweep = at_budget(full, at_epoch) if at_epoch is not None else full
     out_dir = Path(out_dir or sweep_dirs[0])
     models = sorted(sweep.results["model"].unique())
     if baseline is not None and baseline not in models:
@@ -148,7 +73,13 @@ def aggregate(
     for names in sweep.same_models:
         print(f"warning: {same_network_warning(names, sweep)}", file=sys.stderr)
     keys = sweep.group_keys
-    analysis = analyse(sweep, threshold, precision, select_by, reference)
+    analysis = analyse(sweep, threshold, precision, select_by, reference, metric)
+    analysis.at_epoch = at_epoch
+    analysis.robustness = robustness(full, precision, reference, select_by, budgets)
+    for _, row in analysis.collapses.iterrows():
+        print(f"collapsed {row.run}: train {row.train_acc:.4f}, test "
+              f"{row.test_acc:.4f} at epoch {int(row.epoch)}",
+              file=sys.stderr)  # fmt: skip
     files = {
         "results.csv": csv_bytes(sweep.results),
         "summary.csv": csv_bytes(analysis.summary),
@@ -191,6 +122,12 @@ def aggregate(
             if quantity in measured:  # runs of every fashionbn measure all three
                 files[name] = plot.png(draw(summary, keys))
                 analysis.why_figures.append(name)
+    if analysis.robustness is not None:
+        analysis.verdict = verdict(analysis.robustness)
+        files["robustness.csv"] = csv_bytes(analysis.robustness)
+        files["robustness.png"] = plot.png(plot.robustness(analysis.robustness))
+        for sentence in analysis.verdict:
+            print(f"verdict: {sentence}", file=sys.stderr)
     report = write_report(sweep, analysis, figures, notes, sweep_dirs)
     files["report.md"] = report.encode()
     write_outputs(out_dir, files)
@@ -237,6 +174,18 @@ def parse_precision(text: str) -> float:
     return value
 
 
+def parse_epoch(text: str) -> int:
+    """An epoch number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give an epoch number >= 1, e.g. 5")
+    return int(text)
+
+
+def parse_budgets(text: str) -> list[int]:
+    """'5,20' -> [5, 20]."""
+    return sorted({parse_epoch(part.strip()) for part in text.split(",")})
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fashionbn.aggregate",
@@ -273,6 +222,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         "(default: baseline)",
     )  # fmt: skip
     parser.add_argument(
+        "--metric", choices=EVALUATIONS, default="default",
+        help="which evaluation of BatchNorm every number uses: default (its running "
+        "statistics) or precise (recomputed over the training samples; needs runs "
+        "with precise_bn=true; models without BatchNorm are evaluated as usual)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--at-epoch", type=parse_epoch, default=None, metavar="E",
+        help="select and compare at epoch E of every run that lasted that long "
+        "(the learning rate is constant, so it is the E-epoch run; default: each "
+        "run's last epoch)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--budgets", type=parse_budgets, default=None, metavar="E,E",
+        help="the epochs of the 'Does the answer depend on the protocol?' cells "
+        "(default: 5 and the runs' last epoch)",
+    )  # fmt: skip
+    parser.add_argument(
         "--precision", type=parse_precision, default=0.01,
         help="the 95 %% interval half-width the report's 'seeds needed' aims at "
         "(default: 0.01, one accuracy point)",
@@ -282,7 +248,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         sweep_dirs = args.sweep_dirs or [newest_sweep()]
         report = aggregate(
             sweep_dirs, args.out, args.threshold, args.precision, args.select_by,
-            args.baseline,
+            args.baseline, args.metric, args.at_epoch, args.budgets,
         )  # fmt: skip
     except (AggregateError, FashionbnError, OutputError, PairingError) as err:
         print(f"error: {err}", file=sys.stderr)

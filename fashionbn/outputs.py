@@ -40,6 +40,8 @@ OUTPUTS = (
     "layer_inputs.png",
     "gradients.png",
     "smoothness.png",
+    "robustness.csv",
+    "robustness.png",
     "report.md",
 )
 

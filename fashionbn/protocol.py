@@ -14,7 +14,6 @@ evaluation of BatchNorm (its running statistics, or precise ones), at which budg
 """
 
 import dataclasses
-from typing import Optional
 
 import pandas as pd
 
@@ -27,6 +26,7 @@ EVALUATED = ["test_acc", "test_loss", "val_acc", "val_loss"]
 # train − evaluated accuracy above this at the evaluated epoch is a collapse (healthy
 # runs here stay within a few points: the largest seen at lr <= 0.3 is about 0.05)
 COLLAPSE_MARGIN = 0.2
+TRAIN_SET = 60_000  # training samples of FashionMNIST and of MNIST alike
 
 
 def describe_evaluation(evaluation: str) -> str:
@@ -145,20 +145,25 @@ def collapses(frame: pd.DataFrame, margin: float = COLLAPSE_MARGIN) -> pd.DataFr
     return last[last["train_acc"] - worst > margin]
 
 
-def why_collapsed(row: pd.Series, batch_size: int, train_samples: Optional[int]) -> str:
-    """The likely cause of one collapse, and what to try."""
+def why_collapsed(row: pd.Series) -> str:
+    """The likely cause of one collapse (a results row with its parameters), and what
+    to try."""
     causes = []
     if row.get("model.norm") == "batchnorm":
         causes.append(
-            "BatchNorm evaluates with running statistics that lag weights moving at "
-            "this learning rate"
+            "BatchNorm evaluates with running statistics that lag weights moving this "
+            "fast"
         )
-    if train_samples and train_samples % batch_size and not row.get("data.drop_last"):
+    size = row.get("data.train_size")
+    samples = (TRAIN_SET if pd.isna(size) else int(size)) - int(
+        row.get("data.val_size") or 0
+    )
+    left = samples % int(row.get("batch_size", 64))
+    if left and not row.get("data.drop_last"):
         causes.append(
-            f"the epoch ended on an incomplete batch of {train_samples % batch_size} "
-            "samples, one noisy step just before the evaluation"
+            f"the epoch ended on an incomplete batch of {left} samples, one noisy step "
+            "just before the evaluation"
         )
-    tries = ["data.drop_last=true", "precise_bn=true (then --metric precise)",
-             "a smaller optim.lr"]  # fmt: skip
-    cause = "; ".join(causes) or "a noisy last step before the evaluation"
-    return f"likely: {cause}; try {', '.join(tries)}"
+    cause = "; ".join(causes) or "one noisy last step before the evaluation"
+    tries = "data.drop_last=true, precise_bn=true (then --metric precise), a smaller "
+    return f"likely {cause}; try {tries}optim.lr"

@@ -1,48 +1,56 @@
 """report.md: the sweep's observations in sentences, written from the tables."""
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
+from fashionbn.analysis import Analysis
 from fashionbn.markdown import (
     group_label,
     mean_std,
     plural,
     summary_markdown,
 )
-from fashionbn.pairing import BASELINE
+from fashionbn.protocol import describe_evaluation
 from fashionbn.report_sections import (
+    collapse_section,
     comparisons_section,
     generalisation_line,
+    robustness_section,
     tuned_section,
     why_section,
 )
-from fashionbn.selection import Selection
 from fashionbn.stats import last_epochs
 from fashionbn.sweep import Sweep
 
 
-@dataclass
-class Analysis:
-    """The tables a report is written from (fashionbn.aggregate computes them)."""
-
-    summary: pd.DataFrame
-    intervals: pd.DataFrame  # per comparison and epoch: the t-interval (figure)
-    comparisons: pd.DataFrame  # the report's comparisons, every statistic, p_holm
-    generalisation: pd.DataFrame
-    reach: pd.DataFrame
-    threshold: float
-    precision: float
-    reference: str = BASELINE  # every gap is a model − this one
-    selection: Optional[Selection] = None
-    selection_note: Optional[str] = None
-    tuned_note: Optional[str] = None  # why a selection has no tuned gap
-    tuned_generalisation: Optional[pd.DataFrame] = None
-    diagnostics: Optional[pd.DataFrame] = None  # stats.diagnostics_summary
-    why: Optional[pd.DataFrame] = None  # stats.why_numbers, when runs have diagnostics
-    why_figures: list[str] = field(default_factory=list)  # the diagnostics' figures
+def protocol_lines(sweep: Sweep, analysis: Analysis) -> list[str]:
+    """How the numbers were evaluated, at which epoch, and what they do not test."""
+    lines = [f"Evaluation: {describe_evaluation(analysis.evaluation)}."]
+    if analysis.at_epoch is not None:
+        lines.append(
+            f"Every number is at epoch {analysis.at_epoch} (--at-epoch) of the runs "
+            "that lasted that long: the learning rate is constant, so those epochs "
+            f"are the {analysis.at_epoch}-epoch run."
+        )
+    results = sweep.results
+    untuned = analysis.selection is None and not analysis.selection_note
+    if untuned and "optim.lr" in results and results["optim.lr"].nunique() == 1:
+        lr = results["optim.lr"].iloc[0]
+        drop_last = results.get("data.drop_last", pd.Series([False])).iloc[0]
+        protocol = (
+            "the notebook's protocol (the epoch's last incomplete batch kept, "
+            "BatchNorm's running statistics)"
+            if not drop_last and analysis.evaluation == "default"
+            else "one protocol"
+        )
+        lines.append(
+            f"These gaps compare the models at one learning rate (optim.lr={lr}, "
+            f"the same for both, not tuned) under {protocol}; `experiment=robust` "
+            "tests whether the answer survives tuning each model's learning rate and "
+            "the protocol's choices."
+        )
+    return lines
 
 
 def header(sweep: Sweep, sweep_dirs: list[Path]) -> list[str]:
@@ -154,6 +162,13 @@ def observations(sweep: Sweep, analysis: Analysis) -> list[str]:
             f"{group_label(shaky, keys)} (std {shaky.test_acc_std:.4f}{at(shaky)})."
         )
     lines.append(generalisation_line(analysis.generalisation, keys, "Generalisation"))
+    if not analysis.collapses.empty:
+        lines.append(
+            f"- {plural(len(analysis.collapses), 'run')} collapsed at the evaluated "
+            "epoch (test or validation accuracy more than 0.2 below its training "
+            "accuracy; listed under 'Evaluation collapses'): the means above include "
+            f"{'it' if len(analysis.collapses) == 1 else 'them'}."
+        )
     cells = []
     for _, row in analysis.reach.iterrows():
         reached = (
@@ -207,7 +222,8 @@ def write_report(
 ) -> str:
     """The assignment's 'Observations', written from the numbers, as markdown."""
     keys = sweep.group_keys
-    lines = ["# fashionbn report", "", *header(sweep, sweep_dirs), ""]
+    lines = ["# fashionbn report", "", *header(sweep, sweep_dirs)]
+    lines += [*protocol_lines(sweep, analysis), ""]
     lines += ["## Observations", ""]
     lines += observations(sweep, analysis)
     lines.append("")
@@ -219,6 +235,10 @@ def write_report(
             analysis.comparisons, analysis.tuned_generalisation,
             None if val_size is None else int(val_size.iloc[0]), analysis.reference,
         )  # fmt: skip
+    if analysis.robustness is not None:
+        lines += robustness_section(analysis.robustness, analysis.verdict)
+    if not analysis.collapses.empty:
+        lines += collapse_section(analysis.collapses, analysis.collapse_reasons)
     if analysis.why is not None:
         lines += why_section(
             analysis.why, keys, analysis.reference, analysis.why_figures

@@ -7,11 +7,10 @@ from typing import Optional
 
 import pandas as pd
 
+from fashionbn.analysis import TUNED
 from fashionbn.markdown import group_label, interval, mean_std, p_text, signed
 from fashionbn.selection import Selection
 from fashionbn.stats import LEVEL, MIN_BOOTSTRAP_PAIRS
-
-TUNED = " (each at its best)"
 
 
 def comparisons_section(table: pd.DataFrame, keys: list[str], precision: float):
@@ -133,7 +132,7 @@ def tuned_section(
     if generalisation is not None:
         prefix = "Generalisation at the chosen settings"
         lines.append(generalisation_line(generalisation, ["model"], prefix))
-    lines += ["", "![tuning.png](tuning.png)", ""]
+    lines += ["", *tuning_table(selection), "", "![tuning.png](tuning.png)", ""]
     return lines
 
 
@@ -146,6 +145,22 @@ def seeds_behind(row: pd.Series) -> str:
         "steps (another diagnostics.every_steps or run length), so some points rest "
         f"on {int(row.n_min)} seed{'s' if row.n_min > 1 else ''} only"
     )
+
+
+def tuning_table(selection: Selection) -> list[str]:
+    """Every setting tried, per model: n, the selection metric and the test accuracy
+    (mean ± std over seeds), and how many of its runs collapsed at evaluation."""
+    by, grid = selection.by, selection.grid
+    header = ["model", *selection.tuned, "n", f"{by} (mean ± std)",
+              "test_acc (mean ± std)", "collapsed"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in grid.iterrows():
+        cells = [row.model, *[row[k] for k in selection.tuned], int(row.n),
+                 mean_std(row[f"{by}_mean"], row[f"{by}_std"], row.n).split(" (")[0],
+                 mean_std(row.test_acc_mean, row.test_acc_std, row.n).split(" (")[0],
+                 int(row.get("collapsed", 0))]  # fmt: skip
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines
 
 
 def why_section(
@@ -215,3 +230,67 @@ def smoothness_ratios(why: pd.DataFrame, keys: list[str], reference: str) -> lis
                 f"β-smoothness ×{beta:.3g}, gradient change ×{change:.3g}."
             )
     return ratios
+
+
+def robustness_section(table: pd.DataFrame, sentences: list[str]) -> list[str]:
+    """'Does the answer depend on the protocol?': a row per protocol cell, then the
+    verdict."""
+    lines = [
+        "## Does the answer depend on the protocol?",
+        "",
+        "Each cell repeats the tuned comparison (each model at its own best setting, "
+        "chosen on validation data at that budget and with that evaluation) under one "
+        "choice of the protocol: the epoch's last incomplete batch kept or dropped "
+        "(`data.drop_last`), BatchNorm evaluated with its running statistics or with "
+        "precise ones (recomputed over the training samples; models without "
+        "BatchNorm are evaluated as usual in both), and the budget (the runs cut at "
+        "that epoch). The cells are separate comparisons of one question: their "
+        f"p-values are corrected together (Holm, {len(table)} comparisons).",
+        "",
+        "| drop_last | BN statistics | epochs | comparison | model's setting (val) → "
+        "test | reference's setting (val) → test | n | mean gap | 95 % t-interval | "
+        "95 % BCa bootstrap | P(improvement) | p (Holm) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, row in table.iterrows():
+        statistics = "precise" if row.evaluation == "precise" else "running"
+        p_value = p_text(row.p_holm) + ("†" if row.p_test == "sign-flip" else "")
+        share = (
+            f"{row.p_improve:.2f} "
+            f"{interval(row.p_improve_low, row.p_improve_high, '.2f')}"
+        )
+        cells = [
+            str(row["data.drop_last"]).lower(), statistics, int(row.budget),
+            row.comparison,
+            f"{row.model_setting} ({row.model_val:.4f}) → {row.model_test:.4f}",
+            f"{row.reference_setting} ({row.reference_val:.4f}) → "
+            f"{row.reference_test:.4f}",
+            int(row.n), signed(row["mean"]), interval(row.ci_low, row.ci_high),
+            interval(row.boot_low, row.boot_high),
+            share, p_value,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    lines += ["", *[f"**Verdict.** {sentence}" for sentence in sentences], ""]
+    lines += ["![robustness.png](robustness.png)", ""]
+    return lines
+
+
+def collapse_section(rows: pd.DataFrame, reasons: list[str]) -> list[str]:
+    """Runs whose evaluated accuracy fell far below their training accuracy."""
+    lines = [
+        "## Evaluation collapses",
+        "",
+        "Runs whose test or validation accuracy at the evaluated epoch is more than "
+        "0.2 below their own training accuracy of that epoch. They are part of every "
+        "mean above (nothing is dropped), so a mean with one of them is pulled down "
+        "by it:",
+        "",
+    ]
+    for (_, row), reason in zip(rows.iterrows(), reasons):
+        val = "" if pd.isna(row.val_acc) else f", val {row.val_acc:.4f}"
+        lines.append(
+            f"- `{row.run}`: epoch {int(row.epoch)}, train {row.train_acc:.4f}, test "
+            f"{row.test_acc:.4f}{val} — {reason}."
+        )
+    lines.append("")
+    return lines

@@ -46,6 +46,12 @@ def why_no_selection(
     if by == "none":
         return "No tuned comparison: selection is off (--select-by none)."
     data_keys = [k for k in group_keys if k.startswith("data.")]
+    if data_keys == ["data.drop_last"]:
+        return (
+            "No tuned comparison across protocols: the runs differ in "
+            "data.drop_last; each protocol gets its own selection under 'Does the "
+            "answer depend on the protocol?'."
+        )
     if data_keys:
         return (
             f"No tuned comparison: the runs differ in {', '.join(data_keys)}; a "

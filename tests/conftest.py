@@ -124,12 +124,14 @@ def make_job_dir(
     execution: list[dict] = CPU_2_THREADS,
     val_accuracy: Optional[list[float]] = None,
     diagnostics: Optional[list[dict]] = None,
+    columns: Optional[dict[str, list]] = None,
 ) -> Path:
     """A job dir as fashionbn.run leaves it: .hydra/ from the real config composed
     with `overrides`, status.json with its identity, and a metrics.csv whose test_acc
     per epoch is `accuracy` (the other metrics derived from it) and val_acc
     `val_accuracy` (empty without). `epochs` is len(accuracy) unless `overrides` set
-    it."""
+    it. `columns` sets any other metrics.csv column per epoch (e.g. train_acc,
+    test_acc_precise)."""
     if not any(o.startswith("epochs=") for o in overrides):
         overrides = [*overrides, f"epochs={len(accuracy)}"]
     cfg = compose_config(overrides)
@@ -143,6 +145,9 @@ def make_job_dir(
          "val_loss": None if v is None else 1.5 - v, "val_acc": v}
         for e, (a, v) in enumerate(zip(accuracy, val), start=1)
     ]  # fmt: skip
+    for column, values in (columns or {}).items():
+        for row, value in zip(rows, values):
+            row[column] = value
     digests = {"metrics_sha256": write_metrics(rows, job_dir)}
     if diagnostics is not None:
         digests["diagnostics_sha256"] = write_diagnostics(diagnostics, job_dir)

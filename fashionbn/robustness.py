@@ -1,0 +1,181 @@
+"""Does the answer depend on the protocol? The tuned comparison (each model at its own
+best setting, chosen on validation data) repeated in every protocol cell: the last
+incomplete batch kept or dropped (data.drop_last) x BatchNorm's evaluation statistics
+(running or precise) x budget (epochs). Cells are separate comparisons of the same
+question, so their p-values are corrected together (Holm), and the verdict says
+whether the sign of the gap is the same in every cell — or which choice flips it.
+"""
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from fashionbn.markdown import plural
+from fashionbn.pairing import tuned_gaps
+from fashionbn.protocol import at_budget, evaluated, precise_available
+from fashionbn.selection import select, tuned_keys, why_no_selection
+from fashionbn.stats import holm, tuned_comparisons
+from fashionbn.sweep import Sweep, grouping_keys
+
+PROTOCOL_KEYS = ["data.drop_last"]  # data.* keys that change the protocol, not the data
+FACTORS = {"data.drop_last": "the last incomplete batch (data.drop_last)",
+           "evaluation": "BatchNorm's evaluation statistics",
+           "budget": "the budget (epochs)"}  # fmt: skip
+
+
+def restricted(sweep: Sweep, key: str, value) -> Sweep:
+    """The sweep's runs with `key` == `value`."""
+
+    def keep(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame.empty or key not in frame:
+            return frame
+        return frame[frame[key].astype(str) == str(value)]
+
+    diverged = keep(sweep.diverged_params)
+    runs = set(diverged["run"]) if "run" in diverged else set()
+    return dataclasses.replace(
+        sweep, results=keep(sweep.results), diagnostics=keep(sweep.diagnostics),
+        diverged_params=diverged, diverged_results=keep(sweep.diverged_results),
+        diverged=[(run, how) for run, how in sweep.diverged if run in runs],
+    )  # fmt: skip
+
+
+def default_budgets(sweep: Sweep) -> list[int]:
+    """The notebook's 5 epochs and the runs' full length, where they are longer."""
+    longest = int(sweep.results["epoch"].max())
+    return sorted({min(5, longest), longest})
+
+
+def cells(sweep: Sweep, budgets: list[int]) -> list[dict]:
+    """Every protocol cell the runs allow: {data.drop_last, evaluation, budget}."""
+    values = sorted(sweep.results["data.drop_last"].dropna().unique(), key=str)
+    evaluations = ["default", "precise"] if precise_available(sweep) else ["default"]
+    return [
+        {"data.drop_last": value, "evaluation": evaluation, "budget": budget}
+        for value in values
+        for budget in budgets
+        for evaluation in evaluations
+    ]
+
+
+def robustness(
+    sweep: Sweep,
+    precision: float,
+    reference: str,
+    select_by: str,
+    budgets: Optional[list[int]] = None,
+) -> Optional[pd.DataFrame]:
+    """One row per protocol cell and comparison: each arm's chosen setting and test
+    accuracy, the tuned gap and its statistics, p corrected over the cells (Holm).
+    None when the runs allow fewer than two cells or have nothing to select."""
+    if "data.drop_last" not in sweep.results:
+        return None
+    budgets = [b for b in (budgets or default_budgets(sweep))
+               if b <= sweep.results["epoch"].max()]  # fmt: skip
+    every = cells(sweep, budgets)
+    if len(every) < 2:
+        return None
+    rows = []
+    for cell in every:
+        part = restricted(sweep, "data.drop_last", cell["data.drop_last"])
+        if part.results.empty:
+            continue
+        part = at_budget(part, cell["budget"])
+        results = evaluated(part.results, cell["evaluation"])
+        keys = grouping_keys(results, part.params)
+        if why_no_selection(results, keys, select_by) or not tuned_keys(keys):
+            continue
+        selection = select(results, keys, select_by, part.diverged_params)
+        gaps = tuned_gaps(selection.chosen, reference)
+        table = tuned_comparisons(gaps, precision, "")
+        for _, row in table.iterrows():
+            model = row["comparison"].split(" − ")[0]
+            rows.append({**cell, **row.to_dict(),
+                         **arm("model", selection, model),
+                         **arm("reference", selection, reference),
+                         "warnings": len(selection.warnings)})  # fmt: skip
+    if len(rows) < 2:
+        return None
+    frame = pd.DataFrame(rows)
+    return frame.assign(p_holm=holm(frame["p_value"].tolist()))
+
+
+def arm(prefix: str, selection, model: str) -> dict:
+    """One arm of a cell: its chosen setting, validation and test accuracy."""
+    row = selection.table[selection.table["model"] == model].iloc[0]
+    setting = ", ".join(f"{k}={row[k]}" for k in selection.tuned)
+    return {f"{prefix}_setting": setting,
+            f"{prefix}_val": row[f"{selection.by}_mean"],
+            f"{prefix}_test": row["test_acc_mean"],
+            f"{prefix}_test_std": row["test_acc_std"]}  # fmt: skip
+
+
+def verdict(table: pd.DataFrame) -> list[str]:
+    """Per comparison, one sentence: is the sign of the tuned gap the same in every
+    cell, and if not, which choice flips it."""
+    sentences = []
+    for comparison, part in table.groupby("comparison", sort=False):
+        signs = np.sign(part["mean"])
+        sure = int((part["p_holm"] < 0.05).sum())
+        held = (
+            f"{sure} of {len(part)} cells' gaps differ from zero after Holm's "
+            "correction (p < 0.05)"
+        )
+        if (signs > 0).all() or (signs < 0).all():
+            direction = "positive" if (signs > 0).all() else "negative"
+            sentences.append(
+                f"{comparison}: the sign of the tuned gap is the same in every cell "
+                f"({direction} in all {plural(len(part), 'cell')}); {held}."
+            )
+            continue
+        flip = flipping_factor(part)
+        if flip:
+            levels = "; ".join(
+                f"{sign_word(signs[level_rows.index].iloc[0])} in every cell with "
+                f"{describe_level(flip, level)}"
+                for level, level_rows in part.groupby(part[flip].astype(str))
+            )
+            how = f": it flips with {FACTORS[flip]} ({levels})"
+        else:
+            cells_signs = "; ".join(
+                f"{sign_word(sign)} in {describe_cell(row)}"
+                for sign, (_, row) in zip(signs, part.iterrows())
+            )
+            how = f", and no single choice explains the flips ({cells_signs})"
+        sentences.append(
+            f"{comparison}: the sign of the tuned gap is not the same in every "
+            f"cell{how}; {held}."
+        )
+    return sentences
+
+
+def flipping_factor(part: pd.DataFrame) -> Optional[str]:
+    """The protocol factor whose levels each hold one sign (and not all the same)."""
+    signs = np.sign(part["mean"])
+    for factor in FACTORS:
+        by_level = signs.groupby(part[factor].astype(str))
+        if by_level.nunique().max() == 1 and signs.nunique() > 1:
+            return factor
+    return None
+
+
+def sign_word(sign: float) -> str:
+    return "positive" if sign > 0 else "negative" if sign < 0 else "zero"
+
+
+def describe_level(factor: str, level: str) -> str:
+    if factor == "evaluation":
+        return "precise statistics" if level == "precise" else "running statistics"
+    if factor == "budget":
+        return f"{level} epochs"
+    return f"drop_last={level.lower()}"
+
+
+def describe_cell(row: pd.Series) -> str:
+    statistics = "precise" if row["evaluation"] == "precise" else "running"
+    return (
+        f"drop_last={str(row['data.drop_last']).lower()}, {statistics} statistics, "
+        f"epoch {int(row['budget'])}"
+    )

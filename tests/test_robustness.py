@@ -1,0 +1,258 @@
+"""The answer across the protocol (issue 16): collapses, the precise evaluation, a
+budget cut from longer runs, and the robustness section — on hand-made job dirs whose
+expected numbers are computed here."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fashionbn.plot
+from fashionbn.aggregate import aggregate, main
+from fashionbn.protocol import collapses
+from fashionbn.stats import holm
+from tests.conftest import make_job_dir
+
+T_975_DF2 = 4.302652729911275
+
+
+def job(sweep: Path, overrides: list[str], accuracy: list[float], **kw) -> Path:
+    return make_job_dir(sweep / ",".join(overrides), overrides, accuracy, **kw)
+
+
+def report_of(directory: Path) -> str:
+    return (directory / "report.md").read_text()
+
+
+# --- collapses ------------------------------------------------------------------------
+
+
+def test_the_collapse_detector_flags_test_far_below_train_only() -> None:
+    frame = pd.DataFrame(
+        {"run": ["sick", "sick", "healthy", "healthy", "early"],
+         "epoch": [1, 2, 1, 2, 1],
+         "train_acc": [0.85, 0.9, 0.85, 0.88, 0.3],
+         "test_acc": [0.84, 0.3, 0.83, 0.86, 0.5],
+         "val_acc": [None, None, None, None, None]}
+    )  # fmt: skip
+    found = collapses(frame)
+    assert found["run"].tolist() == ["sick"] and found["epoch"].tolist() == [2]
+    # validation counts as well: selection looks at it
+    frame.loc[3, "val_acc"] = 0.6
+    assert sorted(collapses(frame)["run"]) == ["healthy", "sick"]
+
+
+def test_a_collapsed_run_is_named_with_its_cause_and_counted(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    for model in ("baseline", "batchnorm"):
+        for lr in (0.01, 0.3):
+            for seed in (0, 1):
+                test = 0.8 if (model, lr, seed) != ("batchnorm", 0.3, 1) else 0.41
+                job(sweep, [f"model={model}", f"optim.lr={lr}", f"seed={seed}",
+                            "data.val_size=10000"], [0.7, test],
+                    val_accuracy=[0.7, 0.8 + lr / 10],
+                    columns={"train_acc": [0.7, 0.889]})  # fmt: skip
+    assert main([str(sweep)]) == 0
+    report = report_of(sweep)
+    sick = sweep / "model=batchnorm,optim.lr=0.3,seed=1,data.val_size=10000"
+    assert (
+        f"- `{sick}`: epoch 2, train 0.8890, test 0.4100, val 0.8300 — likely "
+        "BatchNorm evaluates with running statistics that lag weights moving this "
+        "fast; the epoch ended on an incomplete batch of 16 samples, one noisy step "
+        "just before the evaluation; try data.drop_last=true, precise_bn=true (then "
+        "--metric precise), a smaller optim.lr."
+    ) in report
+    assert "- 1 run collapsed at the evaluated epoch" in report
+    assert "| batchnorm | 0.3 | 2 | 0.8300 ± 0.0000 | 0.6050 ± 0.2758 | 1 |" in report
+    assert "| batchnorm | 0.01 | 2 | 0.8010 ± 0.0000 | 0.8000 ± 0.0000 | 0 |" in report
+
+
+# --- the precise evaluation -----------------------------------------------------------
+
+
+def precise_sweep(sweep: Path, with_precise: bool = True) -> dict:
+    """Both models x seeds 0-2; BatchNorm's precise test accuracy differs from its
+    default one. Returns (model, seed) -> (default, precise) test accuracy."""
+    values = {}
+    for seed in range(3):
+        for model, default, precise in (("baseline", 0.80 + seed / 100, None),
+                                        ("batchnorm", 0.70 + seed / 50,
+                                         0.88 - seed / 100)):  # fmt: skip
+            columns = {}
+            if precise is not None and with_precise:
+                columns = {"test_acc_precise": [precise - 0.1, precise],
+                           "test_loss_precise": [0.5, 0.4]}  # fmt: skip
+            extra = ["precise_bn=true"] if with_precise else []
+            job(sweep, [f"model={model}", f"seed={seed}", *extra],
+                [default - 0.1, default], columns=columns)  # fmt: skip
+            values[(model, seed)] = (default, precise)
+    return values
+
+
+def test_metric_precise_evaluates_batchnorm_with_its_precise_columns(tmp_path):
+    sweep = tmp_path / "sweep"
+    values = precise_sweep(sweep)
+    assert main([str(sweep), "--metric", "precise"]) == 0
+    gaps = [values[("batchnorm", s)][1] - values[("baseline", s)][0] for s in range(3)]
+    mean = np.mean(gaps)
+    half = T_975_DF2 * np.std(gaps, ddof=1) / math.sqrt(3)
+    report = report_of(sweep)
+    assert (
+        f"Gap batchnorm − baseline at epoch 2: {mean:+.4f} (95 % CI "
+        f"[{mean - half:+.4f}, {mean + half:+.4f}]"
+    ) in report
+    assert "Evaluation: precise BatchNorm statistics (each BatchNorm layer's mean" in (
+        report
+    )
+    assert main([str(sweep)]) == 0  # the default evaluation: the other numbers
+    default_gaps = [values[("batchnorm", s)][0] - values[("baseline", s)][0]
+                    for s in range(3)]  # fmt: skip
+    assert f"Gap batchnorm − baseline at epoch 2: {np.mean(default_gaps):+.4f}" in (
+        report_of(sweep)
+    )
+    assert "Evaluation: the default: BatchNorm evaluates with its running" in (
+        report_of(sweep)
+    )
+
+
+def test_metric_precise_without_precise_runs_is_refused(tmp_path, capsys) -> None:
+    sweep = tmp_path / "sweep"
+    precise_sweep(sweep, with_precise=False)
+    assert main([str(sweep), "--metric", "precise"]) == 2
+    assert (
+        "error: --metric precise: 3 BatchNorm runs did not record precise statistics"
+    ) in capsys.readouterr().err
+
+
+# --- a budget cut from longer runs ----------------------------------------------------
+
+
+def test_at_epoch_cuts_longer_runs_and_counts_each_run_once(tmp_path, capsys) -> None:
+    sweep = tmp_path / "sweep"
+    curve = {0: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+             1: [0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7]}  # fmt: skip
+    for model, shift in (("baseline", 0.0), ("batchnorm", 0.1)):
+        for seed, values in curve.items():
+            job(sweep, [f"model={model}", f"seed={seed}", "epochs=8"],
+                [v + shift for v in values])  # fmt: skip
+        # the 5-epoch run of seed 0: the same numbers as the 8-epoch one's first 5
+        job(sweep, [f"model={model}", "seed=0", "epochs=5"],
+            [v + shift for v in curve[0][:5]])  # fmt: skip
+        job(sweep, [f"model={model}", "seed=2", "epochs=3"], [0.1, 0.2, 0.3])
+    # seed 3: the batchnorm run diverged at epoch 7 (fine at 5), the baseline at 4
+    job(sweep, ["model=batchnorm", "seed=3", "epochs=8"], [0.5] * 7,
+        status="diverged")  # fmt: skip
+    job(sweep, ["model=baseline", "seed=3", "epochs=8"], [0.4] * 4, status="diverged")
+    job(sweep, ["model=baseline", "seed=4", "epochs=8"], [0.3] * 8)
+    job(sweep, ["model=batchnorm", "seed=4", "epochs=8"], [0.45] * 6,
+        status="diverged")  # fmt: skip
+    assert main([str(sweep), "--at-epoch", "5"]) == 0
+    results = pd.read_csv(sweep / "results.csv")
+    assert set(results["epoch"]) == {1, 2, 3, 4, 5} and set(results["epochs"]) == {5}
+    seeds = results.drop_duplicates("run").groupby("model")["seed"].apply(sorted)
+    assert seeds.to_dict() == {"baseline": [0, 1, 4], "batchnorm": [0, 1, 3, 4]}
+    report = report_of(sweep)
+    gaps = [0.1, 0.1, 0.45 - 0.3]  # seeds 0, 1 and 4 at epoch 5
+    assert f"Gap batchnorm − baseline at epoch 5: {np.mean(gaps):+.4f}" in report
+    assert "Every number is at epoch 5 (--at-epoch) of the runs" in report
+    assert "at epoch 5: 2 runs ended earlier and are left out" in report
+    assert main([str(sweep), "--at-epoch", "9"]) == 2
+    assert "--at-epoch 9: no run lasted 9 epochs" in capsys.readouterr().err
+
+
+# --- does the answer depend on the protocol? ------------------------------------------
+
+
+def robust_sweep(sweep: Path) -> None:
+    """Both models x lr 0.1, 1 x drop_last false/true x seeds 0-2, 6 epochs. The
+    baseline picks lr 1; BatchNorm picks 0.1 on its running statistics (worse than
+    the baseline) and 1 on precise ones (better)."""
+    for drop_last in ("false", "true"):
+        for lr in (0.1, 1.0):
+            for seed in range(3):
+                epochs = range(1, 7)
+                base = [0.80 + 0.02 * (lr == 1) + seed / 1000 + e / 1000
+                        for e in epochs]  # fmt: skip
+                job(sweep, ["model=baseline", f"optim.lr={lr}", f"seed={seed}",
+                            f"data.drop_last={drop_last}", "data.val_size=100",
+                            "epochs=6"], base,
+                    val_accuracy=[0.80 + 0.02 * (lr == 1)] * 6)  # fmt: skip
+                bn = [0.77 + seed / 500 + e / 1000 for e in epochs]
+                precise = [0.87 + seed / 1000 - (lr != 1) * 0.1] * 6
+                job(sweep, ["model=batchnorm", f"optim.lr={lr}", f"seed={seed}",
+                            f"data.drop_last={drop_last}", "data.val_size=100",
+                            "epochs=6", "precise_bn=true"], bn,
+                    val_accuracy=[0.78 if lr != 1 else 0.70] * 6,
+                    columns={"test_acc_precise": precise,
+                             "val_acc_precise": [0.83 if lr != 1 else 0.86] * 6,
+                             "test_loss_precise": [0.4] * 6,
+                             "val_loss_precise": [0.4] * 6})  # fmt: skip
+
+
+def test_the_robustness_section_has_a_row_per_cell_and_a_verdict(
+    tmp_path, monkeypatch
+) -> None:
+    drawn = {}
+    real = fashionbn.plot.robustness
+
+    def keep(table):
+        drawn["figure"] = real(table)
+        return drawn["figure"]
+
+    monkeypatch.setattr(fashionbn.plot, "robustness", keep)
+    sweep = tmp_path / "sweep"
+    robust_sweep(sweep)
+    assert main([str(sweep)]) == 0
+    table = pd.read_csv(sweep / "robustness.csv")
+    assert len(table) == 2 * 2 * 2  # drop_last x budget (5, 6) x evaluation
+    cell = table[(~table["data.drop_last"]) & (table["evaluation"] == "default")
+                 & (table["budget"] == 5)].iloc[0]  # fmt: skip
+    assert (cell["model_setting"], cell["reference_setting"]) == (
+        "optim.lr=0.1", "optim.lr=1.0",
+    )  # fmt: skip
+    gaps = [(0.77 + s / 500 + 0.005) - (0.82 + s / 1000 + 0.005) for s in range(3)]
+    assert cell["mean"] == pytest.approx(np.mean(gaps))
+    half = T_975_DF2 * np.std(gaps, ddof=1) / math.sqrt(3)
+    assert (cell["ci_low"], cell["ci_high"]) == pytest.approx(
+        (np.mean(gaps) - half, np.mean(gaps) + half)
+    )
+    precise = table[(table["evaluation"] == "precise")]
+    assert set(precise["model_setting"]) == {"optim.lr=1.0"}
+    assert (precise["mean"] > 0).all() and (table[table["evaluation"] == "default"][
+        "mean"] < 0).all()  # fmt: skip
+    assert table["p_holm"].tolist() == pytest.approx(holm(table["p_value"].tolist()))
+    report = report_of(sweep)
+    assert "## Does the answer depend on the protocol?" in report
+    assert (
+        "**Verdict.** batchnorm − baseline: the sign of the tuned gap is not the same "
+        "in every cell: it flips with BatchNorm's evaluation statistics (negative in "
+        "every cell with running statistics; positive in every cell with precise "
+        "statistics); 4 of 8 cells' gaps differ from zero after Holm's correction "
+        "(p < 0.05)."
+    ) in report
+    assert (
+        "No tuned comparison across protocols: the runs differ in data.drop_last"
+        in (report)
+    )
+    (ax,) = drawn["figure"].axes
+    dots = [line.get_xdata()[0] for line in ax.lines if len(line.get_xdata()) == 1]
+    assert sorted(dots) == pytest.approx(sorted(table["mean"]))
+
+
+def test_a_sweep_with_one_protocol_has_no_robustness_section(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    for model in ("baseline", "batchnorm"):
+        for seed in range(2):
+            job(sweep, [f"model={model}", f"seed={seed}"], [0.5, 0.6])
+    aggregate([sweep])
+    report = report_of(sweep)
+    assert "Does the answer depend" not in report
+    assert not (sweep / "robustness.csv").exists()
+    assert (
+        "These gaps compare the models at one learning rate (optim.lr=0.001, the same "
+        "for both, not tuned) under the notebook's protocol (the epoch's last "
+        "incomplete batch kept, BatchNorm's running statistics); `experiment=robust` "
+        "tests whether"
+    ) in report
