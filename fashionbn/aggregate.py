@@ -82,7 +82,7 @@ def aggregate(
               file=sys.stderr)  # fmt: skip
     files = {
         "results.csv": csv_bytes(sweep.results),
-        "summary.csv": csv_bytes(analysis.summary),
+        "summary.csv": csv_bytes(analysis.summary.assign(evaluation=metric)),
         "summary.md": (summary_markdown(analysis.summary, keys) + "\n").encode(),
         "test_accuracy.png": plot.png(plot.accuracy_curves(analysis.summary, keys)),
     }
@@ -100,7 +100,9 @@ def aggregate(
         files["accuracy_gap.png"] = plot.png(figure)
         figures.append("accuracy_gap.png")
     if not analysis.comparisons.empty:
-        files["comparisons.csv"] = csv_bytes(analysis.comparisons)
+        files["comparisons.csv"] = csv_bytes(
+            analysis.comparisons.assign(evaluation=metric)
+        )
     if analysis.selection is not None:
         selection = analysis.selection
         files["selection.csv"] = csv_bytes(selection.table)

@@ -176,7 +176,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         prog="python -m fashionbn.bench",
         description="Time fashionbn's training path against the notebook's "
         "DataLoader+ToTensor pipeline on the real FashionMNIST (default config); "
-        "with --diagnostics, time fashionbn with diagnostics=on against off; with "
+        "with --diagnostics (--precise-bn), time fashionbn with diagnostics=on "
+        "(precise_bn=true) against off; with "
         "--sweep, time the whole default sweep as processes against the notebook's "
         "pipeline doing the same runs.",
     )
@@ -189,6 +190,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument(
         "--diagnostics", action="store_true",
         help="measure what diagnostics=on (its defaults) costs a run",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precise-bn", action="store_true",
+        help="measure what precise_bn=true (a recomputation of BatchNorm's statistics "
+        "and a second evaluation, every epoch) costs a run",
     )  # fmt: skip
     parser.add_argument("--sweep", action="store_true",
                         help="time the whole default sweep as processes")  # fmt: skip
@@ -218,8 +224,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{args.epochs} epochs, {args.repeats} repeats (median), seed {args.seed}"
     )
-    if args.diagnostics:
-        print(f"{'model':<10} {'diagnostics':<12} {'seconds':>8} {'overhead':>9}")
+    # a measurement's cost: the same runs with it off and on
+    measured = ("diagnostics=on" if args.diagnostics
+                else "precise_bn=true" if args.precise_bn else None)  # fmt: skip
+    if measured:
+        key = measured.split("=")[0]
+        print(f"{'model':<10} {key:<12} {'seconds':>8} {'overhead':>9}")
     else:
         print(
             f"{'model':<10} {'pipeline':<10} {'seconds':>8} {'samples/s':>10} "
@@ -228,14 +238,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     for model, cfg in configs.items():
         ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
                        dataset_name(cfg.data))  # fmt: skip
-        if args.diagnostics:
-            with_diagnostics = compose_config(
+        if measured:
+            with_it = compose_config(
                 [f"model={model}", f"epochs={args.epochs}", f"seed={args.seed}",
-                 *args.overrides, "diagnostics=on"]
+                 *args.overrides, measured]
             )  # fmt: skip
             runs = {
                 "off": lambda: fashionbn_run(cfg),
-                "on": lambda: fashionbn_run(with_diagnostics),
+                "on": lambda: fashionbn_run(with_it),
             }
             median, _ = timed(runs, args.repeats)
             for name in runs:

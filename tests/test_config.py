@@ -74,6 +74,10 @@ def test_bad_overrides_fail_at_composition(override: str) -> None:
         ("fair_lr", {"data.val_size": "10000", "model": "baseline,batchnorm",
                      "optim.lr": "0.001,0.003,0.01,0.03,0.1,0.3",
                      "seed": "range(0,5)"}),
+        ("robust", {"data.val_size": "10000", "data.drop_last": "false,true",
+                    "model": "baseline,batchnorm",
+                    "optim.lr": "0.001,0.003,0.01,0.03,0.1,0.3,1,3",
+                    "seed": "range(0,10)"}),
     ],
 )  # fmt: skip
 def test_experiment_presets_set_the_sweep(preset: str, params: dict) -> None:
@@ -81,7 +85,9 @@ def test_experiment_presets_set_the_sweep(preset: str, params: dict) -> None:
         cfg = compose("config", [f"experiment={preset}"], return_hydra_config=True)
     assert dict(cfg.hydra.sweeper.params) == params
     assert cfg.model.name == "baseline"
-    if preset != "ioffe_fig1":
+    if preset == "robust":  # 20 epochs: budgets 5 and 20 from the same runs
+        assert (cfg.epochs, cfg.precise_bn, cfg.batch_size) == (20, True, 64)
+    elif preset != "ioffe_fig1":
         assert cfg.epochs == 5 and cfg.batch_size == 64  # defaults untouched
 
 

@@ -256,3 +256,36 @@ def test_a_sweep_with_one_protocol_has_no_robustness_section(tmp_path) -> None:
         "incomplete batch kept, BatchNorm's running statistics); `experiment=robust` "
         "tests whether"
     ) in report
+
+
+@pytest.mark.slow
+def test_a_small_robust_preset_runs_and_reports_across_the_protocol(
+    real_data_root, tmp_path
+) -> None:
+    """experiment=robust shrunk (tiny data, 6 epochs, 2 lrs, 2 seeds) as a real
+    sweep and aggregate: every protocol cell, the verdict and the forest plot."""
+    from tests.conftest import run_module
+
+    sweep = tmp_path / "sweep"
+    result = run_module(
+        ["fashionbn.run", "-m", "experiment=robust", "epochs=6",
+         "data.train_size=1300", "data.val_size=300", "data.test_size=300",
+         "optim.lr=0.03,0.3", "seed=0,1", "threads=1", f"data.root={real_data_root}",
+         f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(sweep.glob("*/metrics.csv"))) == 2 * 2 * 2 * 2
+    result = run_module(["fashionbn.aggregate", str(sweep)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(sweep / "robustness.csv")
+    assert sorted(map(tuple, table[["data.drop_last", "evaluation", "budget"]]
+                      .astype(str).values)) == sorted(
+        (d, e, b) for d in ("False", "True") for e in ("default", "precise")
+        for b in ("5", "6")
+    )  # fmt: skip
+    report = report_of(sweep)
+    assert "**Verdict.** batchnorm − baseline: the sign of the tuned gap is" in report
+    assert (sweep / "robustness.png").stat().st_size > 0
+    bn = pd.read_csv(sweep / "results.csv").query("model == 'batchnorm'")
+    assert bn["test_acc_precise"].notna().all()

@@ -211,3 +211,19 @@ def test_benchmark_sweep_mode_times_whole_processes(real_data_root, tmp_path) ->
     assert set(rows) == {"reference", "fashionbn", "fashionbn, local_parallel"}
     assert rows["reference"][1] == "1.0x" and float(rows["fashionbn"][0]) > 0
     assert "python -m fashionbn.run, 1 epoch on 64 samples" in result.stdout
+
+
+@pytest.mark.slow
+def test_benchmark_measures_what_precise_statistics_cost(real_data_root, tmp_path):
+    result = run_module(
+        ["fashionbn.bench", "--precise-bn", "--models", "batchnorm", "--epochs", "1",
+         "--repeats", "1", f"data.root={real_data_root}", "data.train_size=2048",
+         "data.test_size=500"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["model", "precise_bn", "seconds", "overhead"]
+    rows = [line.split() for line in lines[2:]]
+    assert [row[:2] for row in rows] == [["batchnorm", "off"], ["batchnorm", "on"]]
+    assert rows[0][3] == "+0.0%" and float(rows[1][2]) > 0
