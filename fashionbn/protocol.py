@@ -88,7 +88,7 @@ def at_budget(sweep: Sweep, epoch: int) -> Sweep:
         still = []
     if kept.empty:
         raise AggregateError(f"--at-epoch {epoch}: no run lasted {epoch} epochs")
-    kept = once(kept.assign(epochs=epoch), sweep.params)
+    kept, same = once(kept.assign(epochs=epoch), sweep.params)
     notes = list(sweep.notes)
     if short:
         notes.append(
@@ -105,14 +105,17 @@ def at_budget(sweep: Sweep, epoch: int) -> Sweep:
         diagnostics=sweep.diagnostics[sweep.diagnostics["epoch"] <= epoch]
         if not sweep.diagnostics.empty
         else sweep.diagnostics,
+        duplicates=[*sweep.duplicates, *same],
         notes=notes,
     )
 
 
-def once(frame: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+def once(
+    frame: pd.DataFrame, params: list[str]
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Each run once: runs with every parameter equal (a 5-epoch run and the first 5
     epochs of a 20-epoch one) must agree, and count once (the one that measured
-    precise statistics, if one did)."""
+    precise statistics, if one did). Also returns (run left out, run kept) pairs."""
     keys = [p for p in params if p in frame]
     precise = frame.groupby("run")["test_acc_precise"].transform(
         lambda column: column.notna().any()
@@ -121,6 +124,7 @@ def once(frame: pd.DataFrame, params: list[str]) -> pd.DataFrame:
         ["_precise", "run", "epoch"], ascending=[False, True, True]
     )
     kept: dict[tuple, pd.DataFrame] = {}
+    same = []
     for run, rows in order.groupby("run", sort=False):
         key = tuple(str(rows[k].iloc[0]) for k in keys)
         if key not in kept:
@@ -133,7 +137,8 @@ def once(frame: pd.DataFrame, params: list[str]) -> pd.DataFrame:
                 f"{kept[key]['run'].iloc[0]} and {run} are the same run up to this "
                 f"epoch but differ ({difference}): refusing to count either"
             )
-    return pd.concat(kept.values(), ignore_index=True).drop(columns="_precise")
+        same.append((run, kept[key]["run"].iloc[0]))
+    return pd.concat(kept.values(), ignore_index=True).drop(columns="_precise"), same
 
 
 def collapses(frame: pd.DataFrame, margin: float = COLLAPSE_MARGIN) -> pd.DataFrame:
