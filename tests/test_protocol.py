@@ -121,6 +121,19 @@ def test_drop_last_trains_floor_n_over_b_steps(tmp_path, tiny_system_dir) -> Non
     assert steps_per_epoch(81, 20, batch_norm=True, drop_last=False) == 4  # skips 1
 
 
+def test_drop_last_drops_only_the_incomplete_batch_of_the_same_order() -> None:
+    from fashionbn.data import shuffled_batches
+
+    kept = list(shuffled_batches(96, 20, torch.Generator().manual_seed(5)))
+    dropped = list(shuffled_batches(96, 20, torch.Generator().manual_seed(5),
+                                    drop_last=True))  # fmt: skip
+    assert [len(b) for b in kept] == [20, 20, 20, 20, 16]
+    assert [len(b) for b in dropped] == [20, 20, 20, 20]
+    assert all(torch.equal(a, b) for a, b in zip(kept, dropped))
+    exact = list(shuffled_batches(80, 20, torch.Generator(), drop_last=True))
+    assert [len(b) for b in exact] == [20] * 4  # nothing to drop
+
+
 def test_drop_last_is_part_of_a_runs_identity() -> None:
     from fashionbn.job import run_identity
 

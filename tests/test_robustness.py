@@ -182,7 +182,7 @@ def robust_sweep(sweep: Path) -> None:
                             f"data.drop_last={drop_last}", "data.val_size=100",
                             "epochs=6"], base,
                     val_accuracy=[0.80 + 0.02 * (lr == 1)] * 6)  # fmt: skip
-                bn = [0.77 + seed / 500 + e / 1000 for e in epochs]
+                bn = [0.77 + seed / 500 + 2 * e / 1000 for e in epochs]
                 precise = [0.87 + seed / 1000 - (lr != 1) * 0.1] * 6
                 job(sweep, ["model=batchnorm", f"optim.lr={lr}", f"seed={seed}",
                             f"data.drop_last={drop_last}", "data.val_size=100",
@@ -215,7 +215,8 @@ def test_the_robustness_section_has_a_row_per_cell_and_a_verdict(
     assert (cell["model_setting"], cell["reference_setting"]) == (
         "optim.lr=0.1", "optim.lr=1.0",
     )  # fmt: skip
-    gaps = [(0.77 + s / 500 + 0.005) - (0.82 + s / 1000 + 0.005) for s in range(3)]
+    # at epoch 5 (not 6: BatchNorm's accuracy grows faster, so the gap depends on it)
+    gaps = [(0.77 + s / 500 + 0.010) - (0.82 + s / 1000 + 0.005) for s in range(3)]
     assert cell["mean"] == pytest.approx(np.mean(gaps))
     half = T_975_DF2 * np.std(gaps, ddof=1) / math.sqrt(3)
     assert (cell["ci_low"], cell["ci_high"]) == pytest.approx(
