@@ -262,22 +262,27 @@ def robustness(table: pd.DataFrame) -> Figure:
     """A forest plot: one row per protocol cell (and comparison), the tuned gap's mean
     as a dot and its 95 % t-interval as a line, a zero line."""
     sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(8.5, 1.2 + 0.45 * len(table)))
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.45 * len(table)))
+    comparisons = table["comparison"].unique()
     labels = []
     for y, (_, row) in enumerate(table.iloc[::-1].iterrows()):
         statistics = "precise" if row["evaluation"] == "precise" else "running"
+        label = (
+            f"drop_last={str(row['data.drop_last']).lower()} · {statistics} BN "
+            f"stats · {int(row['budget'])} epochs"
+        )
         labels.append(
-            f"{row['comparison']} · drop_last={str(row['data.drop_last']).lower()} · "
-            f"{statistics} stats · {int(row['budget'])} epochs"
+            label if len(comparisons) == 1 else f"{row['comparison']} · {label}"
         )
         ax.plot([row["ci_low"], row["ci_high"]], [y, y], color="tab:blue", lw=2)
         ax.plot([row["mean"]], [y], "o", color="tab:blue")
     ax.axvline(0.0, color="grey", linewidth=1, linestyle="--")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("tuned test-accuracy gap (each model at its own best setting)")
-    ax.set_title(
-        "Does the answer depend on the protocol?\n"
-        "dot = mean gap over seed pairs, line = 95 % t-interval"
+    what = comparisons[0] if len(comparisons) == 1 else "tuned gaps"
+    fig.suptitle(
+        f"Does the answer depend on the protocol? {what}\n"
+        "dot = mean over seed pairs, line = 95 % t-interval (none for one pair)"
     )
     fig.tight_layout()
     return fig

@@ -270,6 +270,15 @@ def robustness_section(table: pd.DataFrame, sentences: list[str]) -> list[str]:
             share, p_value,
         ]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+    warned = table[table["warnings"].fillna("") != ""]
+    if not warned.empty:
+        lines += ["", "Selection warnings per cell:"]
+        lines += [
+            f"- drop_last={str(row['data.drop_last']).lower()}, "
+            f"{'precise' if row.evaluation == 'precise' else 'running'} statistics, "
+            f"epoch {int(row.budget)}: {row.warnings}."
+            for _, row in warned.iterrows()
+        ]
     lines += ["", *[f"**Verdict.** {sentence}" for sentence in sentences], ""]
     lines += ["![robustness.png](robustness.png)", ""]
     return lines

@@ -95,7 +95,7 @@ def robustness(
             rows.append({**cell, **row.to_dict(),
                          **arm("model", selection, model),
                          **arm("reference", selection, reference),
-                         "warnings": len(selection.warnings)})  # fmt: skip
+                         "warnings": "; ".join(selection.warnings)})  # fmt: skip
     if len(rows) < 2:
         return None
     frame = pd.DataFrame(rows)
