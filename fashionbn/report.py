@@ -238,7 +238,9 @@ def write_report(
     if analysis.robustness is not None:
         lines += robustness_section(analysis.robustness, analysis.verdict)
     if not analysis.collapses.empty:
-        lines += collapse_section(analysis.collapses, analysis.collapse_reasons)
+        lines += collapse_section(
+            analysis.collapses, analysis.collapse_reasons, sweep.results, keys
+        )
     if analysis.why is not None:
         lines += why_section(
             analysis.why, keys, analysis.reference, analysis.why_figures

@@ -284,8 +284,16 @@ def robustness_section(table: pd.DataFrame, sentences: list[str]) -> list[str]:
     return lines
 
 
-def collapse_section(rows: pd.DataFrame, reasons: list[str]) -> list[str]:
-    """Runs whose evaluated accuracy fell far below their training accuracy."""
+def as_tuple(key) -> tuple:
+    """A groupby key as a tuple (one key gives scalars)."""
+    return key if isinstance(key, tuple) else (key,)
+
+
+def collapse_section(
+    rows: pd.DataFrame, reasons: list[str], results: pd.DataFrame, keys: list[str]
+) -> list[str]:
+    """Runs whose evaluated accuracy fell far below their training accuracy, and how
+    many of each group's runs did."""
     lines = [
         "## Evaluation collapses",
         "",
@@ -301,5 +309,12 @@ def collapse_section(rows: pd.DataFrame, reasons: list[str]) -> list[str]:
             f"- `{row.run}`: epoch {int(row.epoch)}, train {row.train_acc:.4f}, test "
             f"{row.test_acc:.4f}{val} — {reason}."
         )
-    lines.append("")
+    runs = results.drop_duplicates("run").groupby(keys, dropna=False).size()
+    found = rows.groupby(keys, dropna=False).size()
+    counts = "; ".join(
+        f"{group_label(pd.Series(dict(zip(keys, as_tuple(key)))), keys)}: {count} "
+        f"of {runs[key]} runs"
+        for key, count in found.items()
+    )
+    lines += ["", f"Collapsed runs per group: {counts}.", ""]
     return lines

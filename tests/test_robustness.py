@@ -65,6 +65,9 @@ def test_a_collapsed_run_is_named_with_its_cause_and_counted(tmp_path) -> None:
         "--metric precise), a smaller optim.lr."
     ) in report
     assert "- 1 run collapsed at the evaluated epoch" in report
+    assert "Collapsed runs per group: model=batchnorm, optim.lr=0.3: 1 of 2 runs." in (
+        report
+    )
     assert "| batchnorm | 0.3 | 2 | 0.8300 ± 0.0000 | 0.6050 ± 0.2758 | 1 |" in report
     assert "| batchnorm | 0.01 | 2 | 0.8010 ± 0.0000 | 0.8000 ± 0.0000 | 0 |" in report
 
@@ -293,3 +296,14 @@ def test_a_small_robust_preset_runs_and_reports_across_the_protocol(
     assert (sweep / "robustness.png").stat().st_size > 0
     bn = pd.read_csv(sweep / "results.csv").query("model == 'batchnorm'")
     assert bn["test_acc_precise"].notna().all()
+
+
+def test_collapses_are_counted_when_only_models_differ(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    for model in ("baseline", "batchnorm"):
+        for seed in range(3):
+            sick = (model, seed) == ("batchnorm", 2)
+            job(sweep, [f"model={model}", f"seed={seed}"], [0.7, 0.3 if sick else 0.8],
+                columns={"train_acc": [0.7, 0.85]})  # fmt: skip
+    aggregate([sweep])
+    assert "Collapsed runs per group: model=batchnorm: 1 of 3 runs." in report_of(sweep)
