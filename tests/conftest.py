@@ -108,6 +108,24 @@ def run_module(args: list[str], cwd: Path, timeout: int = 600):
     )
 
 
+def plain_start(cfg) -> tuple:
+    """What a plain PyTorch loop of the protocol starts from, without fashionbn.train:
+    python, numpy and torch seeded, the shuffle generator, the model and
+    torch.optim.SGD."""
+    import random
+
+    import torch
+
+    from fashionbn.model import build_model
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    return generator, model, torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+
+
 def without_seconds(records: list[dict]) -> list[dict]:
     """Metric records minus `seconds`, the one column allowed to differ between runs."""
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]

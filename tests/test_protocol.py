@@ -3,7 +3,6 @@ evaluating BatchNorm with precise statistics — checked against plain PyTorch a
 independent computations; the defaults keep the notebook's numbers."""
 
 import copy
-import random
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from fashionbn.model import build_model
 from fashionbn.precise_bn import population_statistics, using_statistics
 from fashionbn.results import read_diagnostics, read_metrics
 from fashionbn.train import steps_per_epoch, train_and_evaluate
-from tests.conftest import compose_config
+from tests.conftest import compose_config, plain_start
 
 TRAINING = ["epoch", "train_loss", "train_acc"]
 DEFAULT_EVALUATION = ["test_loss", "test_acc", "val_loss", "val_acc"]
@@ -43,12 +42,7 @@ def plain_dataloader_loop(cfg, data) -> list[dict]:
     """The protocol written with nn.Module, DataLoader(sampler, drop_last) over the
     same split and order, torch.optim.SGD and model.eval(): independent of
     fashionbn.train. One record of test/val accuracy and train loss per epoch."""
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(cfg.model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+    generator, model, optimizer = plain_start(cfg)
     loader = DataLoader(
         TensorDataset(data.train_images, data.train_labels), batch_size=cfg.batch_size,
         sampler=EpochOrder(len(data.train_labels), generator),

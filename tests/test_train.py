@@ -2,9 +2,7 @@
 
 import csv
 import math
-import random
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +24,7 @@ from fashionbn.train import (
     train_and_evaluate,
     train_one_epoch,
 )
-from tests.conftest import compose_config, without_seconds
+from tests.conftest import compose_config, plain_start, without_seconds
 
 
 @pytest.mark.slow
@@ -140,12 +138,7 @@ def test_a_job_dir_run_gives_the_in_memory_numbers(small_real_overrides, tmp_pat
 def plain_loop_test_accuracy(cfg, data) -> list[float]:
     """The notebook's protocol as a plain PyTorch loop (torch.optim.SGD, boolean-free
     indexing, one eval pass), independent of fashionbn.train: test_acc per epoch."""
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(cfg.model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+    generator, model, optimizer = plain_start(cfg)
     accuracy = []
     for _ in range(cfg.epochs):
         model.train()
