@@ -143,7 +143,9 @@ def verdict(table: pd.DataFrame) -> list[str]:
                 f"{sign_word(sign)} in {describe_cell(row)}"
                 for sign, (_, row) in zip(signs, part.iterrows())
             )
-            how = f", and no single choice explains the flips ({cells_signs})"
+            uniform = uniform_levels(part)
+            but = f"; but {uniform}" if uniform else ""
+            how = f", and no single choice explains the flips ({cells_signs}{but})"
         sentences.append(
             f"{comparison}: the sign of the tuned gap is not the same in every "
             f"cell{how}; {held}."
@@ -159,6 +161,22 @@ def flipping_factor(part: pd.DataFrame) -> Optional[str]:
         if by_level.nunique().max() == 1 and signs.nunique() > 1:
             return factor
     return None
+
+
+def uniform_levels(part: pd.DataFrame) -> str:
+    """'every cell with precise statistics is positive', for each level of a factor
+    whose cells (two or more) share one sign."""
+    signs = np.sign(part["mean"])
+    found = []
+    for factor in FACTORS:
+        for level, rows in part.groupby(part[factor].astype(str)):
+            level_signs = signs[rows.index]
+            if len(rows) > 1 and level_signs.nunique() == 1:
+                found.append(
+                    f"every cell with {describe_level(factor, level)} is "
+                    f"{sign_word(level_signs.iloc[0])}"
+                )
+    return ", ".join(found)
 
 
 def sign_word(sign: float) -> str:

@@ -307,3 +307,30 @@ def test_collapses_are_counted_when_only_models_differ(tmp_path) -> None:
                 columns={"train_acc": [0.7, 0.85]})  # fmt: skip
     aggregate([sweep])
     assert "Collapsed runs per group: model=batchnorm: 1 of 3 runs." in report_of(sweep)
+
+
+def test_a_verdict_without_one_flipping_choice_names_the_uniform_ones() -> None:
+    from fashionbn.robustness import verdict
+
+    table = pd.DataFrame(
+        {"comparison": "batchnorm − baseline", "data.drop_last": False,
+         "evaluation": ["default", "precise", "default", "precise"],
+         "budget": [5, 5, 20, 20], "mean": [-0.01, 0.02, 0.01, 0.03],
+         "p_holm": [0.5, 0.01, 0.3, 0.2]}
+    )  # fmt: skip
+    (sentence,) = verdict(table)
+    assert sentence == (
+        "batchnorm − baseline: the sign of the tuned gap is not the same in every "
+        "cell, and no single choice explains the flips (negative in drop_last=false, "
+        "running statistics, epoch 5; positive in drop_last=false, precise "
+        "statistics, epoch 5; positive in drop_last=false, running statistics, epoch "
+        "20; positive in drop_last=false, precise statistics, epoch 20; but every "
+        "cell with precise statistics is positive, every cell with 20 epochs is "
+        "positive); 1 of 4 cells' gaps differ from zero after Holm's correction "
+        "(p < 0.05)."
+    )
+    same = table.assign(mean=[0.01, 0.02, 0.01, 0.03])
+    assert verdict(same)[0].startswith(
+        "batchnorm − baseline: the sign of the tuned gap is the same in every cell "
+        "(positive in all 4 cells); 1 of 4"
+    )
