@@ -245,12 +245,14 @@ def robustness_section(table: pd.DataFrame, sentences: list[str]) -> list[str]:
         "precise ones (recomputed over the training samples; models without "
         "BatchNorm are evaluated as usual in both), and the budget (the runs cut at "
         "that epoch). The cells are separate comparisons of one question: their "
-        f"p-values are corrected together (Holm, {len(table)} comparisons).",
+        f"p-values are corrected together (Holm, {len(table)} comparisons). Collapsed "
+        "runs: of all the cell's runs (every setting), those whose test or validation "
+        "accuracy at that epoch is more than 0.2 below their training accuracy.",
         "",
         "| drop_last | BN statistics | epochs | comparison | model's setting (val) → "
         "test | reference's setting (val) → test | n | mean gap | 95 % t-interval | "
-        "95 % BCa bootstrap | P(improvement) | p (Holm) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "95 % BCa bootstrap | P(improvement) | p (Holm) | collapsed runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
         statistics = "precise" if row.evaluation == "precise" else "running"
@@ -267,7 +269,7 @@ def robustness_section(table: pd.DataFrame, sentences: list[str]) -> list[str]:
             f"{row.reference_test:.4f}",
             int(row.n), signed(row["mean"]), interval(row.ci_low, row.ci_high),
             interval(row.boot_low, row.boot_high),
-            share, p_value,
+            share, p_value, f"{int(row.collapsed)} of {int(row.runs)}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     warned = table[table["warnings"].fillna("") != ""]

@@ -14,7 +14,7 @@ import pandas as pd
 
 from fashionbn.markdown import plural
 from fashionbn.pairing import tuned_gaps
-from fashionbn.protocol import at_budget, evaluated, precise_available
+from fashionbn.protocol import at_budget, collapses, evaluated, precise_available
 from fashionbn.selection import select, tuned_keys, why_no_selection
 from fashionbn.stats import holm, tuned_comparisons
 from fashionbn.sweep import Sweep, grouping_keys
@@ -88,6 +88,7 @@ def robustness(
         if why_no_selection(results, keys, select_by) or not tuned_keys(keys):
             continue
         selection = select(results, keys, select_by, part.diverged_params)
+        collapsed = collapses(results)
         gaps = tuned_gaps(selection.chosen, reference)
         table = tuned_comparisons(gaps, precision, "")
         for _, row in table.iterrows():
@@ -95,7 +96,9 @@ def robustness(
             rows.append({**cell, **row.to_dict(),
                          **arm("model", selection, model),
                          **arm("reference", selection, reference),
-                         "warnings": "; ".join(selection.warnings)})  # fmt: skip
+                         "warnings": "; ".join(selection.warnings),
+                         "collapsed": len(collapsed),
+                         "runs": results["run"].nunique()})  # fmt: skip
     if len(rows) < 2:
         return None
     frame = pd.DataFrame(rows)

@@ -230,6 +230,7 @@ def test_the_robustness_section_has_a_row_per_cell_and_a_verdict(
     assert (precise["mean"] > 0).all() and (table[table["evaluation"] == "default"][
         "mean"] < 0).all()  # fmt: skip
     assert table["p_holm"].tolist() == pytest.approx(holm(table["p_value"].tolist()))
+    assert (table["runs"] == 12).all() and (table["collapsed"] == 0).all()
     report = report_of(sweep)
     assert "## Does the answer depend on the protocol?" in report
     assert (
