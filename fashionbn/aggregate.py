@@ -75,7 +75,9 @@ def aggregate(
     keys = sweep.group_keys
     analysis = analyse(sweep, threshold, precision, select_by, reference, metric)
     analysis.at_epoch = at_epoch
-    analysis.robustness = robustness(full, precision, reference, select_by, budgets)
+    analysis.robustness = robustness(
+        full, precision, reference, select_by, budgets, sweep.notes
+    )
     for _, row in analysis.collapses.iterrows():
         print(f"collapsed {row.run}: train {row.train_acc:.4f}, test "
               f"{row.test_acc:.4f} at epoch {int(row.epoch)}",

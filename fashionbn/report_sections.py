@@ -232,6 +232,13 @@ def smoothness_ratios(why: pd.DataFrame, keys: list[str], reference: str) -> lis
     return ratios
 
 
+def arm_text(row: pd.Series, prefix: str) -> str:
+    """'optim.lr=0.1 (0.8683) → 0.8645': setting (mean validation) → mean test."""
+    val = row[f"{prefix}_val"]
+    val = f" ({val:.4f})" if pd.notna(val) else ""
+    return f"{row[f'{prefix}_setting']}{val} → {row[f'{prefix}_test']:.4f}"
+
+
 def robustness_section(table: pd.DataFrame, sentences: list[str]) -> list[str]:
     """'Does the answer depend on the protocol?': a row per protocol cell, then the
     verdict."""
@@ -264,9 +271,7 @@ def robustness_section(table: pd.DataFrame, sentences: list[str]) -> list[str]:
         cells = [
             str(row["data.drop_last"]).lower(), statistics, int(row.budget),
             row.comparison,
-            f"{row.model_setting} ({row.model_val:.4f}) → {row.model_test:.4f}",
-            f"{row.reference_setting} ({row.reference_val:.4f}) → "
-            f"{row.reference_test:.4f}",
+            arm_text(row, "model"), arm_text(row, "reference"),
             int(row.n), signed(row["mean"]), interval(row.ci_low, row.ci_high),
             interval(row.boot_low, row.boot_high),
             share, p_value, f"{int(row.collapsed)} of {int(row.runs)}",

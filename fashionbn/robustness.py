@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from fashionbn.markdown import plural
-from fashionbn.pairing import tuned_gaps
+from fashionbn.pairing import paired_gaps, tuned_gaps
 from fashionbn.protocol import at_budget, collapses, evaluated, precise_available
 from fashionbn.selection import select, tuned_keys, why_no_selection
-from fashionbn.stats import holm, tuned_comparisons
+from fashionbn.stats import compare, holm, tuned_comparisons
 from fashionbn.sweep import Sweep, grouping_keys
 
 PROTOCOL_KEYS = ["data.drop_last"]  # data.* keys that change the protocol, not the data
@@ -66,14 +66,24 @@ def robustness(
     reference: str,
     select_by: str,
     budgets: Optional[list[int]] = None,
+    notes: Optional[list[str]] = None,
 ) -> Optional[pd.DataFrame]:
     """One row per protocol cell and comparison: each arm's chosen setting and test
-    accuracy, the tuned gap and its statistics, p corrected over the cells (Holm).
-    None when the runs allow fewer than two cells or have nothing to select."""
+    accuracy, the tuned gap and its statistics, p corrected over the cells (Holm);
+    when the runs vary no hyperparameter, the models as they ran. None when the runs
+    allow fewer than two cells, or vary a hyperparameter without validation metrics
+    to select it on. A budget
+    beyond the runs' length is left out, with a line in `notes`."""
     if "data.drop_last" not in sweep.results:
         return None
-    budgets = [b for b in (budgets or default_budgets(sweep))
-               if b <= sweep.results["epoch"].max()]  # fmt: skip
+    longest = int(sweep.results["epoch"].max())
+    asked = budgets or default_budgets(sweep)
+    budgets = [b for b in asked if b <= longest]
+    if len(budgets) < len(asked) and notes is not None:
+        notes.append(
+            f"--budgets {','.join(map(str, asked))}: the runs last {longest} epochs "
+            f"at most, so the protocol section uses {','.join(map(str, budgets))}"
+        )
     every = cells(sweep, budgets)
     if len(every) < 2:
         return None
@@ -85,24 +95,53 @@ def robustness(
         part = at_budget(part, cell["budget"])
         results = evaluated(part.results, cell["evaluation"])
         keys = grouping_keys(results, part.params)
-        if why_no_selection(results, keys, select_by) or not tuned_keys(keys):
+        counts = {"collapsed": len(collapses(results)),
+                  "runs": results["run"].nunique()}  # fmt: skip
+        if not tuned_keys(keys):  # nothing to tune: the models as they ran
+            rows += untuned(results, keys, reference, precision, {**cell, **counts})
+            continue
+        if why_no_selection(results, keys, select_by):
             continue
         selection = select(results, keys, select_by, part.diverged_params)
-        collapsed = collapses(results)
         gaps = tuned_gaps(selection.chosen, reference)
         table = tuned_comparisons(gaps, precision, "")
         for _, row in table.iterrows():
             model = row["comparison"].split(" − ")[0]
-            rows.append({**cell, **row.to_dict(),
+            rows.append({**cell, **row.to_dict(), **counts,
                          **arm("model", selection, model),
                          **arm("reference", selection, reference),
-                         "warnings": "; ".join(selection.warnings),
-                         "collapsed": len(collapsed),
-                         "runs": results["run"].nunique()})  # fmt: skip
+                         "warnings": "; ".join(selection.warnings)})  # fmt: skip
     if len(rows) < 2:
         return None
     frame = pd.DataFrame(rows)
     return frame.assign(p_holm=holm(frame["p_value"].tolist()))
+
+
+def untuned(
+    results: pd.DataFrame, keys: list[str], reference: str, precision: float,
+    cell: dict,
+) -> list[dict]:  # fmt: skip
+    """A cell's rows when the runs vary no hyperparameter: each model as it ran,
+    paired by seed with the reference, at the cell's budget."""
+    gaps = paired_gaps(results, keys, reference)
+    if gaps.empty:
+        return []
+    last = results[results["epoch"] == cell["budget"]]
+    rows = []
+    for comparison, part in gaps[gaps["epoch"] == cell["budget"]].groupby("comparison"):
+        model = comparison.split(" − ")[0]
+        sides = {"model": last[last["model"] == model],
+                 "reference": last[last["model"] == reference]}  # fmt: skip
+        statistics = compare(part["gap"], precision)
+        rows.append({**cell, "comparison": comparison, "epoch": cell["budget"],
+                     "epoch_reference": cell["budget"], **statistics,
+                     "warnings": ""})  # fmt: skip
+        for prefix, side in sides.items():
+            rows[-1] |= {f"{prefix}_setting": "as run",
+                         f"{prefix}_val": side["val_acc"].mean(),
+                         f"{prefix}_test": side["test_acc"].mean(),
+                         f"{prefix}_test_std": side["test_acc"].std()}  # fmt: skip
+    return rows
 
 
 def arm(prefix: str, selection, model: str) -> dict:
@@ -121,6 +160,8 @@ def verdict(table: pd.DataFrame) -> list[str]:
     sentences = []
     for comparison, part in table.groupby("comparison", sort=False):
         signs = np.sign(part["mean"])
+        as_run = "model_setting" in part and (part["model_setting"] == "as run").all()
+        gap = "gap" if as_run else "tuned gap"
         sure = int((part["p_holm"] < 0.05).sum())
         held = (
             f"{sure} of {len(part)} cells' gaps differ from zero after Holm's "
@@ -129,7 +170,7 @@ def verdict(table: pd.DataFrame) -> list[str]:
         if (signs > 0).all() or (signs < 0).all():
             direction = "positive" if (signs > 0).all() else "negative"
             sentences.append(
-                f"{comparison}: the sign of the tuned gap is the same in every cell "
+                f"{comparison}: the sign of the {gap} is the same in every cell "
                 f"({direction} in all {plural(len(part), 'cell')}); {held}."
             )
             continue
@@ -150,7 +191,7 @@ def verdict(table: pd.DataFrame) -> list[str]:
             but = f"; but {uniform}" if uniform else ""
             how = f", and no single choice explains the flips ({cells_signs}{but})"
         sentences.append(
-            f"{comparison}: the sign of the tuned gap is not the same in every "
+            f"{comparison}: the sign of the {gap} is not the same in every "
             f"cell{how}; {held}."
         )
     return sentences

@@ -294,6 +294,14 @@ def test_a_small_robust_preset_runs_and_reports_across_the_protocol(
     )  # fmt: skip
     report = report_of(sweep)
     assert "**Verdict.** batchnorm − baseline: the sign of the tuned gap is" in report
+    result = run_module(["fashionbn.aggregate", str(sweep), "--budgets", "2,6,50"],
+                        tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert set(pd.read_csv(sweep / "robustness.csv")["budget"]) == {2, 6}
+    assert (
+        "Note: --budgets 2,6,50: the runs last 6 epochs at most, so the protocol "
+        "section uses 2,6."
+    ) in report_of(sweep)
     assert (sweep / "robustness.png").stat().st_size > 0
     bn = pd.read_csv(sweep / "results.csv").query("model == 'batchnorm'")
     assert bn["test_acc_precise"].notna().all()
@@ -334,4 +342,35 @@ def test_a_verdict_without_one_flipping_choice_names_the_uniform_ones() -> None:
     assert verdict(same)[0].startswith(
         "batchnorm − baseline: the sign of the tuned gap is the same in every cell "
         "(positive in all 4 cells); 1 of 4"
+    )
+
+
+def test_a_protocol_sweep_without_tuning_compares_the_models_as_they_ran(tmp_path):
+    """-m model=baseline,batchnorm data.drop_last=false,true precise_bn=true seed=...:
+    no hyperparameter to tune, so each cell pairs the runs as they are."""
+    sweep = tmp_path / "sweep"
+    for drop_last in ("false", "true"):
+        for seed in range(3):
+            job(sweep, ["model=baseline", f"data.drop_last={drop_last}",
+                        f"seed={seed}"], [0.5, 0.6 + seed / 100])  # fmt: skip
+            bn = 0.7 + seed / 50 + (drop_last == "true") / 10
+            job(sweep, ["model=batchnorm", f"data.drop_last={drop_last}",
+                        f"seed={seed}", "precise_bn=true"], [0.6, bn],
+                columns={"test_acc_precise": [0.6, bn + 0.05]})  # fmt: skip
+    aggregate([sweep])
+    table = pd.read_csv(sweep / "robustness.csv")
+    assert len(table) == 2 * 2  # drop_last x evaluation, one budget (2 epochs)
+    row = table[(table["data.drop_last"]) & (table["evaluation"] == "precise")].iloc[0]
+    gaps = [0.7 + s / 50 + 0.1 + 0.05 - (0.6 + s / 100) for s in range(3)]
+    assert row["mean"] == pytest.approx(np.mean(gaps))
+    assert (row["model_setting"], row["model_test"]) == (
+        "as run", pytest.approx(np.mean([0.85 + s / 50 for s in range(3)])),
+    )  # fmt: skip
+    report = report_of(sweep)
+    assert (
+        "| true | precise | 2 | batchnorm − baseline | as run → 0.8700 | as run → "
+        "0.6100 |"
+    ) in report
+    assert "batchnorm − baseline: the sign of the gap is the same in every cell" in (
+        report
     )
