@@ -42,7 +42,7 @@ def describe_evaluation(evaluation: str) -> str:
     )
 
 
-def has_batch_norm(frame: pd.DataFrame) -> pd.Series:
+def batch_norm_runs(frame: pd.DataFrame) -> pd.Series:
     return frame.get("model.norm", pd.Series("none", index=frame.index)) == "batchnorm"
 
 
@@ -51,7 +51,7 @@ def evaluated(frame: pd.DataFrame, evaluation: str) -> pd.DataFrame:
     AggregateError when BatchNorm runs did not record precise statistics."""
     if evaluation == "default" or frame.empty:
         return frame
-    batch_norm = has_batch_norm(frame)
+    batch_norm = batch_norm_runs(frame)
     missing = frame.loc[batch_norm & frame["test_acc_precise"].isna(), "run"].unique()
     if len(missing):
         raise AggregateError(
@@ -67,7 +67,7 @@ def evaluated(frame: pd.DataFrame, evaluation: str) -> pd.DataFrame:
 def precise_available(sweep: Sweep) -> bool:
     """Whether every BatchNorm run recorded precise statistics (and there is one)."""
     results = sweep.results
-    batch_norm = has_batch_norm(results)
+    batch_norm = batch_norm_runs(results)
     return bool(
         batch_norm.any() and results.loc[batch_norm, "test_acc_precise"].notna().all()
     )
