@@ -43,6 +43,7 @@ def describe_evaluation(evaluation: str) -> str:
 
 
 def batch_norm_runs(frame: pd.DataFrame) -> pd.Series:
+    """Which rows are of runs whose model has BatchNorm."""
     return frame.get("model.norm", pd.Series("none", index=frame.index)) == "batchnorm"
 
 

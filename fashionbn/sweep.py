@@ -198,9 +198,10 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     )
 
 
-def tidy(jobs: list[Job], params: list[str], field: str = "metrics") -> pd.DataFrame:
-    """One row per (run, epoch): run, every parameter, the metrics."""
-    rows = [getattr(j, field).assign(run=j.job_dir, **j.params) for j in jobs]
+def tidy(jobs: list[Job], params: list[str], metrics: str = "metrics") -> pd.DataFrame:
+    """One row per (run, epoch): run, every parameter, the metrics (the jobs'
+    attribute `metrics` names)."""
+    rows = [getattr(j, metrics).assign(run=j.job_dir, **j.params) for j in jobs]
     if not rows:
         return pd.DataFrame(columns=["run", *params, *METRIC_COLUMNS])
     frame = pd.concat(rows, ignore_index=True)
