@@ -21,19 +21,17 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
+from fashionbn.api import compose_config
 from fashionbn.config import register_configs
 from fashionbn.data import clear_cache, dataset_name, ensure_dataset
 from fashionbn.job import run_job
 from fashionbn.model import build_model
 from fashionbn.train import seed_everything
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def reference_run(cfg) -> float:
@@ -94,11 +92,6 @@ def timed(runs: dict, repeats: int) -> tuple[dict, dict]:
             results[name] = run()
             seconds[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in seconds.items()}, results
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 def process_seconds(command: list[str]) -> float:

@@ -9,10 +9,10 @@ from typing import Optional
 import numpy as np
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import fashionbn.train
+from fashionbn.api import compose_config  # noqa: F401 - the tests' composer
 from fashionbn.config import register_configs
 from fashionbn.data import prepare_from_system_dir, raw_dir
 from fashionbn.job import run_identity, run_job
@@ -72,12 +72,6 @@ def real_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.fail(
         f"real FashionMNIST missing in {SYSTEM_DIR} and data/: run `make setup`"
     )
-
-
-def compose_config(overrides: list[str]):
-    """The real conf/ composed with `overrides`, as fashionbn.run would see it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.fixture
