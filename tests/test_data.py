@@ -336,3 +336,19 @@ def test_a_run_records_its_data_by_content(tmp_path, tiny_system_dir) -> None:
         raw = (raw_dir(tmp_path / "root") / name).read_bytes()
         lines += f"{name} {hashlib.sha256(raw).hexdigest()}\n"
     assert status["data_sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_changing_loaded_tensors_in_place_changes_no_later_load(
+    tmp_path, tiny_system_dir
+) -> None:
+    """The parsed dataset is cached for the process; a caller's in-place change (a
+    notebook normalising the images) must not reach the next run."""
+    system_dir, arrays = tiny_system_dir
+    cfg = data_cfg(tmp_path / "root", system_dir, val_size=16)
+    first = load_dataset(cfg)
+    for tensor in first:
+        tensor.zero_()
+    again = load_dataset(cfg)
+    expected = arrays["t10k-images-idx3-ubyte"].astype(np.float32) / 255
+    assert torch.equal(again.test_images, torch.from_numpy(expected))
+    assert again.train_labels.any() and again.val_images.any()
