@@ -100,7 +100,12 @@ def robustness(
         if not tuned_keys(keys):  # nothing to tune: the models as they ran
             rows += untuned(results, keys, reference, precision, {**cell, **counts})
             continue
-        if why_no_selection(results, keys, select_by):
+        why = why_no_selection(results, keys, select_by)
+        if why:
+            if notes is not None:
+                notes.append(
+                    f"protocol cell {describe_cell(cell)} left out: {why.rstrip('.')}"
+                )
             continue
         selection = select(results, keys, select_by, part.diverged_params)
         gaps = tuned_gaps(selection.chosen, reference)
@@ -235,7 +240,7 @@ def describe_level(factor: str, level: str) -> str:
     return f"drop_last={level.lower()}"
 
 
-def describe_cell(row: pd.Series) -> str:
+def describe_cell(row) -> str:
     statistics = "precise" if row["evaluation"] == "precise" else "running"
     return (
         f"drop_last={str(row['data.drop_last']).lower()}, {statistics} statistics, "

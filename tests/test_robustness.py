@@ -374,3 +374,21 @@ def test_a_protocol_sweep_without_tuning_compares_the_models_as_they_ran(tmp_pat
     assert "batchnorm − baseline: the sign of the gap is the same in every cell" in (
         report
     )
+
+
+def test_a_protocol_cell_that_cannot_select_is_named(tmp_path) -> None:
+    """A robust sweep combined with runs without a validation split: the cells they
+    join cannot select (two validation sets), and the report says which and why."""
+    sweep = tmp_path / "sweep"
+    robust_sweep(sweep)
+    for model in ("baseline", "batchnorm"):
+        job(tmp_path / "plain", [f"model={model}", "seed=0", "epochs=6"], [0.5] * 6)
+    aggregate([sweep, tmp_path / "plain"], out_dir=tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "Note: protocol cell drop_last=false, running statistics, epoch 5 left out: No "
+        "tuned comparison: the runs differ in data.split_seed, data.val_size; a "
+        "selection needs one validation set for all of them."
+    ) in report
+    table = pd.read_csv(tmp_path / "out" / "robustness.csv")
+    assert set(table["data.drop_last"]) == {True}  # only the cells that could select
