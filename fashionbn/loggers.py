@@ -217,11 +217,17 @@ class MLflowSink:
 SQLITE = "sqlite:///"
 
 
-def sqlite_lock(tracking_uri: str) -> Optional[Path]:
-    """The lock file beside a sqlite:/// store (None for any other store)."""
+def sqlite_path(tracking_uri: str) -> Optional[Path]:
+    """The file of a sqlite:/// store (None for any other store)."""
     if not tracking_uri.startswith(SQLITE):
         return None
-    return Path(tracking_uri[len(SQLITE) :] + ".lock")
+    return Path(tracking_uri[len(SQLITE) :])
+
+
+def sqlite_lock(tracking_uri: str) -> Optional[Path]:
+    """The lock file beside a sqlite:/// store (None for any other store)."""
+    store = sqlite_path(tracking_uri)
+    return None if store is None else store.with_name(store.name + ".lock")
 
 
 def create_sqlite_store(tracking_uri: str, client_class) -> None:
@@ -229,18 +235,15 @@ def create_sqlite_store(tracking_uri: str, client_class) -> None:
     all, then rename it into place (the caller holds the store's lock): a kill during
     the ~1.5 s of migrations leaves debris beside the store, never a half-migrated
     store that every later job fails to open ("table ... already exists")."""
-    if not tracking_uri.startswith(SQLITE):
-        return
-    store = Path(tracking_uri[len(SQLITE) :])
-    if store.exists():
+    store = sqlite_path(tracking_uri)
+    if store is None or store.exists():
         return
     for debris in store.parent.glob(f".{store.name}.partial-*"):
         debris.unlink(missing_ok=True)  # a creator killed earlier (we hold the lock)
     # a name never used before: MLflow caches engines per URI, and one left from a
     # failed creation in this process would still point at the removed file
-    aside = partial_name(store).with_name(
-        f"{partial_name(store).name}-{uuid.uuid4().hex[:8]}"
-    )
+    partial = partial_name(store)
+    aside = partial.with_name(f"{partial.name}-{uuid.uuid4().hex[:8]}")
     client_class(tracking_uri=f"{SQLITE}{aside}").search_experiments()  # migrates
     os.replace(aside, store)
 

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fashionbn.markdown import group_label  # noqa: E402
+from fashionbn.protocol import statistics_word  # noqa: E402
 
 
 def facet_labels(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
@@ -266,7 +267,7 @@ def robustness(table: pd.DataFrame) -> Figure:
     comparisons = table["comparison"].unique()
     labels = []
     for y, (_, row) in enumerate(table.iloc[::-1].iterrows()):
-        statistics = "precise" if row["evaluation"] == "precise" else "running"
+        statistics = statistics_word(row["evaluation"])
         label = (
             f"drop_last={str(row['data.drop_last']).lower()} · {statistics} BN "
             f"stats · {int(row['budget'])} epochs"

@@ -29,6 +29,11 @@ COLLAPSE_MARGIN = 0.2
 TRAIN_SET = 60_000  # training samples of FashionMNIST and of MNIST alike
 
 
+def statistics_word(evaluation: str) -> str:
+    """Which statistics BatchNorm evaluates with under `evaluation`."""
+    return "precise" if evaluation == "precise" else "running"
+
+
 def describe_evaluation(evaluation: str) -> str:
     if evaluation == "precise":
         return (

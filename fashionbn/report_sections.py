@@ -9,6 +9,8 @@ import pandas as pd
 
 from fashionbn.analysis import TUNED
 from fashionbn.markdown import group_label, interval, mean_std, p_text, signed
+from fashionbn.protocol import statistics_word
+from fashionbn.robustness import describe_cell
 from fashionbn.selection import Selection
 from fashionbn.stats import LEVEL, MIN_BOOTSTRAP_PAIRS
 
@@ -262,7 +264,7 @@ def robustness_section(table: pd.DataFrame, sentences: list[str]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
-        statistics = "precise" if row.evaluation == "precise" else "running"
+        statistics = statistics_word(row.evaluation)
         p_value = p_text(row.p_holm) + ("†" if row.p_test == "sign-flip" else "")
         share = (
             f"{row.p_improve:.2f} "
@@ -281,10 +283,7 @@ def robustness_section(table: pd.DataFrame, sentences: list[str]) -> list[str]:
     if not warned.empty:
         lines += ["", "Selection warnings per cell:"]
         lines += [
-            f"- drop_last={str(row['data.drop_last']).lower()}, "
-            f"{'precise' if row.evaluation == 'precise' else 'running'} statistics, "
-            f"epoch {int(row.budget)}: {row.warnings}."
-            for _, row in warned.iterrows()
+            f"- {describe_cell(row)}: {row.warnings}." for _, row in warned.iterrows()
         ]
     lines += ["", *[f"**Verdict.** {sentence}" for sentence in sentences], ""]
     lines += ["![robustness.png](robustness.png)", ""]

@@ -14,7 +14,13 @@ import pandas as pd
 
 from fashionbn.markdown import plural
 from fashionbn.pairing import paired_gaps, tuned_gaps
-from fashionbn.protocol import at_budget, collapses, evaluated, precise_available
+from fashionbn.protocol import (
+    at_budget,
+    collapses,
+    evaluated,
+    precise_available,
+    statistics_word,
+)
 from fashionbn.selection import select, tuned_keys, why_no_selection
 from fashionbn.stats import compare, holm, tuned_comparisons
 from fashionbn.sweep import Sweep, grouping_keys
@@ -234,15 +240,15 @@ def sign_word(sign: float) -> str:
 
 def describe_level(factor: str, level: str) -> str:
     if factor == "evaluation":
-        return "precise statistics" if level == "precise" else "running statistics"
+        return f"{statistics_word(level)} statistics"
     if factor == "budget":
         return f"{level} epochs"
     return f"drop_last={level.lower()}"
 
 
 def describe_cell(row) -> str:
-    statistics = "precise" if row["evaluation"] == "precise" else "running"
     return (
-        f"drop_last={str(row['data.drop_last']).lower()}, {statistics} statistics, "
+        f"drop_last={str(row['data.drop_last']).lower()}, "
+        f"{statistics_word(row['evaluation'])} statistics, "
         f"epoch {int(row['budget'])}"
     )

@@ -287,11 +287,8 @@ def train_epochs(
         )  # fmt: skip
         evaluated = evaluate_epoch(cfg, model, data)
         seconds = time.perf_counter() - start
-        records.append(
-            {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-             "test_loss": evaluated["test_loss"], "test_acc": evaluated["test_acc"],
-             "seconds": seconds, **evaluated}
-        )  # fmt: skip
+        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
+        records.append({**record, "seconds": seconds, **evaluated})
         test_loss, test_acc = evaluated["test_loss"], evaluated["test_acc"]
         val_loss, val_acc = evaluated["val_loss"], evaluated["val_acc"]
         # NaN/inf, or so far above chance (ln 10 = 2.3) that training has blown up
