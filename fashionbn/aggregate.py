@@ -1,6 +1,7 @@
 """`python -m fashionbn.aggregate [SWEEP_DIR ...]`: sweep dirs -> tables, plots, report.
 
-Reads only what the runs left on disk (fashionbn.sweep), never trains, so it can be
+Reads only what the runs left on disk (fashionbn.analysis.table),
+never trains, so it can be
 re-run at any time, also on a sweep copied from another machine. Every output is
 rendered in memory first and then written as one set: a full or read-only --out gets
 one error line and keeps its previous outputs, never half of a new set.
@@ -15,16 +16,16 @@ from typing import Optional
 
 import pandas as pd
 
-from fashionbn.analysis import analyse
+from fashionbn.analysis.markdown import summary_markdown
+from fashionbn.analysis.outputs import OutputError, write_outputs
+from fashionbn.analysis.pairing import BASELINE, PairingError
+from fashionbn.analysis.protocol import EVALUATIONS, at_budget
+from fashionbn.analysis.report import same_network_warning, write_report
+from fashionbn.analysis.robustness import robustness, verdict
+from fashionbn.analysis.selection import SELECT_BY
+from fashionbn.analysis.summary import analyse
+from fashionbn.analysis.table import AggregateError, load_sweep, read_sweep
 from fashionbn.config import FashionbnError
-from fashionbn.markdown import summary_markdown
-from fashionbn.outputs import OutputError, write_outputs
-from fashionbn.pairing import BASELINE, PairingError
-from fashionbn.protocol import EVALUATIONS, at_budget
-from fashionbn.report import same_network_warning, write_report
-from fashionbn.robustness import robustness, verdict
-from fashionbn.selection import SELECT_BY
-from fashionbn.sweep import AggregateError, load_sweep, read_sweep
 
 __all__ = ["aggregate", "load_sweep", "main", "newest_sweep", "parse_threshold"]
 
@@ -52,7 +53,7 @@ def aggregate(
     (default, or precise BatchNorm statistics), at epoch `at_epoch` of every run that
     lasted that long (default: each run's last). `budgets`: the epochs of the
     robustness section's cells (default: 5 and the runs' last)."""
-    from fashionbn import plot  # matplotlib is only needed here
+    from fashionbn.analysis import plot  # matplotlib is only needed here
 
     full = read_sweep(sweep_dirs)
     sweep = at_budget(full, at_epoch) if at_epoch is not None else full

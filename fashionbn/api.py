@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fashionbn.checkpoint import load_checkpoint
-from fashionbn.checks import check_config
 from fashionbn.config import FashionbnError, register_configs
-from fashionbn.model import build_model
+from fashionbn.config.validation import check_config
+from fashionbn.core.model import build_model
+from fashionbn.jobs.checkpoint import load_checkpoint
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -39,7 +38,8 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 def config(overrides: Sequence[str] = ()) -> DictConfig:
     """A run's config from overrides such as "model=batchnorm" or "optim.lr=0.1",
-    composed like the CLI and validated (fashionbn.checks: one clear error)."""
+    composed like the CLI and validated
+    (fashionbn.config.validation: one clear error)."""
     cfg = compose_config(overrides)
     check_config(cfg)
     return cfg
@@ -51,20 +51,18 @@ def train(cfg: DictConfig, job_dir: Optional[str | Path] = None) -> list[dict]:
     the dir gets `.hydra/config.yaml` as under the CLI, so load_sweep and the
     aggregate find it. Returns one record per epoch (the columns of metrics.csv).
     torch's thread count is put back afterwards, whatever cfg.threads says."""
-    from fashionbn.job import run_job
-    from fashionbn.train import train_and_evaluate
+    from fashionbn.core.train import train_and_evaluate
+    from fashionbn.jobs.job import run_job
 
-    threads = torch.get_num_threads()
-    try:
-        if job_dir is None:
-            return train_and_evaluate(cfg)
-        hydra_config = Path(job_dir) / ".hydra" / "config.yaml"
-        if not hydra_config.exists():  # what Hydra writes for a job of the CLI
-            hydra_config.parent.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(cfg, hydra_config)
-        return run_job(cfg, Path(job_dir))
-    finally:
-        torch.set_num_threads(threads)
+    if job_dir is None:
+        return train_and_evaluate(cfg)
+    hydra_config = Path(job_dir) / ".hydra" / "config.yaml"
+    if not hydra_config.exists():  # what Hydra writes for a job of the CLI
+        hydra_config.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, hydra_config)
+    records = run_job(cfg, Path(job_dir))
+    OmegaConf.save(cfg, hydra_config)  # the dir holds this config's run (extended)
+    return records
 
 
 @dataclass
@@ -89,9 +87,9 @@ def load_sweep(
 ) -> LoadedSweep:
     """Read the job dirs under `sweep_dirs` (nothing is written) into the tables of
     `python -m fashionbn.aggregate` with the same options."""
-    from fashionbn.analysis import analyse
-    from fashionbn.protocol import at_budget
-    from fashionbn.sweep import read_sweep
+    from fashionbn.analysis.protocol import at_budget
+    from fashionbn.analysis.summary import analyse
+    from fashionbn.analysis.table import read_sweep
 
     sweep = read_sweep([Path(d) for d in sweep_dirs])
     if at_epoch is not None:

@@ -4,7 +4,7 @@ Both train the same model with the same optimizer on the real FashionMNIST, one 
 the other in this process (alternating, several repeats); the median is reported.
 - reference: torchvision FashionMNIST with transform=ToTensor() and
   DataLoader(batch_size=64, shuffle=True), the loop of the original notebook;
-- fashionbn: fashionbn.job.run_job, exactly what fashionbn.run calls.
+- fashionbn: fashionbn.jobs.job.run_job, exactly what fashionbn.run calls.
 Timings include loading the data, training and the per-epoch test evaluation.
 `--sweep` times whole processes instead: the default sweep (`fashionbn.run -m`, cold
 start, fresh sweep dir) against one process running the notebook's pipeline for the
@@ -28,10 +28,10 @@ from torchvision.datasets import FashionMNIST
 
 from fashionbn.api import compose_config
 from fashionbn.config import register_configs
-from fashionbn.data import clear_cache, dataset_name, ensure_dataset
-from fashionbn.job import run_job
-from fashionbn.model import build_model
-from fashionbn.train import seed_everything
+from fashionbn.core.data import clear_cache, dataset_name, ensure_dataset
+from fashionbn.core.model import build_model
+from fashionbn.core.train import seed_everything
+from fashionbn.jobs.job import run_job
 
 
 def reference_run(cfg) -> float:
@@ -39,7 +39,7 @@ def reference_run(cfg) -> float:
     seed_everything(cfg.seed)
     train_set = FashionMNIST(cfg.data.root, train=True, transform=transforms.ToTensor())
     test_set = FashionMNIST(cfg.data.root, train=False, transform=transforms.ToTensor())
-    if cfg.data.train_size:  # the same first-N subsets as fashionbn.data
+    if cfg.data.train_size:  # the same first-N subsets as fashionbn.core.data
         train_set = Subset(train_set, range(cfg.data.train_size))
     if cfg.data.test_size:
         test_set = Subset(test_set, range(cfg.data.test_size))

@@ -17,8 +17,9 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from fashionbn.config import FashionbnError, register_configs
-from fashionbn.job import JobBusy, run_job
-from fashionbn.results import METRICS_FILE
+from fashionbn.config.validation import available_cores
+from fashionbn.jobs.files import METRICS_FILE
+from fashionbn.jobs.job import JobBusy, run_job
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def threads_per_job(launcher_cfg: DictConfig) -> Optional[int]:
     """
     n_jobs = launcher_cfg.get("n_jobs")
     if n_jobs is not None:
-        cores = len(os.sched_getaffinity(0))
+        cores = available_cores()
         return 1 if n_jobs < 0 else max(1, cores // n_jobs)
     return launcher_cfg.get("cpus_per_task")
 

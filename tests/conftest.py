@@ -11,12 +11,12 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-import fashionbn.train
+import fashionbn.core.train
 from fashionbn.api import compose_config  # noqa: F401 - the tests' composer
 from fashionbn.config import register_configs
-from fashionbn.data import prepare_from_system_dir, raw_dir
-from fashionbn.job import run_identity, run_job
-from fashionbn.results import write_diagnostics, write_metrics, write_status
+from fashionbn.core.data import prepare_from_system_dir, raw_dir
+from fashionbn.jobs.files import write_diagnostics, write_metrics, write_status
+from fashionbn.jobs.job import run_identity, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -103,14 +103,15 @@ def run_module(args: list[str], cwd: Path, timeout: int = 600):
 
 
 def plain_start(cfg) -> tuple:
-    """What a plain PyTorch loop of the protocol starts from, without fashionbn.train:
+    """What a plain PyTorch loop of the protocol starts from, without
+    fashionbn.core.train:
     python, numpy and torch seeded, the shuffle generator, the model and
     torch.optim.SGD."""
     import random
 
     import torch
 
-    from fashionbn.model import build_model
+    from fashionbn.core.model import build_model
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -202,7 +203,7 @@ def read_only_dir(tmp_path: Path):
 def killed_after(monkeypatch, epochs: int) -> None:
     """Make training die like a kill (not an exception the job handles) once
     `epochs` epochs are finished."""
-    real, calls = fashionbn.train.train_one_epoch, []
+    real, calls = fashionbn.core.train.train_one_epoch, []
 
     def train_then_die(*args, **kwargs):
         if len(calls) == epochs:
@@ -210,7 +211,7 @@ def killed_after(monkeypatch, epochs: int) -> None:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fashionbn.train, "train_one_epoch", train_then_die)
+    monkeypatch.setattr(fashionbn.core.train, "train_one_epoch", train_then_die)
 
 
 def kill_run(cfg, job_dir: Path, monkeypatch, epochs: int) -> None:

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from fashionbn.aggregate import aggregate, main, newest_sweep
-from fashionbn.outputs import MANIFEST, OUTPUTS
-from fashionbn.results import METRIC_COLUMNS
-from fashionbn.sweep import AggregateError, load_sweep, read_sweep
+from fashionbn.analysis.outputs import MANIFEST, OUTPUTS
+from fashionbn.analysis.table import AggregateError, load_sweep, read_sweep
+from fashionbn.jobs.files import METRIC_COLUMNS
 from tests.conftest import make_job_dir
 
 T_975_DF2 = 4.302652729911275  # Student t quantile 0.975, 2 degrees of freedom (table)

@@ -7,8 +7,8 @@ import torch
 
 from fashionbn import api
 from fashionbn.config import ConfigError, FashionbnError
-from fashionbn.data import load_dataset
-from fashionbn.job import run_job
+from fashionbn.core.data import load_dataset
+from fashionbn.jobs.job import run_job
 from tests.conftest import REPO, without_seconds
 
 

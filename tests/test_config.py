@@ -5,9 +5,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from fashionbn.checks import check_config
 from fashionbn.config import ConfigError, normalise_identity
-from fashionbn.job import run_identity
+from fashionbn.config.validation import check_config
+from fashionbn.jobs.job import run_identity
 from tests.conftest import CONF_DIR, compose_config
 
 

@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms
 
-import fashionbn.data
+import fashionbn.core.data
 from fashionbn.config import ConfigError
-from fashionbn.data import (
+from fashionbn.core.data import (
     DatasetCorruptError,
     DatasetNotFoundError,
     load_dataset,
@@ -216,7 +216,7 @@ def test_mnist_loads_from_its_own_folder(tmp_path, tiny_system_dir) -> None:
     assert torch.equal(data.train_images, torch.from_numpy(expected))
     # from then on the uncompressed files alone suffice
     cfg.system_dir = None
-    fashionbn.data.clear_cache()
+    fashionbn.core.data.clear_cache()
     assert torch.equal(load_dataset(cfg).test_labels, data.test_labels)
 
 
@@ -276,7 +276,7 @@ def fashion_gz_dir(tmp_path_factory, real_data_root) -> Path:
     if (system / "train-images-idx3-ubyte.gz").is_file():
         return system
     made = tmp_path_factory.mktemp("fashion_gz")
-    for name in fashionbn.data.IDX_FILES:
+    for name in fashionbn.core.data.IDX_FILES:
         with gzip.open(made / f"{name}.gz", "wb", compresslevel=1) as f:
             f.write((raw_dir(real_data_root) / name).read_bytes())
     return made
@@ -285,7 +285,7 @@ def fashion_gz_dir(tmp_path_factory, real_data_root) -> Path:
 def test_the_known_digests_are_the_real_fashion_mnist(real_data_root) -> None:
     import hashlib
 
-    for name, digest in fashionbn.data.KNOWN_SHA256["fashion_mnist"].items():
+    for name, digest in fashionbn.core.data.KNOWN_SHA256["fashion_mnist"].items():
         content = (raw_dir(real_data_root) / name).read_bytes()
         assert hashlib.sha256(content).hexdigest() == digest, name
 
@@ -312,7 +312,7 @@ def test_fashion_mnists_files_put_where_mnist_goes_are_refused(
 ) -> None:
     target = raw_dir(tmp_path, "mnist")
     target.mkdir(parents=True)
-    for name in fashionbn.data.IDX_FILES:
+    for name in fashionbn.core.data.IDX_FILES:
         (target / name).symlink_to(raw_dir(real_data_root) / name)
     cfg = compose_config(["data=mnist", f"data.root={tmp_path}"]).data
     with pytest.raises(DatasetCorruptError, match=f"{target} holds FashionMNIST's"):
@@ -324,7 +324,7 @@ def test_a_run_records_its_data_by_content(tmp_path, tiny_system_dir) -> None:
     import hashlib
     import json
 
-    from fashionbn.job import run_job
+    from fashionbn.jobs.job import run_job
 
     system_dir, arrays = tiny_system_dir
     overrides = [f"data.system_dir={system_dir}", f"data.root={tmp_path / 'root'}",
@@ -332,7 +332,7 @@ def test_a_run_records_its_data_by_content(tmp_path, tiny_system_dir) -> None:
     run_job(compose_config(overrides), tmp_path / "job")
     status = json.loads((tmp_path / "job" / "status.json").read_text())
     lines = ""
-    for name in fashionbn.data.IDX_FILES:
+    for name in fashionbn.core.data.IDX_FILES:
         raw = (raw_dir(tmp_path / "root") / name).read_bytes()
         lines += f"{name} {hashlib.sha256(raw).hexdigest()}\n"
     assert status["data_sha256"] == hashlib.sha256(lines.encode()).hexdigest()

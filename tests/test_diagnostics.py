@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashionbn.diagnostics import (
+from fashionbn.core.diagnostics import (
     hidden_layers,
     landscape_values,
     measure,
     probe_indices,
 )
-from fashionbn.job import run_job
-from fashionbn.model import build_model
-from fashionbn.results import read_diagnostics, read_metrics
-from fashionbn.train import steps_per_epoch
+from fashionbn.core.model import build_model
+from fashionbn.core.train import steps_per_epoch
+from fashionbn.jobs.files import read_diagnostics, read_metrics
+from fashionbn.jobs.job import run_job
 from tests.conftest import compose_config, kill_run, without_seconds
 
 STEP_SIZES = [0.5, 1.0, 2.0, 4.0]

@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-import fashionbn.train
-from fashionbn.checkpoint import CHECKPOINT_MAGIC, load_checkpoint
+import fashionbn.core.train
 from fashionbn.config import FashionbnError
-from fashionbn.job import JobBusy, JobDirError, run_job
-from fashionbn.reading import read_job
-from fashionbn.results import RESULTS_FORMAT, WriteError, read_metrics, read_status
+from fashionbn.jobs.checkpoint import CHECKPOINT_MAGIC, load_checkpoint
+from fashionbn.jobs.files import RESULTS_FORMAT, WriteError, read_metrics, read_status
+from fashionbn.jobs.job import JobBusy, JobDirError, run_job
+from fashionbn.jobs.reading import read_job
 from tests.conftest import compose_config, kill_run, without_seconds
 
 
@@ -40,7 +40,7 @@ def must_not_train(monkeypatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("trained although it must not")
 
-    monkeypatch.setattr(fashionbn.train, "train_one_epoch", fail)
+    monkeypatch.setattr(fashionbn.core.train, "train_one_epoch", fail)
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +159,13 @@ def test_a_damaged_status_resumes_from_an_intact_checkpoint(
     kill_run(cfg, tmp_path, monkeypatch, epochs=2)
     (tmp_path / "status.json").write_text(status_text)
     assert problem in read_status(tmp_path)[1]
-    real, calls = fashionbn.train.train_one_epoch, []
+    real, calls = fashionbn.core.train.train_one_epoch, []
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fashionbn.train, "train_one_epoch", counting)
+    monkeypatch.setattr(fashionbn.core.train, "train_one_epoch", counting)
     records = run_job(cfg, tmp_path)
     assert len(calls) == 1  # only epoch 3 was trained
     assert problem in caplog.text and "continuing from checkpoint.pt" in caplog.text
@@ -334,7 +334,7 @@ def test_a_write_error_mid_run_keeps_status_and_files_in_step(
     """The same without a real small disk: the 2nd checkpoint write gets ENOSPC."""
     import builtins
 
-    import fashionbn.results
+    import fashionbn.core.atomic
 
     real_open, writes = builtins.open, []
 
@@ -348,7 +348,7 @@ def test_a_write_error_mid_run_keeps_status_and_files_in_step(
         return f
 
     cfg = compose_config([*overrides, "optim.lr=0.001"])
-    monkeypatch.setattr(fashionbn.results, "open", full_at_second_checkpoint,
+    monkeypatch.setattr(fashionbn.core.atomic, "open", full_at_second_checkpoint,
                         raising=False)  # fmt: skip
     with pytest.raises(WriteError, match="no space left on device; free some space"):
         run_job(cfg, tmp_path)
@@ -436,7 +436,7 @@ def test_a_refusal_names_real_differences_only(small_real_overrides, tmp_path) -
 def test_skipping_a_finished_run_does_not_read_its_checkpoint(
     overrides, tmp_path, monkeypatch
 ) -> None:
-    import fashionbn.resume
+    import fashionbn.jobs.resume
 
     cfg = compose_config(overrides)
     full = run_job(cfg, tmp_path)
@@ -444,7 +444,7 @@ def test_skipping_a_finished_run_does_not_read_its_checkpoint(
     def must_not_load(job_dir):
         raise AssertionError("the checkpoint was read for an intact finished run")
 
-    monkeypatch.setattr(fashionbn.resume, "load_checkpoint", must_not_load)
+    monkeypatch.setattr(fashionbn.jobs.resume, "load_checkpoint", must_not_load)
     must_not_train(monkeypatch)
     assert run_job(cfg, tmp_path) == full
 
@@ -463,7 +463,7 @@ class RunsCodeWhenUnpickled:
 
 
 def test_a_checkpoint_that_would_run_code_is_never_loaded(tmp_path) -> None:
-    from fashionbn.checkpoint import Checkpoint, save_checkpoint
+    from fashionbn.jobs.checkpoint import Checkpoint, save_checkpoint
 
     marker = tmp_path / "code-ran"
     state = {"model": {}, "evil": RunsCodeWhenUnpickled(marker)}
@@ -485,8 +485,8 @@ def test_every_training_state_round_trips_without_pickle(tmp_path, optim) -> Non
 
     import numpy as np
 
-    from fashionbn.checkpoint import Checkpoint, save_checkpoint
-    from fashionbn.train import restore_training, start_training, training_state
+    from fashionbn.core.train import restore_training, start_training, training_state
+    from fashionbn.jobs.checkpoint import Checkpoint, save_checkpoint
 
     cfg = compose_config(["model=batchnorm", "model.hidden=[4]", *optim])
     training = start_training(cfg, torch.device("cpu"))
@@ -517,9 +517,9 @@ def test_every_training_state_round_trips_without_pickle(tmp_path, optim) -> Non
 def test_files_reach_the_disk_before_they_are_renamed(tmp_path, monkeypatch) -> None:
     """checkpoint.pt, status.json and the csv files: fsync of the file's data, then
     the rename, then fsync of the directory (network filesystems, power cuts)."""
-    import fashionbn.results
-    from fashionbn.checkpoint import Checkpoint, save_checkpoint
-    from fashionbn.results import write_metrics, write_status
+    import fashionbn.core.atomic
+    from fashionbn.jobs.checkpoint import Checkpoint, save_checkpoint
+    from fashionbn.jobs.files import write_metrics, write_status
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -532,8 +532,8 @@ def test_files_reach_the_disk_before_they_are_renamed(tmp_path, monkeypatch) -> 
         events.append(("replace", str(src), str(dst)))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(fashionbn.results.os, "fsync", fsync)
-    monkeypatch.setattr(fashionbn.results.os, "replace", replace)
+    monkeypatch.setattr(fashionbn.core.atomic.os, "fsync", fsync)
+    monkeypatch.setattr(fashionbn.core.atomic.os, "replace", replace)
     save_checkpoint(tmp_path, Checkpoint({"seed": 0}, "running", [], {}))
     write_status(tmp_path, "running", {"seed": 0}, 0)
     write_metrics([], tmp_path)

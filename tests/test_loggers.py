@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashionbn.job import run_job
-from fashionbn.loggers import LOGGERS_FILE
-from fashionbn.results import read_metrics, read_status
-from fashionbn.sweep import read_sweep
+from fashionbn.analysis.table import read_sweep
+from fashionbn.jobs.files import read_metrics, read_status
+from fashionbn.jobs.job import run_job
+from fashionbn.jobs.loggers import LOGGERS_FILE
 from tests.conftest import compose_config, kill_run, run_module
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -205,7 +205,7 @@ def test_the_default_imports_no_logger(real_data_root, tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")]  # fmt: skip
-    assert "fashionbn.loggers" in imported  # the check below is not vacuous
+    assert "fashionbn.jobs.loggers" in imported  # the check below is not vacuous
     assert not [m for m in imported if m.split(".")[0] in ("tensorboard", "mlflow")]
     assert not [m for m in imported if m.startswith("torch.utils.tensorboard")]
 
@@ -237,7 +237,7 @@ def test_a_kill_while_the_store_is_created_leaves_no_broken_store(
     exists"): the store is created aside and renamed into place when complete."""
     import mlflow.store.db.utils as db_utils
 
-    from fashionbn.loggers import MLflowSink
+    from fashionbn.jobs.loggers import MLflowSink
 
     store = tmp_path / "mlflow.db"
     uri = f"sqlite:///{store}"
@@ -270,15 +270,15 @@ def test_a_silent_tracking_server_costs_a_sweep_one_short_probe(
     import time
     import urllib.request
 
-    import fashionbn.loggers
-    from fashionbn.loggers import make_loggers
+    import fashionbn.jobs.loggers
+    from fashionbn.jobs.loggers import make_loggers
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # connections complete in the backlog; nothing ever answers
     uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
-    monkeypatch.setattr(fashionbn.loggers, "PROBE_SECONDS", 0.5)
-    monkeypatch.setattr(fashionbn.loggers, "_unreachable", {})
+    monkeypatch.setattr(fashionbn.jobs.loggers, "PROBE_SECONDS", 0.5)
+    monkeypatch.setattr(fashionbn.jobs.loggers, "_unreachable", {})
     probes, real_urlopen = [], urllib.request.urlopen
 
     def counted(*args, **kwargs):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fashionbn.model import build_model, count_parameters
+from fashionbn.core.model import build_model, count_parameters
 from tests.conftest import compose_config
 
 

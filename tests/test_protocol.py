@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fashionbn.data import load_dataset
-from fashionbn.job import run_job
-from fashionbn.model import build_model
-from fashionbn.precise_bn import population_statistics, using_statistics
-from fashionbn.results import read_diagnostics, read_metrics
-from fashionbn.train import steps_per_epoch, train_and_evaluate
+from fashionbn.core.data import load_dataset
+from fashionbn.core.model import build_model
+from fashionbn.core.precise_bn import population_statistics, using_statistics
+from fashionbn.core.train import steps_per_epoch, train_and_evaluate
+from fashionbn.jobs.files import read_diagnostics, read_metrics
+from fashionbn.jobs.job import run_job
 from tests.conftest import compose_config, plain_start
 
 TRAINING = ["epoch", "train_loss", "train_acc"]
@@ -41,7 +41,7 @@ class EpochOrder(torch.utils.data.Sampler):
 def plain_dataloader_loop(cfg, data) -> list[dict]:
     """The protocol written with nn.Module, DataLoader(sampler, drop_last) over the
     same split and order, torch.optim.SGD and model.eval(): independent of
-    fashionbn.train. One record of test/val accuracy and train loss per epoch."""
+    fashionbn.core.train. One record of test/val accuracy and train loss per epoch."""
     generator, model, optimizer = plain_start(cfg)
     loader = DataLoader(
         TensorDataset(data.train_images, data.train_labels), batch_size=cfg.batch_size,
@@ -116,7 +116,7 @@ def test_drop_last_trains_floor_n_over_b_steps(tmp_path, tiny_system_dir) -> Non
 
 
 def test_drop_last_drops_only_the_incomplete_batch_of_the_same_order() -> None:
-    from fashionbn.data import shuffled_batches
+    from fashionbn.core.data import shuffled_batches
 
     kept = list(shuffled_batches(96, 20, torch.Generator().manual_seed(5)))
     dropped = list(shuffled_batches(96, 20, torch.Generator().manual_seed(5),
@@ -129,7 +129,7 @@ def test_drop_last_drops_only_the_incomplete_batch_of_the_same_order() -> None:
 
 
 def test_drop_last_is_part_of_a_runs_identity() -> None:
-    from fashionbn.job import run_identity
+    from fashionbn.jobs.job import run_identity
 
     assert run_identity(compose_config(["data.drop_last=true"])) != run_identity(
         compose_config([])
@@ -252,8 +252,8 @@ def test_the_precise_columns_are_an_evaluation_with_recomputed_statistics(
 ) -> None:
     """The recorded test_acc_precise equals evaluating the trained model, with
     statistics recomputed by hand over the training samples."""
-    from fashionbn.evaluation import evaluate
-    from fashionbn.train import start_training, to_device, train_epochs
+    from fashionbn.core.evaluation import evaluate
+    from fashionbn.core.train import start_training, to_device, train_epochs
 
     cfg = compose_config([*small_real_overrides, "model=batchnorm", "epochs=1",
                           "precise_bn=true", "optim.lr=0.1"])  # fmt: skip

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-import fashionbn.evaluation
-import fashionbn.train
+import fashionbn.core.evaluation
+import fashionbn.core.train
+from fashionbn.analysis.table import read_sweep
 from fashionbn.config import FashionbnError
-from fashionbn.data import raw_dir
-from fashionbn.job import run_job
-from fashionbn.results import RESULTS_FORMAT, atomic_write, read_metrics, read_status
-from fashionbn.sweep import read_sweep
+from fashionbn.core.data import raw_dir
+from fashionbn.jobs.files import RESULTS_FORMAT, atomic_write, read_metrics, read_status
+from fashionbn.jobs.job import run_job
 from tests.conftest import compose_config, run_module, without_seconds
 
 # --- resume, skip, refuse (in-process, real data) -------------------------------
@@ -35,7 +35,7 @@ def cfg3(small_real_overrides):
 def test_interrupted_run_resumes_with_identical_numbers(cfg3, tmp_path, monkeypatch):
     uninterrupted = run_job(cfg3, tmp_path / "whole")
 
-    real_evaluate, calls = fashionbn.evaluation.evaluate, []
+    real_evaluate, calls = fashionbn.core.evaluation.evaluate, []
 
     def evaluate_then_crash(*args, **kwargs):
         calls.append(1)
@@ -43,7 +43,7 @@ def test_interrupted_run_resumes_with_identical_numbers(cfg3, tmp_path, monkeypa
             raise RuntimeError("simulated crash in epoch 2")
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(fashionbn.evaluation, "evaluate", evaluate_then_crash)
+    monkeypatch.setattr(fashionbn.core.evaluation, "evaluate", evaluate_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_job(cfg3, tmp_path / "split")
     status = read_status(tmp_path / "split")[0]
@@ -51,7 +51,7 @@ def test_interrupted_run_resumes_with_identical_numbers(cfg3, tmp_path, monkeypa
     assert "simulated crash" in status["error"]
     assert len(read_metrics(tmp_path / "split")) == 1
 
-    monkeypatch.setattr(fashionbn.evaluation, "evaluate", real_evaluate)
+    monkeypatch.setattr(fashionbn.core.evaluation, "evaluate", real_evaluate)
     resumed = run_job(cfg3, tmp_path / "split")
     assert without_seconds(resumed) == without_seconds(uninterrupted)
     assert without_seconds(read_metrics(tmp_path / "split")) == without_seconds(
@@ -68,7 +68,7 @@ def test_complete_run_is_skipped_not_retrained(cfg3, tmp_path, monkeypatch) -> N
     def must_not_train(*args, **kwargs):
         raise AssertionError("a complete run was trained again")
 
-    monkeypatch.setattr(fashionbn.train, "train_one_epoch", must_not_train)
+    monkeypatch.setattr(fashionbn.core.train, "train_one_epoch", must_not_train)
     again = run_job(cfg3, tmp_path)
     assert [r["test_acc"] for r in again] == [r["test_acc"] for r in first]
     assert (tmp_path / "metrics.csv").stat().st_mtime_ns == before
@@ -193,7 +193,7 @@ def test_bad_values_fail_before_training(
     def must_not_train(*args, **kwargs):
         raise AssertionError("training started despite bad input")
 
-    monkeypatch.setattr(fashionbn.train, "train_one_epoch", must_not_train)
+    monkeypatch.setattr(fashionbn.core.train, "train_one_epoch", must_not_train)
     cfg = compose_config([f"data.root={real_data_root}", *overrides])
     with pytest.raises(FashionbnError, match=message):
         run_job(cfg, tmp_path)
@@ -320,13 +320,13 @@ def test_killed_sweep_resumes_to_the_same_results(real_data_root, tmp_path) -> N
 
 CRASH_HIDDEN_7 = """
 import runpy, sys
-import fashionbn.train
-real = fashionbn.train.build_model
+import fashionbn.core.train
+real = fashionbn.core.train.build_model
 def build_model(model_cfg, *args, **kwargs):
     if list(model_cfg.hidden) == [7]:
         raise RuntimeError("simulated bug")
     return real(model_cfg, *args, **kwargs)
-fashionbn.train.build_model = build_model
+fashionbn.core.train.build_model = build_model
 sys.argv[0] = "fashionbn.run"
 runpy.run_module("fashionbn.run", run_name="__main__", alter_sys=True)
 """

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import fashionbn.plot
+import fashionbn.analysis.plot
 from fashionbn.aggregate import aggregate, main
-from fashionbn.pairing import PairingError, paired_gaps
-from fashionbn.sweep import read_sweep
+from fashionbn.analysis.pairing import PairingError, paired_gaps
+from fashionbn.analysis.table import read_sweep
 from tests.conftest import REPO, make_job_dir
 
 T_975 = {1: 12.706204736174703, 2: 4.302652729911275}  # Student t, from a table
@@ -410,14 +410,14 @@ def capture_figures(monkeypatch) -> dict:
     drawn: dict = {}
     for name in ("accuracy_curves", "accuracy_gap", "tuning", "layer_inputs",
                  "gradients", "smoothness"):  # fmt: skip
-        real = getattr(fashionbn.plot, name)
+        real = getattr(fashionbn.analysis.plot, name)
 
         def keep(*args, _real=real, _name=name, **kwargs):
             drawn[_name] = _real(*args, **kwargs)
             return drawn[_name]
 
-        monkeypatch.setattr(fashionbn.plot, name, keep)
-    monkeypatch.setattr(fashionbn.plot, "png", lambda fig: b"figure")
+        monkeypatch.setattr(fashionbn.analysis.plot, name, keep)
+    monkeypatch.setattr(fashionbn.analysis.plot, "png", lambda fig: b"figure")
     return drawn
 
 

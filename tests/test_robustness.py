@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import fashionbn.plot
+import fashionbn.analysis.plot
 from fashionbn.aggregate import aggregate, main
-from fashionbn.protocol import collapses
-from fashionbn.stats import holm
+from fashionbn.analysis.protocol import collapses
+from fashionbn.analysis.stats import holm
 from tests.conftest import make_job_dir
 
 T_975_DF2 = 4.302652729911275
@@ -201,13 +201,13 @@ def test_the_robustness_section_has_a_row_per_cell_and_a_verdict(
     tmp_path, monkeypatch
 ) -> None:
     drawn = {}
-    real = fashionbn.plot.robustness
+    real = fashionbn.analysis.plot.robustness
 
     def keep(table):
         drawn["figure"] = real(table)
         return drawn["figure"]
 
-    monkeypatch.setattr(fashionbn.plot, "robustness", keep)
+    monkeypatch.setattr(fashionbn.analysis.plot, "robustness", keep)
     sweep = tmp_path / "sweep"
     robust_sweep(sweep)
     assert main([str(sweep)]) == 0
@@ -319,7 +319,7 @@ def test_collapses_are_counted_when_only_models_differ(tmp_path) -> None:
 
 
 def test_a_verdict_without_one_flipping_choice_names_the_uniform_ones() -> None:
-    from fashionbn.robustness import verdict
+    from fashionbn.analysis.robustness import verdict
 
     table = pd.DataFrame(
         {"comparison": "batchnorm − baseline", "data.drop_last": False,

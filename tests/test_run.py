@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fashionbn.results import METRIC_COLUMNS
+from fashionbn.jobs.files import METRIC_COLUMNS
 from tests.conftest import run_module, without_seconds
 
 

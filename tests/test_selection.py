@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fashionbn.aggregate import aggregate, main
-from fashionbn.plot import log_scaled
+from fashionbn.analysis.plot import log_scaled
 from tests.conftest import make_job_dir
 
 T_975_DF2 = 4.302652729911275

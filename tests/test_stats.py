@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from fashionbn.stats import (
+from fashionbn.analysis.stats import (
     bootstrap_interval,
     compare,
     comparisons,

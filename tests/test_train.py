@@ -7,16 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fashionbn.data
-import fashionbn.evaluation
-import fashionbn.train
+import fashionbn.core.data
+import fashionbn.core.evaluation
+import fashionbn.core.train
 from fashionbn.config import ConfigError
-from fashionbn.data import load_dataset, shuffled_batches, split_indices
-from fashionbn.evaluation import evaluate
-from fashionbn.job import run_job
-from fashionbn.model import build_model
-from fashionbn.results import METRIC_COLUMNS
-from fashionbn.train import (
+from fashionbn.core.data import load_dataset, shuffled_batches, split_indices
+from fashionbn.core.evaluation import evaluate
+from fashionbn.core.model import build_model
+from fashionbn.core.train import (
     PlainSGD,
     make_optimizer,
     resolve_device,
@@ -24,6 +22,8 @@ from fashionbn.train import (
     train_and_evaluate,
     train_one_epoch,
 )
+from fashionbn.jobs.files import METRIC_COLUMNS
+from fashionbn.jobs.job import run_job
 from tests.conftest import compose_config, plain_start, without_seconds
 
 
@@ -137,7 +137,8 @@ def test_a_job_dir_run_gives_the_in_memory_numbers(small_real_overrides, tmp_pat
 
 def plain_loop_test_accuracy(cfg, data) -> list[float]:
     """The notebook's protocol as a plain PyTorch loop (torch.optim.SGD, boolean-free
-    indexing, one eval pass), independent of fashionbn.train: test_acc per epoch."""
+    indexing, one eval pass), independent of fashionbn.core.train: test_acc per
+    epoch."""
     generator, model, optimizer = plain_start(cfg)
     accuracy = []
     for _ in range(cfg.epochs):
@@ -182,7 +183,7 @@ def test_validation_samples_are_never_trained_on(
     """Poison the samples the split holds out with NaN: training (and its loss) stays
     finite, only the validation loss is NaN."""
     system_dir, _ = tiny_system_dir
-    real_load = fashionbn.data._load_split
+    real_load = fashionbn.core.data._load_split
 
     def poisoned(root, name, train, size):
         images, labels = real_load(root, name, train, size)
@@ -192,15 +193,15 @@ def test_validation_samples_are_never_trained_on(
             images[held_out] = float("nan")
         return images, labels
 
-    monkeypatch.setattr(fashionbn.data, "_load_split", poisoned)
-    fashionbn.data.clear_cache()
+    monkeypatch.setattr(fashionbn.core.data, "_load_split", poisoned)
+    fashionbn.core.data.clear_cache()
     cfg = compose_config(
         [f"data.system_dir={system_dir}", f"data.root={tmp_path / 'root'}",
          "data.val_size=32", "epochs=3", "batch_size=16", "model=batchnorm",
          "device=cpu"]
     )  # fmt: skip
     records = train_and_evaluate(cfg)
-    fashionbn.data.clear_cache()
+    fashionbn.core.data.clear_cache()
     assert all(math.isfinite(r["train_loss"]) for r in records)
     assert all(math.isfinite(r["test_loss"]) for r in records)
     assert all(math.isnan(r["val_loss"]) for r in records)
@@ -216,14 +217,14 @@ def test_evaluating_the_validation_split_changes_nothing_else(
     with_val = train_and_evaluate(cfg)
     assert "1548 train / 500 val / 1000 test samples" in caplog.text
     assert "val_acc" in caplog.text
-    real_evaluate = fashionbn.evaluation.evaluate
+    real_evaluate = fashionbn.core.evaluation.evaluate
 
     def skip_validation(model, images, labels, batch_size):
         if len(labels) == 500:
             return None, None
         return real_evaluate(model, images, labels, batch_size)
 
-    monkeypatch.setattr(fashionbn.evaluation, "evaluate", skip_validation)
+    monkeypatch.setattr(fashionbn.core.evaluation, "evaluate", skip_validation)
     without_val = train_and_evaluate(cfg)
     keep = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
     assert [{k: r[k] for k in keep} for r in with_val] == [
@@ -294,7 +295,7 @@ def test_batchnorm_on_one_sample_batches_is_refused_before_anything_is_written(
     def fail(*args, **kwargs):
         raise AssertionError("trained although no step can be taken")
 
-    monkeypatch.setattr(fashionbn.train, "train_one_epoch", fail)
+    monkeypatch.setattr(fashionbn.core.train, "train_one_epoch", fail)
     cfg = compose_config(
         [f"data.system_dir={system_dir}", f"data.root={tmp_path / 'root'}",
          "model=batchnorm", f"batch_size={batch_size}",

@@ -11,7 +11,7 @@ from typing import Optional
 
 import pandas as pd
 
-from fashionbn.stats import last_epochs
+from fashionbn.analysis.stats import last_epochs
 
 # selection metric -> whether larger is better
 SELECT_BY = {"val_acc": True, "val_loss": False}

@@ -2,14 +2,15 @@
 
 `start_training` seeds everything and builds model, optimizer and shuffle generator;
 `train_epochs` runs the epochs and hands each finished epoch to a callback (which
-fashionbn.job uses to save it); `train_and_evaluate` does a whole run in memory.
+fashionbn.jobs.job uses to save it); `train_and_evaluate` does a whole run in memory.
 """
 
 import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashionbn.checks import check_config
 from fashionbn.config import ConfigError
-from fashionbn.data import FashionData, load_dataset, shuffled_batches
-from fashionbn.evaluation import evaluate_epoch
-from fashionbn.model import build_model, has_batch_norm
-from fashionbn.results import COMPLETE, DIVERGED
+from fashionbn.config.validation import check_config
+from fashionbn.core.data import FashionData, load_dataset, shuffled_batches
+from fashionbn.core.evaluation import evaluate_epoch
+from fashionbn.core.model import build_model, has_batch_norm
+from fashionbn.core.records import COMPLETE, DIVERGED
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def train_one_epoch(
 ) -> tuple[float, float]:
     """One shuffled pass (without the incomplete last batch when drop_last); returns
     (mean batch loss, accuracy over the samples trained on). on_step, if given, is
-    called after every update (fashionbn.diagnostics measures there)."""
+    called after every update (fashionbn.core.diagnostics measures there)."""
     model.train()
     update = optimizer.step
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -315,18 +316,37 @@ def train_epochs(
     return COMPLETE
 
 
+@contextmanager
+def torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """torch's (process-wide) thread count set to `threads` (None: left as it is)
+    inside the block, and put back as it was after it."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def checked_data(cfg, data: Optional[FashionData], device: torch.device) -> FashionData:
+    """The run's data (given, or loaded as cfg.data says) on the device, checked to be
+    trainable with cfg (ConfigError otherwise)."""
+    data = to_device(data if data is not None else load_dataset(cfg.data), device)
+    check_trainable(cfg, len(data.train_labels))
+    return data
+
+
 def train_and_evaluate(cfg, data: Optional[FashionData] = None) -> list[dict]:
     """A whole run in memory, no files: one record per epoch (tests, notebooks)."""
     check_config(cfg)
     device = resolve_device(cfg.device)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    data = to_device(data if data is not None else load_dataset(cfg.data), device)
-    check_trainable(cfg, len(data.train_labels))
-    training = start_training(cfg, device)
-    log_start(cfg, data, device)
-    records: list[dict] = []
-    train_epochs(cfg, training, data, records)
+    with torch_threads(cfg.threads):
+        data = checked_data(cfg, data, device)
+        training = start_training(cfg, device)
+        log_start(cfg, data, device)
+        records: list[dict] = []
+        train_epochs(cfg, training, data, records)
     return records
 
 

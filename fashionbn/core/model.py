@@ -2,14 +2,10 @@
 
 from torch import nn
 
-from fashionbn.config import ConfigError
+from fashionbn.config import ConfigError, option_value
+from fashionbn.config.validation import hidden_widths_problem
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-
-
-def _value(option) -> str:
-    """An enum member or a plain string from the config, as its string."""
-    return str(getattr(option, "value", option))
 
 
 def build_model(
@@ -21,13 +17,13 @@ def build_model(
     The modules are created in the same order for every option, so a seed gives the
     same initial weights with or without a normalisation layer."""
     hidden = list(model_cfg.hidden)
-    if not hidden or any(width <= 0 for width in hidden):
-        raise ConfigError(
-            f"model.hidden={hidden}: give one or more positive layer widths, "
-            "e.g. model.hidden=[64,32]"
-        )
-    norm, placement = _value(model_cfg.norm), _value(model_cfg.norm_placement)
-    activation = ACTIVATIONS[_value(model_cfg.activation)]
+    if problem := hidden_widths_problem(hidden):
+        raise ConfigError(problem)
+    norm, placement = (
+        option_value(model_cfg.norm),
+        option_value(model_cfg.norm_placement),
+    )
+    activation = ACTIVATIONS[option_value(model_cfg.activation)]
 
     layers: list[nn.Module] = [nn.Flatten()]  # (B, 28, 28) -> (B, 784)
     for width in hidden:
@@ -40,7 +36,7 @@ def build_model(
         in_features = width
     layers.append(nn.Linear(in_features, num_classes))  # (B, 10) logits
     model = nn.Sequential(*layers)
-    if _value(model_cfg.init) == "normal":
+    if option_value(model_cfg.init) == "normal":
         for module in model:
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, mean=0.0, std=model_cfg.init_std)

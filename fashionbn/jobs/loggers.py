@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from fashionbn.config import ConfigError, flatten
-from fashionbn.results import (
+from fashionbn.jobs.files import (
     COMPLETE,
     DIAGNOSTICS_FILE,
     DIVERGED,
@@ -30,6 +30,7 @@ from fashionbn.results import (
     METRICS_FILE,
     STATUS_FILE,
     atomic_write,
+    partial_debris,
     partial_name,
 )
 
@@ -238,7 +239,7 @@ def create_sqlite_store(tracking_uri: str, client_class) -> None:
     store = sqlite_path(tracking_uri)
     if store is None or store.exists():
         return
-    for debris in store.parent.glob(f".{store.name}.partial-*"):
+    for debris in partial_debris(store.parent, store.name):
         debris.unlink(missing_ok=True)  # a creator killed earlier (we hold the lock)
     # a name never used before: MLflow caches engines per URI, and one left from a
     # failed creation in this process would still point at the removed file

@@ -3,8 +3,8 @@
 The values live in conf/*.yaml. Each YAML file of a config group starts with a defaults
 entry naming its schema (stored in the `schema` group, so that schemas never show up as
 options of `model=`, `optim=`, ...): a misspelt key or a value of the wrong type fails
-at start-up with Hydra's own message (fashionbn.checks refuses values of the right
-type that cannot work). A run's *identity* is what determines its numbers: the
+at start-up with Hydra's own message (fashionbn.config.validation refuses values of the
+right type that cannot work). A run's *identity* is what determines its numbers: the
 resolved config minus NON_IDENTITY_KEYS, normalised across versions
 (normalise_identity).
 """
@@ -133,6 +133,7 @@ class Config:
     device: str = "auto"
     threads: Optional[int] = None
     force: bool = False
+    extend: bool = False
     divergence_loss: float = 100.0
     precise_bn: bool = False
 
@@ -146,6 +147,7 @@ OPTIM_SCHEMAS = {"sgd": SGDConfig, "adam": AdamConfig}
 # records what a run actually used.
 NON_IDENTITY_KEYS = (
     "force",
+    "extend",
     "threads",
     "device",
     "data.root",
@@ -225,6 +227,11 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def option_value(option: Any) -> Any:
+    """An enum member from a schema as its plain value; anything else unchanged."""
+    return option.value if isinstance(option, Enum) else option
+
+
 def _schema_defaults(schema) -> dict[str, Any]:
     """The schema's defaults as plain values (required fields left out)."""
     defaults = {}
@@ -236,7 +243,7 @@ def _schema_defaults(schema) -> dict[str, Any]:
         else:
             continue
         if value != MISSING:  # omegaconf's '???': a value each YAML file must give
-            defaults[f.name] = value.value if isinstance(value, Enum) else value
+            defaults[f.name] = option_value(value)
     return defaults
 
 
@@ -248,7 +255,7 @@ def normalise_identity(config: dict) -> dict:
     what those runs computed), and nulls keys that cannot matter (not_applicable).
     """
     flat = {
-        key: value.value if isinstance(value, Enum) else value
+        key: option_value(value)
         for key, value in flatten(config).items()
         if key not in NON_IDENTITY_KEYS
     }

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashionbn.data import FashionData
-from fashionbn.model import has_batch_norm
-from fashionbn.precise_bn import precise_evaluation
-from fashionbn.results import PRECISE_COLUMNS
+from fashionbn.core.data import FashionData
+from fashionbn.core.model import has_batch_norm
+from fashionbn.core.precise_bn import precise_evaluation
+from fashionbn.core.records import PRECISE_COLUMNS
 
 
 @torch.inference_mode()

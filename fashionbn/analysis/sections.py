@@ -7,12 +7,12 @@ from typing import Optional
 
 import pandas as pd
 
-from fashionbn.analysis import TUNED
-from fashionbn.markdown import group_label, interval, mean_std, p_text, signed
-from fashionbn.protocol import statistics_word
-from fashionbn.robustness import describe_cell
-from fashionbn.selection import Selection
-from fashionbn.stats import LEVEL, MIN_BOOTSTRAP_PAIRS
+from fashionbn.analysis.markdown import group_label, interval, mean_std, p_text, signed
+from fashionbn.analysis.protocol import statistics_word
+from fashionbn.analysis.robustness import describe_cell
+from fashionbn.analysis.selection import Selection
+from fashionbn.analysis.stats import LEVEL, MIN_BOOTSTRAP_PAIRS
+from fashionbn.analysis.summary import TUNED
 
 
 def comparisons_section(table: pd.DataFrame, keys: list[str], precision: float):

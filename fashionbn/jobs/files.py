@@ -6,25 +6,37 @@ A job dir holds Hydra's `.hydra/` and `run.log`, and fashionbn's own files:
 - `status.json`: running / complete / diverged / failed, the epochs done, the results
   format, the run's identity (the config that determines its numbers) and how it ran;
 - `checkpoint.pt`: everything needed to continue after the last finished epoch, with
-  its own identity and digest (fashionbn.checkpoint);
+  its own identity and digest (fashionbn.jobs.checkpoint);
 - `diagnostics.csv` (diagnostics=on): `step,epoch,layer,quantity,value`, tidy, the
-  measurements of fashionbn.diagnostics up to the last finished epoch.
+  measurements of fashionbn.core.diagnostics up to the last finished epoch.
 Every file is written to a temporary name and renamed into place: a kill at any moment
 never leaves a half-written file that a later step trusts. A full or read-only disk is
 reported as one line (WriteError), not as a library's traceback.
 """
 
 import csv
-import errno
 import hashlib
 import io
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Optional
+from typing import Optional
 
-from fashionbn.config import FashionbnError
+from fashionbn.core.atomic import (  # noqa: F401 - part of the job-dir format
+    WriteError,
+    atomic_write,
+    partial_debris,
+    partial_name,
+    sync_directory,
+)
+from fashionbn.core.records import (  # noqa: F401 - part of the job-dir format
+    COMPLETE,
+    DIAGNOSTIC_COLUMNS,
+    DIVERGED,
+    METRIC_COLUMNS,
+    PRECISE_COLUMNS,
+    REQUIRED_COLUMNS,
+)
 
 # 1: fashionbn before results formats were recorded (no "format" in status.json);
 # 2: status.json has format, execution and a normalised identity; checkpoint.pt carries
@@ -32,84 +44,16 @@ from fashionbn.config import FashionbnError
 # 3: metrics.csv has val_loss and val_acc (empty without a validation split).
 RESULTS_FORMAT = 3
 
-# every results format has these, in this order
-REQUIRED_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "seconds",
-]
-# evaluation with precise BatchNorm statistics (fashionbn.precise_bn)
-PRECISE_COLUMNS = ["val_loss_precise", "val_acc_precise", "test_loss_precise",
-                   "test_acc_precise"]  # fmt: skip
-# format 3: val_loss and val_acc (empty without a validation split), then the four
-# *_precise columns (empty unless precise_bn=true and the model has BatchNorm; files
-# written before they existed end at val_acc and read as empty)
-METRIC_COLUMNS = [*REQUIRED_COLUMNS, "val_loss", "val_acc", *PRECISE_COLUMNS]
 METRICS_FILE = "metrics.csv"
 STATUS_FILE = "status.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 DIAGNOSTICS_FILE = "diagnostics.csv"  # only with diagnostics=on
-DIAGNOSTIC_COLUMNS = ["step", "epoch", "layer", "quantity", "value"]
 LOCK_FILE = ".lock"
 # what a fresh start removes (with any debris of interrupted atomic writes)
 RUN_FILES = (STATUS_FILE, METRICS_FILE, CHECKPOINT_FILE, DIAGNOSTICS_FILE)
 # what a job dir's status.json can say
-RUNNING, COMPLETE, DIVERGED, FAILED = "running", "complete", "diverged", "failed"
+RUNNING, FAILED = "running", "failed"
 STATUSES = (RUNNING, COMPLETE, DIVERGED, FAILED)
-# errors that mean "this disk cannot take the file", not "the data is bad"
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-class WriteError(FashionbnError):
-    """A file could not be written (disk full, read-only, no permission)."""
-
-
-def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "w") -> None:
-    """Call write(file) on a temporary file next to `path`, then rename it to `path`.
-
-    The data is flushed to the disk (fsync) before the rename, and the rename itself
-    after it (the directory's fsync): on a network filesystem (SLURM clusters) or
-    after a power cut, `path` then holds either the old file or the whole new one,
-    never a renamed but still empty one."""
-    path = Path(path)
-    partial = partial_name(path)
-    try:
-        with open(partial, mode, **({"newline": ""} if "b" not in mode else {})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-        sync_directory(path.parent)
-    except OSError as err:
-        if err.errno in _DISK_ERRNOS:
-            reason = (err.strerror or str(err)).lower()
-            raise WriteError(f"cannot write {path}: {reason}") from err
-        raise
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def sync_directory(directory: Path) -> None:
-    """fsync a directory, so that a rename into it is on the disk; best effort (not
-    every filesystem can open or sync a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def partial_name(path: Path) -> Path:
-    """The temporary name atomic_write uses for `path` in this process."""
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> str:
@@ -161,17 +105,22 @@ def read_checked(
     return rows, None
 
 
-def read_diagnostics(job_dir: Path) -> list[dict]:
-    """diagnostics.csv as records; raises ValueError saying what is wrong with it."""
-    path = Path(job_dir) / DIAGNOSTICS_FILE
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    """A CSV file's columns and rows (strings); ValueError naming the file if it
+    cannot be read."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            columns, rows = reader.fieldnames or [], list(reader)
+            return reader.fieldnames or [], list(reader)
     except OSError as err:
-        raise ValueError(f"unreadable {DIAGNOSTICS_FILE} ({err.strerror})") from err
+        raise ValueError(f"unreadable {path.name} ({err.strerror})") from err
     except (csv.Error, UnicodeDecodeError) as err:
-        raise ValueError(f"unreadable {DIAGNOSTICS_FILE} ({err})") from err
+        raise ValueError(f"unreadable {path.name} ({err})") from err
+
+
+def read_diagnostics(job_dir: Path) -> list[dict]:
+    """diagnostics.csv as records; raises ValueError saying what is wrong with it."""
+    columns, rows = _read_csv(Path(job_dir) / DIAGNOSTICS_FILE)
     if columns != DIAGNOSTIC_COLUMNS:
         raise ValueError(
             f"{DIAGNOSTICS_FILE} has columns {columns}, expected {DIAGNOSTIC_COLUMNS}"
@@ -238,16 +187,7 @@ def read_metrics(job_dir: Path) -> list[dict]:
     """metrics.csv as records (`epoch` an int, every other column a float; an empty
     cell, e.g. val_acc without a validation split, is None). Raises ValueError saying
     what is wrong with the file."""
-    path = Path(job_dir) / METRICS_FILE
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            rows = list(reader)
-    except OSError as err:
-        raise ValueError(f"unreadable {METRICS_FILE} ({err.strerror})") from err
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise ValueError(f"unreadable {METRICS_FILE} ({err})") from err
+    columns, rows = _read_csv(Path(job_dir) / METRICS_FILE)
     if columns[: len(REQUIRED_COLUMNS)] != REQUIRED_COLUMNS:
         raise ValueError(
             f"{METRICS_FILE} has columns {columns}, expected {METRIC_COLUMNS}"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fashionbn.config import ConfigError, FashionbnError
-from fashionbn.results import atomic_write
+from fashionbn.core.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

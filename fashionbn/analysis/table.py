@@ -1,4 +1,4 @@
-"""Job dirs -> the tidy results table (fashionbn.reading reads each one).
+"""Job dirs -> the tidy results table (fashionbn.jobs.reading reads each one).
 
 A run's parameters come from what it computed (the identity in its status.json, or
 for dirs without one its `.hydra/config.yaml`), never from how a command line was
@@ -12,14 +12,14 @@ from typing import Optional
 
 import pandas as pd
 
-from fashionbn.markdown import plural
-from fashionbn.reading import CHOICES, Job, read_job
-from fashionbn.results import (
+from fashionbn.analysis.markdown import plural
+from fashionbn.jobs.files import (
     DIAGNOSTIC_COLUMNS,
     METRIC_COLUMNS,
     PRECISE_COLUMNS,
     RESULTS_FORMAT,
 )
+from fashionbn.jobs.reading import CHOICES, Job, read_job
 
 
 class AggregateError(Exception):
@@ -127,18 +127,7 @@ def varying_keys(frame: pd.DataFrame, keys: list[str]) -> list[str]:
 def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     """Read every job of the given sweep dirs into one table; unusable runs are
     listed (skipped / diverged), duplicates counted once."""
-    notes, seen_dirs, seen_jobs, jobs = [], set(), set(), []
-    for sweep_dir in sweep_dirs:
-        if not Path(sweep_dir).is_dir():
-            raise AggregateError(f"{sweep_dir}: no such directory")
-        if Path(sweep_dir).resolve() in seen_dirs:
-            notes.append(f"{sweep_dir} was given more than once; read once")
-            continue
-        seen_dirs.add(Path(sweep_dir).resolve())
-        for job_dir in find_job_dirs(Path(sweep_dir)):
-            if job_dir.resolve() not in seen_jobs:  # nested sweep dirs share jobs
-                seen_jobs.add(job_dir.resolve())
-                jobs.append(read_job(job_dir))
+    jobs, notes = read_jobs(sweep_dirs)
     # of two dirs holding the same run, keep the one that measured most
     complete = sorted(
         (j for j in jobs if j.metrics is not None),
@@ -152,39 +141,17 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     diverged_jobs, diverged_duplicates = deduplicate(
         [j for j in jobs if j.diverged], ["model", "seed"]
     )
-    complete_keys = {j.identity_key: j for j in complete}
-    for job in diverged_jobs:
-        if job.identity_key in complete_keys:
-            raise AggregateError(
-                f"{complete_keys[job.identity_key].job_dir} and {job.job_dir} hold "
-                "the same run, complete in one and diverged in the other: refusing to "
-                "count either; aggregate only one of them"
-            )
+    refuse_complete_and_diverged(complete, diverged_jobs)
     results = tidy(complete, params)
     group_keys = grouping_keys(results, params)
-    model_options = describe_models(results, group_keys)
     readable = pd.DataFrame([j.params for j in jobs if j.params])
-    diagnostics = [
-        pd.DataFrame(j.diagnostics, columns=DIAGNOSTIC_COLUMNS).assign(
-            run=j.job_dir, **j.params
-        )
-        for j in complete
-        if j.diagnostics
-    ]
-    diagnostics_table = (  # runs without a key (another optimizer's) get it empty
-        pd.concat(diagnostics, ignore_index=True).reindex(
-            columns=["run", *params, *DIAGNOSTIC_COLUMNS]
-        )
-        if diagnostics
-        else pd.DataFrame()
-    )
     return Sweep(
         same_models=same_networks(results),
         diverged_params=pd.DataFrame(
             [{"run": j.job_dir, **j.params} for j in diverged_jobs]
         ),
         diverged_results=tidy(diverged_jobs, params, "diverged_metrics"),
-        diagnostics=diagnostics_table,
+        diagnostics=diagnostics_table(complete, params),
         results=results,
         params=params,
         group_keys=group_keys,
@@ -193,8 +160,56 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
         duplicates=duplicates + diverged_duplicates,
         older=[j.job_dir for j in complete if j.format < RESULTS_FORMAT],
         fixed=_fixed_keys(results, readable, params),
-        model_options=model_options,
+        model_options=describe_models(results, group_keys),
         notes=notes,
+    )
+
+
+def read_jobs(sweep_dirs: list[Path]) -> tuple[list[Job], list[str]]:
+    """Every job dir under the sweep dirs, read once (nested or repeated sweep dirs
+    share jobs), and notes on what was given twice."""
+    notes, seen_dirs, seen_jobs, jobs = [], set(), set(), []
+    for sweep_dir in sweep_dirs:
+        if not Path(sweep_dir).is_dir():
+            raise AggregateError(f"{sweep_dir}: no such directory")
+        if Path(sweep_dir).resolve() in seen_dirs:
+            notes.append(f"{sweep_dir} was given more than once; read once")
+            continue
+        seen_dirs.add(Path(sweep_dir).resolve())
+        for job_dir in find_job_dirs(Path(sweep_dir)):
+            if job_dir.resolve() not in seen_jobs:
+                seen_jobs.add(job_dir.resolve())
+                jobs.append(read_job(job_dir))
+    return jobs, notes
+
+
+def refuse_complete_and_diverged(complete: list[Job], diverged: list[Job]) -> None:
+    """One run complete in one dir and diverged in another cannot both be counted."""
+    complete_keys = {j.identity_key: j for j in complete}
+    for job in diverged:
+        if job.identity_key in complete_keys:
+            raise AggregateError(
+                f"{complete_keys[job.identity_key].job_dir} and {job.job_dir} hold "
+                "the same run, complete in one and diverged in the other: refusing to "
+                "count either; aggregate only one of them"
+            )
+
+
+def diagnostics_table(jobs: list[Job], params: list[str]) -> pd.DataFrame:
+    """Tidy: run, its parameters, step, epoch, layer, quantity, value, for the runs
+    that measured diagnostics (a run without a key, another optimizer's, gets it
+    empty)."""
+    frames = [
+        pd.DataFrame(j.diagnostics, columns=DIAGNOSTIC_COLUMNS).assign(
+            run=j.job_dir, **j.params
+        )
+        for j in jobs
+        if j.diagnostics
+    ]
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).reindex(
+        columns=["run", *params, *DIAGNOSTIC_COLUMNS]
     )
 
 

@@ -1,6 +1,7 @@
 """One job dir, read and checked: its parameters (from the identity it computed), its
-metrics and diagnostics, or why it cannot be used. The read side of fashionbn.results;
-fashionbn.sweep combines many of them into one table.
+metrics and diagnostics, or why it cannot be used. The read side of
+fashionbn.jobs.files;
+fashionbn.analysis.table combines many of them into one table.
 """
 
 import fcntl
@@ -14,7 +15,7 @@ import pandas as pd
 import yaml
 
 from fashionbn.config import MEASUREMENT_PREFIXES, flatten, normalise_identity
-from fashionbn.results import (
+from fashionbn.jobs.files import (
     COMPLETE,
     DIAGNOSTICS_FILE,
     DIVERGED,

@@ -1,7 +1,8 @@
 """A job dir's life cycle: identity, lock, run or continue or skip, write every epoch.
 
 `run_job(cfg, job_dir)` trains cfg into job_dir, or finishes or skips what the dir
-already holds (fashionbn.resume decides which, trusting only what it can verify). One
+already holds (fashionbn.jobs.resume decides which, trusting only what it can verify).
+One
 process at a time: an exclusive lock (flock, released by the kernel when its holder
 dies) guards the dir; a job dir in use elsewhere is skipped with one line. After every
 epoch the checkpoint is written first, then metrics.csv (and diagnostics.csv), then
@@ -20,14 +21,25 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from fashionbn.checkpoint import Checkpoint, save_checkpoint
-from fashionbn.checks import check_config
 from fashionbn.config import FashionbnError, normalise_identity
-from fashionbn.data import FashionData, data_digest, load_dataset
-from fashionbn.diagnostics import Diagnostics, probe_indices
-from fashionbn.loggers import Loggers, make_loggers
-from fashionbn.model import has_batch_norm
-from fashionbn.results import (
+from fashionbn.config.validation import check_config
+from fashionbn.core.data import FashionData, data_digest
+from fashionbn.core.diagnostics import Diagnostics, probe_indices
+from fashionbn.core.model import has_batch_norm
+from fashionbn.core.train import (
+    Training,
+    checked_data,
+    log_start,
+    resolve_device,
+    restore_training,
+    start_training,
+    steps_per_epoch,
+    torch_threads,
+    train_epochs,
+    training_state,
+)
+from fashionbn.jobs.checkpoint import Checkpoint, save_checkpoint
+from fashionbn.jobs.files import (
     COMPLETE,
     DIVERGED,
     FAILED,
@@ -38,25 +50,14 @@ from fashionbn.results import (
     write_metrics,
     write_status,
 )
-from fashionbn.resume import (  # noqa: F401 - JobDirError: raised by run_job
+from fashionbn.jobs.loggers import Loggers, make_loggers
+from fashionbn.jobs.resume import (  # noqa: F401 - JobDirError: raised by run_job
     DONE,
     FRESH,
     RESUME,
     JobDirError,
     Previous,
-    inspect_job_dir,
-)
-from fashionbn.train import (
-    Training,
-    check_trainable,
-    log_start,
-    resolve_device,
-    restore_training,
-    start_training,
-    steps_per_epoch,
-    to_device,
-    train_epochs,
-    training_state,
+    prepare_job_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class JobFiles:
         self.data_sha256 = data_sha256  # what the run trained on, by content
         self.epochs_on_disk = 0
         self.started = False
+        self.extensions: list[dict] = []  # continued to more epochs: from, to
 
     def start(self, records: list[dict]) -> None:
         """Rewrite metrics.csv (and diagnostics.csv) from resumed records (a kill may
@@ -171,6 +173,8 @@ class JobFiles:
     def _status(self, status: str, **extra) -> None:
         if self.data_sha256 is not None:
             extra["data_sha256"] = self.data_sha256
+        if self.extensions:
+            extra["extensions"] = self.extensions
         write_status(
             self.job_dir, status, self.identity, self.epochs_on_disk, self.execution,
             **extra,
@@ -189,53 +193,53 @@ def run_job(
     `log_root` is where loggers keep what is shared by a sweep (its MLflow store);
     by default the job dir."""
     check_config(cfg)
-    device = resolve_device(cfg.device)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    identity = run_identity(cfg)
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    with job_lock(job_dir):
-        previous = inspect_job_dir(job_dir, identity, cfg.force)
-        if previous.action == DONE:
-            log.info(
-                "%s is %s already; skipping it (force=true re-runs)",
-                job_dir, previous.status,
-            )  # fmt: skip
-            return previous.records
-        job = JobFiles(job_dir, identity, with_execution(previous, device))
-        records = previous.records = list(previous.records)
-        # the data is checked before the dir is touched: a bad data.train_size or a
-        # missing dataset leaves it as it was
-        data = to_device(data if data is not None else load_dataset(cfg.data),
-                         device)  # fmt: skip
-        check_trainable(cfg, len(data.train_labels))
-        job.data_sha256 = data_digest(cfg.data)
-        probe = (
-            probe_indices(len(data.train_labels), cfg.diagnostics.probe_size)
-            if cfg.diagnostics.enabled
-            else None
-        )
-        fresh = previous.action == FRESH
-        loggers = make_loggers(
-            cfg.logger, job_dir, Path(log_root or job_dir), identity,
-            job.execution[-1], fresh,
+    with torch_threads(cfg.threads), job_lock(job_dir):
+        return run_locked(cfg, job_dir, data, log_root)
+
+
+def run_locked(
+    cfg, job_dir: Path, data: Optional[FashionData], log_root: Optional[Path]
+) -> list[dict]:
+    """run_job's work once the dir is locked: settle what the dir holds, then train
+    what is left with the loggers; every epoch's record."""
+    device = resolve_device(cfg.device)
+    identity = run_identity(cfg)
+    previous = prepare_job_dir(job_dir, identity, cfg.force, cfg.get("extend", False))
+    if previous.action == DONE:
+        log.info(
+            "%s is %s already; skipping it (force=true re-runs)",
+            job_dir, previous.status,
         )  # fmt: skip
-        try:
-            status = train_job(cfg, job, previous, data, probe, loggers, device)
-        except WriteError as err:
-            job.fail(err, fresh)
-            finish(loggers, FAILED, job_dir)
-            raise WriteError(
-                f"{err}; free some space (or use another hydra.sweep.dir) and re-run "
-                f"the same command: it continues after epoch {job.epochs_on_disk}"
-            ) from err
-        except Exception as err:  # the finished epochs stay; a re-run continues
-            job.fail(err, fresh)
-            finish(loggers, FAILED, job_dir)
-            raise
-        finish(loggers, status, job_dir)
-    return records
+        return previous.records
+    job = JobFiles(job_dir, identity, with_execution(previous, device))
+    job.extensions = previous.extensions
+    previous.records = list(previous.records)
+    # the data is checked before the dir is touched: a bad data.train_size or a
+    # missing dataset leaves it as it was
+    data = checked_data(cfg, data, device)
+    job.data_sha256 = data_digest(cfg.data)
+    fresh = previous.action == FRESH
+    loggers = make_loggers(
+        cfg.logger, job_dir, Path(log_root or job_dir), identity,
+        job.execution[-1], fresh,
+    )  # fmt: skip
+    try:
+        status = train_job(cfg, job, previous, data, loggers, device)
+    except WriteError as err:
+        job.fail(err, fresh)
+        finish(loggers, FAILED, job_dir)
+        raise WriteError(
+            f"{err}; free some space (or use another hydra.sweep.dir) and re-run "
+            f"the same command: it continues after epoch {job.epochs_on_disk}"
+        ) from err
+    except Exception as err:  # the finished epochs stay; a re-run continues
+        job.fail(err, fresh)
+        finish(loggers, FAILED, job_dir)
+        raise
+    finish(loggers, status, job_dir)
+    return previous.records
 
 
 def train_job(
@@ -243,7 +247,6 @@ def train_job(
     job: "JobFiles",
     previous: Previous,
     data: FashionData,
-    probe: Optional[torch.Tensor],
     loggers: Optional[Loggers],
     device: torch.device,
 ) -> str:
@@ -255,7 +258,8 @@ def train_job(
     if previous.action == RESUME:
         restore_training(training, state)
         log.info("resuming %s after epoch %d", job.job_dir, len(records))
-    if probe is not None:
+    if cfg.diagnostics.enabled:
+        probe = probe_indices(len(data.train_labels), cfg.diagnostics.probe_size)
         job.diagnostics = make_diagnostics(cfg, training, data, probe, state)
     diagnostics = job.diagnostics
 

@@ -3,8 +3,9 @@ digest of its contents, so that a damaged, changed or foreign checkpoint is dete
 never trusted.
 
 The file is a magic line, one line of JSON header (results format, status, epochs,
-identity, size and SHA-256 of the rest) and the torch-serialised state (fashionbn.train
-training_state() plus the finished epochs' records). `head -2 checkpoint.pt` shows what
+identity, size and SHA-256 of the rest) and the torch-serialised state
+(fashionbn.core.train training_state() plus the finished epochs' records).
+`head -2 checkpoint.pt` shows what
 it holds.
 """
 
@@ -18,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from fashionbn.results import CHECKPOINT_FILE, RESULTS_FORMAT, atomic_write
+from fashionbn.jobs.files import CHECKPOINT_FILE, RESULTS_FORMAT, atomic_write
 
 CHECKPOINT_MAGIC = b"fashionbn checkpoint\n"
 
@@ -32,7 +33,7 @@ class Checkpoint:
     identity: dict
     status: str  # RUNNING, COMPLETE or DIVERGED after its last epoch
     records: list[dict]
-    state: dict  # fashionbn.train.training_state()
+    state: dict  # fashionbn.core.train.training_state()
 
 
 def save_checkpoint(job_dir: Path, checkpoint: Checkpoint) -> None:

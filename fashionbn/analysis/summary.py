@@ -1,17 +1,17 @@
 """The tables a report is made of, computed from a read sweep: summaries, paired gaps
 and their statistics, the selection and tuned comparison, collapses, diagnostics.
-fashionbn.aggregate writes them; fashionbn.report puts them into sentences."""
+fashionbn.aggregate writes them; fashionbn.analysis.report puts them into sentences."""
 
 from dataclasses import dataclass, field
 from typing import Optional
 
 import pandas as pd
 
-from fashionbn.markdown import plural
-from fashionbn.pairing import BASELINE, paired_gaps, tuned_gaps
-from fashionbn.protocol import collapses, evaluated, why_collapsed
-from fashionbn.selection import Selection, select, tuned_keys, why_no_selection
-from fashionbn.stats import (
+from fashionbn.analysis.markdown import plural
+from fashionbn.analysis.pairing import BASELINE, paired_gaps, tuned_gaps
+from fashionbn.analysis.protocol import collapses, evaluated, why_collapsed
+from fashionbn.analysis.selection import Selection, select, tuned_keys, why_no_selection
+from fashionbn.analysis.stats import (
     comparisons,
     diagnostics_summary,
     epochs_to_reach,
@@ -22,7 +22,7 @@ from fashionbn.stats import (
     why_numbers,
     with_holm,
 )
-from fashionbn.sweep import Sweep
+from fashionbn.analysis.table import Sweep
 
 TUNED = " (each at its best)"
 

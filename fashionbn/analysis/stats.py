@@ -1,5 +1,6 @@
 """Statistics of the tidy results table: summaries across seeds, how sure we are of
-paired gaps (fashionbn.pairing makes the pairs: t and bootstrap intervals, probability
+paired gaps (fashionbn.analysis.pairing makes the pairs:
+t and bootstrap intervals, probability
 of improvement, Holm-corrected p-values, seeds needed), generalisation, epochs to reach
 an accuracy. Pure functions of tables and numbers."""
 
@@ -195,8 +196,8 @@ def comparisons(
     gaps: pd.DataFrame, group_keys: list[str], precision: float
 ) -> pd.DataFrame:
     """compare() at epoch 1 and at the last epoch of every comparison (and value of
-    the other group keys), as the report states them (fashionbn.pairing.paired_gaps
-    makes the gaps)."""
+    the other group keys), as the report states them
+    (fashionbn.analysis.pairing.paired_gaps     makes the gaps)."""
     facet_keys = [k for k in group_keys if k != "model"]
     rows = []
     if gaps.empty:
@@ -215,7 +216,8 @@ def comparisons(
 
 def tuned_comparisons(gaps: pd.DataFrame, precision: float, label: str):
     """compare() of each model at its chosen setting against the reference at its own
-    (fashionbn.pairing.tuned_gaps), each side at the epoch its selection used."""
+    (fashionbn.analysis.pairing.tuned_gaps), each side at the epoch its selection
+    used."""
     rows = []
     for comparison, part in [] if gaps.empty else gaps.groupby("comparison"):
         rows.append({"comparison": comparison + label,

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from fashionbn.results import partial_name
+from fashionbn.jobs.files import partial_name
 
 
 class OutputError(Exception):

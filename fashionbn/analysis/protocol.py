@@ -17,9 +17,9 @@ import dataclasses
 
 import pandas as pd
 
-from fashionbn.markdown import plural
-from fashionbn.results import METRIC_COLUMNS
-from fashionbn.sweep import AggregateError, Sweep, _same_numbers, grouping_keys
+from fashionbn.analysis.markdown import plural
+from fashionbn.analysis.table import AggregateError, Sweep, _same_numbers, grouping_keys
+from fashionbn.jobs.files import METRIC_COLUMNS
 
 EVALUATIONS = ("default", "precise")
 EVALUATED = ["test_acc", "test_loss", "val_acc", "val_loss"]

@@ -4,15 +4,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from fashionbn.analysis import Analysis
-from fashionbn.markdown import (
+from fashionbn.analysis.markdown import (
     group_label,
     mean_std,
     plural,
     summary_markdown,
 )
-from fashionbn.protocol import describe_evaluation
-from fashionbn.report_sections import (
+from fashionbn.analysis.protocol import describe_evaluation
+from fashionbn.analysis.sections import (
     collapse_section,
     comparisons_section,
     generalisation_line,
@@ -20,8 +19,9 @@ from fashionbn.report_sections import (
     tuned_section,
     why_section,
 )
-from fashionbn.stats import last_epochs
-from fashionbn.sweep import Sweep
+from fashionbn.analysis.stats import last_epochs
+from fashionbn.analysis.summary import Analysis
+from fashionbn.analysis.table import Sweep
 
 
 def protocol_lines(sweep: Sweep, analysis: Analysis) -> list[str]:

@@ -1,5 +1,5 @@
-"""Tables -> figures. Draws what fashionbn.stats computed; computes no statistics and
-imports nothing from training."""
+"""Tables -> figures. Draws what fashionbn.analysis.stats computed; computes no
+statistics and imports nothing from training."""
 
 import io
 import math
@@ -15,8 +15,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fashionbn.markdown import group_label  # noqa: E402
-from fashionbn.protocol import statistics_word  # noqa: E402
+from fashionbn.analysis.markdown import group_label  # noqa: E402
+from fashionbn.analysis.protocol import statistics_word  # noqa: E402
 
 
 def facet_labels(frame: pd.DataFrame, keys: list[str]) -> pd.Series:

@@ -12,18 +12,18 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from fashionbn.markdown import plural
-from fashionbn.pairing import paired_gaps, tuned_gaps
-from fashionbn.protocol import (
+from fashionbn.analysis.markdown import plural
+from fashionbn.analysis.pairing import paired_gaps, tuned_gaps
+from fashionbn.analysis.protocol import (
     at_budget,
     collapses,
     evaluated,
     precise_available,
     statistics_word,
 )
-from fashionbn.selection import select, tuned_keys, why_no_selection
-from fashionbn.stats import compare, holm, tuned_comparisons
-from fashionbn.sweep import Sweep, grouping_keys
+from fashionbn.analysis.selection import select, tuned_keys, why_no_selection
+from fashionbn.analysis.stats import compare, holm, tuned_comparisons
+from fashionbn.analysis.table import Sweep, grouping_keys
 
 PROTOCOL_KEYS = ["data.drop_last"]  # data.* keys that change the protocol, not the data
 FACTORS = {"data.drop_last": "the last incomplete batch (data.drop_last)",

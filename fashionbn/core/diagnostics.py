@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionbn.config import ConfigError
-from fashionbn.model import ACTIVATIONS
+from fashionbn.core.model import ACTIVATIONS
 
 PROBE_SEED = 0  # the probe batch is the same for every run, model and seed
 POINTS = 50  # every_steps=null: this many measurements after step 0

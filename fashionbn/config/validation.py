@@ -4,6 +4,7 @@ unknown keys): refused before anything is trained or written, one line naming th
 
 import math
 import os
+from typing import Optional
 
 from omegaconf import OmegaConf
 
@@ -55,14 +56,20 @@ def _run_problems(cfg) -> list[str]:
     return problems
 
 
-def _model_problems(model) -> list[str]:
-    problems = []
-    hidden = list(model.hidden)
+def hidden_widths_problem(hidden: list[int]) -> Optional[str]:
+    """Why these hidden widths cannot make a model, or None."""
     if not hidden or any(width <= 0 for width in hidden):
-        problems.append(
+        return (
             f"model.hidden={hidden}: give one or more positive layer widths, "
             "e.g. model.hidden=[64,32]"
         )
+    return None
+
+
+def _model_problems(model) -> list[str]:
+    problems = []
+    if problem := hidden_widths_problem(list(model.hidden)):
+        problems.append(problem)
     if not (_finite(model.norm_eps) and model.norm_eps > 0):
         problems.append(
             f"model.norm_eps={model.norm_eps}: must be > 0 (it keeps the "

@@ -1,0 +1,10 @@
+"""Job dirs -> one tidy table -> statistics and per-model selection -> report, tables
+and figures.
+
+`table` reads finished job dirs into the tidy table (one row per run and epoch);
+`pairing`, `stats`, `selection`, `protocol` and `robustness` compute; `summary`
+gathers what the report states; `report`, `sections`, `markdown`, `plot` and `outputs`
+write it. Reads job-dir files only: may import fashionbn.config and
+fashionbn.jobs.files / fashionbn.jobs.reading (the job-dir format), never the loop
+(fashionbn.core) or the job runner.
+"""

@@ -1,0 +1,8 @@
+"""The machine learning: data -> tensors, the model, the training loop, evaluation,
+precise BatchNorm statistics and the diagnostics of the mechanism.
+
+Pure computation: it reads the dataset (and writes its prepared copy, atomically) but
+no job-dir files, and it changes no process-wide state. May import fashionbn.config
+only. `records` names what the loop produces (one record per epoch, a status);
+`atomic` is how any file of fashionbn is written.
+"""

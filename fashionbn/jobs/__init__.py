@@ -1,0 +1,8 @@
+"""A job dir's life cycle: its files (written atomically), the lock, resume and
+checkpoint, the run's identity check, and the loggers derived from metrics.csv.
+
+`files` is the job-dir format, the interface between training and analysis (what
+fashionbn.analysis may import from here, with `reading`, which reads and verifies one
+job dir); `job` runs one job into its dir. May import fashionbn.config and
+fashionbn.core.
+"""

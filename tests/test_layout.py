@@ -1,0 +1,112 @@
+"""The package's stages import one way: config <- core <- jobs; analysis reads job-dir
+files (fashionbn.jobs.files, fashionbn.jobs.reading) and config, never the loop."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fashionbn"
+STAGES = ("config", "core", "jobs", "analysis")
+# the job-dir format: what analysis may read, itself free of the loop
+FORMAT = ("fashionbn.jobs.files", "fashionbn.jobs.reading")
+FORMAT_MAY_IMPORT = (
+    "fashionbn.config",
+    "fashionbn.core.atomic",
+    "fashionbn.core.records",
+    *FORMAT,
+)
+MAY_IMPORT = {
+    "config": ("fashionbn.config",),
+    "core": ("fashionbn.config", "fashionbn.core"),
+    "jobs": ("fashionbn.config", "fashionbn.core", "fashionbn.jobs"),
+    "analysis": ("fashionbn.config", "fashionbn.analysis", *FORMAT),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def fashionbn_imports(source: str) -> list[str]:
+    """Every fashionbn module a source imports, at any depth of the file."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "fashionbn":  # from fashionbn import api
+                names += [f"fashionbn.{alias.name}" for alias in node.names]
+            elif node.module.startswith("fashionbn."):
+                names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names if a.name.startswith("fashionbn.")]
+    return names
+
+
+def within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def violations(module: str, imported: list[str]) -> list[str]:
+    """The imports of `module` that break the stages' direction."""
+    stage = module.split(".")[1] if module.count(".") >= 1 else ""
+    if module in FORMAT:
+        allowed = FORMAT_MAY_IMPORT
+    elif stage in MAY_IMPORT:
+        allowed = MAY_IMPORT[stage]
+    else:  # the commands and the API sit on top of everything
+        return []
+    return [
+        f"{module} imports {name}" for name in imported if not within(name, allowed)
+    ]
+
+
+def test_the_rule_itself_tells_right_from_wrong():
+    assert violations("fashionbn.core.train", ["fashionbn.jobs.files"])
+    assert violations("fashionbn.config.schema", ["fashionbn.core.model"])
+    assert violations("fashionbn.analysis.table", ["fashionbn.core.train"])
+    assert violations("fashionbn.analysis.table", ["fashionbn.jobs.job"])
+    assert violations("fashionbn.jobs.files", ["fashionbn.core.train"])
+    assert not violations("fashionbn.analysis.table", ["fashionbn.jobs.reading"])
+    assert not violations("fashionbn.jobs.job", ["fashionbn.core.train"])
+    assert not violations("fashionbn.run", ["fashionbn.jobs.job"])
+    source = "def f():\n    from fashionbn import api\n    import fashionbn.core.data\n"
+    assert fashionbn_imports(source) == ["fashionbn.api", "fashionbn.core.data"]
+
+
+def test_stages_import_one_way():
+    assert sorted(
+        p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()
+    ) == (sorted(STAGES))
+    broken = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = module_name(path)
+        broken += violations(module, fashionbn_imports(path.read_text()))
+    assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_says_what_it_holds_and_may_import(stage):
+    doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text()))
+    assert doc and "import" in doc
+
+
+def test_aggregating_never_loads_the_loop():
+    """Transitively too: `python -m fashionbn.aggregate` must not import training."""
+    code = (
+        "import sys, fashionbn.aggregate, fashionbn.analysis.plot\n"
+        "print(sorted(m for m in sys.modules if m.startswith('fashionbn.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = eval(out)
+    for module in (
+        "fashionbn.core.train",
+        "fashionbn.core.model",
+        "fashionbn.jobs.job",
+    ):
+        assert module not in loaded
+    assert "fashionbn.analysis.table" in loaded
