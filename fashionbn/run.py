@@ -20,6 +20,7 @@ from fashionbn.config import FashionbnError, register_configs
 from fashionbn.config.validation import available_cores
 from fashionbn.jobs.files import METRICS_FILE
 from fashionbn.jobs.job import JobBusy, run_job
+from fashionbn.jobs.progress import run_name, sweep_line
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,16 @@ def stop_when_orphaned(interval: float = 0.1) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="fashionbn-orphan-watch", daemon=True).start()
+
+
+def named_overrides(hydra_cfg) -> list[str]:
+    """The job's overrides that name its dir (Hydra's override_dirname's items)."""
+    excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+    return [
+        item
+        for item in hydra_cfg.overrides.task
+        if item.split("=", 1)[0].lstrip("+~") not in excluded
+    ]
 
 
 def preset_needs_multirun(hydra_cfg) -> Optional[str]:
@@ -99,7 +110,12 @@ def main(cfg: DictConfig) -> Optional[float]:
         # what loggers share across a sweep (the MLflow store) lives in the sweep dir
         sweep_dir = Path(to_absolute_path(hydra_cfg.sweep.dir))
         log_root = out_dir if single_run else sweep_dir
-        records = run_job(cfg, out_dir, log_root=log_root)
+        name = run_name(named_overrides(hydra_cfg)) or out_dir.name
+        if not single_run and (line := sweep_line(hydra_cfg.job.num, False)):
+            log.info("%s: %s", line, name)
+        records = run_job(cfg, out_dir, log_root=log_root, run_name=name)
+        if not single_run and (line := sweep_line(hydra_cfg.job.num, True)):
+            log.info("%s", line)
     except JobBusy as busy:
         log.warning("%s", busy)
         return None

@@ -586,3 +586,10 @@ def test_a_damaged_diagnostics_file_leaves_the_run_out(tmp_path) -> None:
         "status.json); re-run the same command to restore it from checkpoint.pt"
     )
     assert read.skipped == [(str(job), why)]
+
+
+def test_a_pipe_in_a_cell_cannot_split_a_markdown_table() -> None:
+    from fashionbn.analysis.markdown import markdown_table
+
+    frame = pd.DataFrame({"model": ["bn|after"], "n": [3]})
+    assert markdown_table(frame) == "| model | n |\n|---|---|\n| bn\\|after | 3 |"

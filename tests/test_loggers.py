@@ -1,6 +1,7 @@
 """TensorBoard and MLflow, read back with each tool's own reader: what they hold equals
 metrics.csv, each epoch once, one run per job, and a failing logger costs no result."""
 
+import json
 import logging
 import subprocess
 import sys
@@ -30,8 +31,14 @@ def mlflow_runs(store: Path) -> list:
     return client.search_runs(experiments)
 
 
+def events_of(job_dir: Path) -> Path:
+    """The job's TensorBoard dir, as its loggers.json records it."""
+    relative = json.loads((job_dir / LOGGERS_FILE).read_text())["tensorboard_dir"]
+    return (job_dir / relative).resolve()
+
+
 def tensorboard_scalars(job_dir: Path, tag: str = "test_acc") -> list[tuple]:
-    accumulator = EventAccumulator(str(job_dir))
+    accumulator = EventAccumulator(str(events_of(job_dir)))
     accumulator.Reload()
     return [(event.step, event.value) for event in accumulator.Scalars(tag)]
 
@@ -69,9 +76,20 @@ def test_a_sweep_shows_up_in_both_tools(real_data_root, tmp_path) -> None:
     assert len(jobs) == 4
     store = sweep_dir / "mlflow.db"
     runs = {run.info.run_name: run for run in mlflow_runs(store)}
-    assert sorted(runs) == sorted(job.name for job in jobs)  # one run per job
+    # named by what tells the runs apart first (the swept keys), then the rest
+    fixed = "data.test_size=500,data.train_size=2048,diagnostics=on,epochs=2"
+    names = {
+        f"{fixed},model={model},seed={seed}": f"model={model},seed={seed},{fixed}"
+        for model in ("baseline", "batchnorm")
+        for seed in (0, 1)
+    }
+    assert sorted(job.name for job in jobs) == sorted(names)
+    assert sorted(runs) == sorted(names.values())  # one run per job
+    tensorboard_runs = sorted(p.name for p in (sweep_dir / "tensorboard").iterdir())
+    assert tensorboard_runs == sorted(names.values())
     for job in jobs:
-        run = runs[job.name]
+        run = runs[names[job.name]]
+        assert events_of(job) == (sweep_dir / "tensorboard" / names[job.name])
         config = read_status(job)[0]["config"]
         assert run.data.params["model.name"] == config["model"]["name"]
         assert run.data.params["seed"] == str(config["seed"])
@@ -82,9 +100,13 @@ def test_a_sweep_shows_up_in_both_tools(real_data_root, tmp_path) -> None:
         }
         assert artifacts == {"metrics.csv", "status.json", "diagnostics.csv"}
         assert_logged_like_metrics_csv(job, store, run.info.run_id)
-        # TensorBoard: the job dir is the run (no timestamped add_hparams sub-run)
-        assert [p for p in job.rglob("events.out.tfevents.*") if p.parent != job] == []
-        accumulator = EventAccumulator(str(job))
+        # TensorBoard: one dir is the run (no timestamped add_hparams sub-run)
+        events = events_of(job)
+        assert [
+            p for p in events.rglob("events.out.tfevents.*") if p.parent != events
+        ] == []
+        assert not list(job.glob("events.out.tfevents.*"))
+        accumulator = EventAccumulator(str(events))
         accumulator.Reload()
         assert set(accumulator.PluginTagToContent("hparams")) == {
             "_hparams_/experiment", "_hparams_/session_start_info",
@@ -110,9 +132,11 @@ def test_kill_and_resume_logs_each_epoch_once(overrides, tmp_path, monkeypatch):
     assert resumed.info.status == "FINISHED"
     assert_logged_like_metrics_csv(job, store, run.info.run_id)
     # a finished job run again logs nothing new
-    events = sorted(p.stat().st_size for p in job.glob("events.out.tfevents.*"))
+    events = sorted(p.stat().st_size for p in events_of(job).glob("events.out.tfev*"))
     run_job(cfg, job)
-    assert sorted(p.stat().st_size for p in job.glob("events.out.tfevents.*")) == events
+    assert sorted(
+        p.stat().st_size for p in events_of(job).glob("events.out.tfev*")
+    ) == (events)
     assert_logged_like_metrics_csv(job, store, run.info.run_id)
     assert len(mlflow_runs(store)) == 1
 
@@ -185,7 +209,9 @@ def test_parallel_jobs_share_one_sqlite_store(real_data_root, tmp_path) -> None:
     runs = mlflow_runs(sweep_dir / "mlflow.db")
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
-        job = sweep_dir / run.info.run_name
+        model, seed, fixed = run.info.run_name.split(",", 2)  # swept keys first
+        assert (model.split("=")[0], seed.split("=")[0]) == ("model", "seed")
+        job = sweep_dir / f"{fixed},{model},{seed}"
         assert (job / LOGGERS_FILE).is_file()
         history = mlflow_client(sweep_dir / "mlflow.db").get_metric_history(
             run.info.run_id, "test_acc"
@@ -248,11 +274,15 @@ def test_a_kill_while_the_store_is_created_leaves_no_broken_store(
     with monkeypatch.context() as patch:
         patch.setattr(db_utils, "_upgrade_db", killed)
         with pytest.raises(KeyboardInterrupt):
-            MLflowSink(tmp_path / "a", {"seed": 0}, True, uri, "e", tmp_path / "art")
+            MLflowSink(
+                tmp_path / "a", {"seed": 0}, True, uri, "e", tmp_path / "art", "a"
+            )
     assert not store.exists()
     caplog.set_level(logging.WARNING)
     (tmp_path / "b").mkdir()
-    sink = MLflowSink(tmp_path / "b", {"seed": 0}, True, uri, "e", tmp_path / "art")
+    sink = MLflowSink(
+        tmp_path / "b", {"seed": 0}, True, uri, "e", tmp_path / "art", "b"
+    )
     sink.log([{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.6}], [])
     history = mlflow_client(store).get_metric_history(sink.run_id, "test_acc")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.6)]

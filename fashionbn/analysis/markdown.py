@@ -26,13 +26,20 @@ def mean_std(mean: float, std: float, n: int) -> str:
     return f"{mean:.4f}{spread} (n={int(n)})"
 
 
+def table_row(cells) -> str:
+    """One markdown table row; a `|` inside a cell is escaped so that it cannot
+    split the cell (a model or value named with one)."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A plain GitHub-flavoured markdown table of `frame`'s rows."""
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |"]
-    lines.append("|" + "---|" * len(frame.columns))
-    lines += [
-        "| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(False)
-    ]
+    """A plain GitHub-flavoured markdown table of `frame`'s rows.
+
+    Not DataFrame.to_markdown: its tabulate "pipe" format leaves a `|` in a cell
+    unescaped, which splits the cell (python-tabulate#241), and it would add a
+    dependency for one table."""
+    lines = [table_row(frame.columns), "|" + "---|" * len(frame.columns)]
+    lines += [table_row(row) for row in frame.itertuples(False)]
     return "\n".join(lines)
 
 

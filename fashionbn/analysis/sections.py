@@ -7,7 +7,14 @@ from typing import Optional
 
 import pandas as pd
 
-from fashionbn.analysis.markdown import group_label, interval, mean_std, p_text, signed
+from fashionbn.analysis.markdown import (
+    group_label,
+    interval,
+    mean_std,
+    p_text,
+    signed,
+    table_row,
+)
 from fashionbn.analysis.protocol import statistics_word
 from fashionbn.analysis.robustness import describe_cell
 from fashionbn.analysis.selection import Selection
@@ -49,7 +56,7 @@ def comparisons_section(table: pd.DataFrame, keys: list[str], precision: float):
             interval(row.boot_low, row.boot_high),
             share, p_value, p_text(row.p_holm), seeds,
         ]  # fmt: skip
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
+        lines.append(table_row(cells))
     family = int(table["p_value"].notna().sum())
     lines += [
         "",
@@ -155,13 +162,13 @@ def tuning_table(selection: Selection) -> list[str]:
     by, grid = selection.by, selection.grid
     header = ["model", *selection.tuned, "n", f"{by} (mean ± std)",
               "test_acc (mean ± std)", "collapsed"]  # fmt: skip
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [table_row(header), "|" + "---|" * len(header)]
     for _, row in grid.iterrows():
         cells = [row.model, *[row[k] for k in selection.tuned], int(row.n),
                  mean_std(row[f"{by}_mean"], row[f"{by}_std"], row.n).split(" (")[0],
                  mean_std(row.test_acc_mean, row.test_acc_std, row.n).split(" (")[0],
                  int(row.get("collapsed", 0))]  # fmt: skip
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
+        lines.append(table_row(cells))
     return lines
 
 
@@ -278,7 +285,7 @@ def robustness_section(table: pd.DataFrame, sentences: list[str]) -> list[str]:
             interval(row.boot_low, row.boot_high),
             share, p_value, f"{int(row.collapsed)} of {int(row.runs)}",
         ]  # fmt: skip
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
+        lines.append(table_row(cells))
     warned = table[table["warnings"].fillna("") != ""]
     if not warned.empty:
         lines += ["", "Selection warnings per cell:"]

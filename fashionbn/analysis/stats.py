@@ -35,13 +35,18 @@ def last_epochs(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame[frame["epoch"] == last]
 
 
-def t_interval(values: pd.Series, level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean of `values` (NaN, NaN for fewer than 2)."""
-    n, mean = len(values), values.mean()
-    if n < 2:
+def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
+    """Student-t interval of the mean of `values`: scipy's one-sample t-test, the
+    call paired_p_value takes its p from (NaN, NaN for fewer than 2 values). Values
+    without spread give the mean itself: scipy would warn of lost precision there,
+    and the interval has no width."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
         return math.nan, math.nan
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return mean - half, mean + half
+    if no_spread(values):
+        return float(values.mean()), float(values.mean())
+    interval = stats.ttest_1samp(values, 0.0).confidence_interval(level)
+    return float(interval.low), float(interval.high)
 
 
 def gap_intervals(gaps: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
@@ -175,7 +180,7 @@ def compare(gaps: Sequence[float], precision: float) -> dict:
     """Everything the report says about one paired comparison's gaps."""
     gaps = np.asarray(gaps, dtype=float)
     n = len(gaps)
-    low, high = t_interval(pd.Series(gaps))
+    low, high = t_interval(gaps)
     boot = (
         bootstrap_interval(gaps) if n >= MIN_BOOTSTRAP_PAIRS else (math.nan, math.nan)
     )
@@ -197,7 +202,7 @@ def comparisons(
 ) -> pd.DataFrame:
     """compare() at epoch 1 and at the last epoch of every comparison (and value of
     the other group keys), as the report states them
-    (fashionbn.analysis.pairing.paired_gaps     makes the gaps)."""
+    (fashionbn.analysis.pairing.paired_gaps makes the gaps)."""
     facet_keys = [k for k in group_keys if k != "model"]
     rows = []
     if gaps.empty:

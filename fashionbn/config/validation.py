@@ -8,7 +8,13 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from fashionbn.config import ConfigError, DataConfig, flatten, not_applicable
+from fashionbn.config import (
+    ConfigError,
+    DataConfig,
+    flatten,
+    not_applicable,
+    option_value,
+)
 
 
 def available_cores() -> int:
@@ -127,7 +133,7 @@ def _data_problems(data) -> list[str]:
         problems.append(f"data.split_seed={data.split_seed}: must be in 0..2**63-1")
     if data.eval_batch_size < 1:
         problems.append(f"data.eval_batch_size={data.eval_batch_size}: must be >= 1")
-    name = getattr(data.name, "value", data.name)
+    name = option_value(data.name)
     if name != "fashion_mnist" and data.system_dir == DataConfig.system_dir:
         problems.append(
             f"data.name={name} with data.system_dir={data.system_dir}, which holds "

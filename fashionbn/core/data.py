@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from fashionbn.config import ConfigError, FashionbnError
+from fashionbn.config import ConfigError, FashionbnError, option_value
 from fashionbn.core.atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,7 @@ def split_indices(
 
 def dataset_name(data_cfg) -> str:
     """data.name as a plain string ('fashion_mnist' for configs without one)."""
-    name = getattr(data_cfg, "name", "fashion_mnist")
-    return str(getattr(name, "value", name))
+    return str(option_value(getattr(data_cfg, "name", "fashion_mnist")))
 
 
 def raw_dir(root: str | Path, name: str = "fashion_mnist") -> Path:

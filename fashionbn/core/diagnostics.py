@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
 
 from fashionbn.config import ConfigError
 from fashionbn.core.model import ACTIVATIONS
@@ -71,10 +72,10 @@ class Probe:
     """Loss, gradients and activation inputs of `model` on one batch, at any
     parameters, without writing to the model.
 
-    The forward pass is written out functionally for the modules build_model makes
-    (BatchNorm normalises with the batch's statistics and is given no running
-    statistics to update); it is what module(x) computes in training mode, minus
-    the per-call machinery that would dominate the cost on a small probe batch.
+    The model's own forward pass at other parameters (torch.func.functional_call),
+    vmapped over the points it is measured at. BatchNorm runs in training mode (batch
+    statistics) and updates copies of its running statistics, one per point, never
+    the model's.
     """
 
     def __init__(self, model: nn.Sequential, x: torch.Tensor, y: torch.Tensor):
@@ -83,38 +84,29 @@ class Probe:
         self.names = list(self.params)
         self.name_of = {id(p): name for name, p in self.params.items()}
         self.layers = hidden_layers(model)
-        self.steps = [self._step(index, module) for index, module in enumerate(model)]
+        self.buffers = dict(model.named_buffers())
 
-    def _step(self, index: int, module: nn.Module):
-        """(kind, module, weight name, bias name) of one module of the Sequential."""
-        kinds = {nn.Flatten: "flatten", nn.Linear: "linear",
-                 nn.BatchNorm1d: "batchnorm", nn.LayerNorm: "layernorm"}  # fmt: skip
-        kind = kinds.get(type(module))
-        if kind is None and isinstance(module, tuple(ACTIVATIONS.values())):
-            kind = "activation"
-        if kind is None:
-            raise TypeError(f"diagnostics cannot probe a {type(module).__name__}")
-        return kind, module, f"{index}.weight", f"{index}.bias"
+    def _loss_at(self, params: dict, buffers: dict) -> torch.Tensor:
+        logits = functional_call(self.model, (params, buffers), (self.x,))
+        return F.cross_entropy(logits, self.y)
 
     def loss(self, params: dict, record: Optional[list] = None) -> torch.Tensor:
-        """Mean cross-entropy at `params`; appends each activation's input to record."""
-        x = self.x
-        for kind, module, weight, bias in self.steps:
-            if kind == "flatten":
-                x = x.flatten(1)  # (B, 784)
-            elif kind == "linear":
-                x = F.linear(x, params[weight], params[bias])
-            elif kind == "batchnorm":  # batch statistics; no running stats to update
-                x = F.batch_norm(x, None, None, params[weight], params[bias],
-                                 training=True, eps=module.eps)  # fmt: skip
-            elif kind == "layernorm":
-                x = F.layer_norm(x, module.normalized_shape, params[weight],
-                                 params[bias], module.eps)  # fmt: skip
-            else:
-                if record is not None:
-                    record.append(x.detach())
-                x = module(x)
-        return F.cross_entropy(x, self.y)
+        """Mean cross-entropy at `params`; appends each activation's input to record
+        (a hook on each activation module while the pass runs)."""
+        hooks = []
+        if record is not None:
+            hooks = [
+                layer["activation"].register_forward_pre_hook(
+                    lambda module, inputs: record.append(inputs[0].detach())
+                )
+                for layer in self.layers
+            ]
+        try:
+            copies = {n: b.clone() for n, b in self.buffers.items()}
+            return self._loss_at(params, copies)
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def stacked(self, points: list[dict], grad: dict) -> tuple[torch.Tensor, dict]:
         """Losses (K,) and gradients (name -> (K, *shape)) at K points at once: point
@@ -124,32 +116,12 @@ class Probe:
         for n, p in self.params.items():
             steps = [point.get(n, 0.0) for point in points]
             steps = torch.tensor(steps, device=p.device).view(k, *[1] * p.dim())
-            params[n] = (p.detach() - steps * grad[n]).requires_grad_()  # (K, *shape)
-        x = self.x.flatten(1)  # (B, 784), shared by every point
-        for kind, module, weight, bias in self.steps[1:]:
-            if kind == "linear":
-                w, b = params[weight], params[bias].unsqueeze(1)  # (K, O, I), (K, 1, O)
-                if x.dim() == 2:  # the shared input: one (B, I) x (I, K*O) product
-                    z = x @ w.reshape(-1, w.shape[-1]).T  # (B, K*O)
-                    x = z.view(len(x), k, -1).transpose(0, 1) + b  # (K, B, O)
-                else:
-                    x = torch.baddbmm(b, x, w.transpose(1, 2))
-            elif kind in ("batchnorm", "layernorm"):
-                # BatchNorm: each unit over the batch (dim 1); LayerNorm: each sample
-                # over the units (dim 2); then the point's own scale and shift
-                dim = 1 if kind == "batchnorm" else 2
-                centred = x - x.mean(dim, keepdim=True)
-                var = (centred * centred).mean(dim, keepdim=True)
-                x = centred / torch.sqrt(var + module.eps)
-                x = x * params[weight].unsqueeze(1) + params[bias].unsqueeze(1)
-            else:
-                x = module(x)
-        per_sample = F.cross_entropy(
-            x.reshape(k * len(self.y), -1), self.y.repeat(k), reduction="none"
-        )
-        losses = per_sample.view(k, -1).mean(dim=1)  # (K,)
-        values = torch.autograd.grad(losses.sum(), [params[n] for n in self.names])
-        return losses.detach(), dict(zip(self.names, values))
+            params[n] = p.detach() - steps * grad[n]  # (K, *shape)
+        copies = {  # each point its own running statistics to update
+            n: b.unsqueeze(0).repeat(k, *[1] * b.dim()) for n, b in self.buffers.items()
+        }
+        grads, losses = vmap(grad_and_value(self._loss_at))(params, copies)
+        return losses.detach(), grads
 
     def grads(self, loss: torch.Tensor, params: dict, names: list[str]) -> dict:
         values = torch.autograd.grad(loss, [params[n] for n in names])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashionbn.config import ConfigError
+from fashionbn.config import ConfigError, option_value
 from fashionbn.config.validation import check_config
 from fashionbn.core.data import FashionData, load_dataset, shuffled_batches
 from fashionbn.core.evaluation import evaluate_epoch
@@ -137,7 +137,7 @@ def steps_per_epoch(
 
 def check_trainable(cfg, num_samples: int) -> None:
     """Refuse, before anything is trained or written, a run with no step to take."""
-    batch_norm = str(getattr(cfg.model.norm, "value", cfg.model.norm)) == "batchnorm"
+    batch_norm = option_value(cfg.model.norm) == "batchnorm"
     drop_last = bool(cfg.data.get("drop_last", False))
     if steps_per_epoch(num_samples, cfg.batch_size, batch_norm, drop_last) > 0:
         return
@@ -147,8 +147,13 @@ def check_trainable(cfg, num_samples: int) -> None:
             "training sample(s) drops every batch: use a smaller batch_size or "
             "data.drop_last=false"
         )
-    raise ConfigError(
-        f"batch_size={cfg.batch_size} with {num_samples} training sample(s) leaves "
+    raise only_one_sample_batches(cfg.batch_size, num_samples)
+
+
+def only_one_sample_batches(batch_size: int, num_samples: int) -> ConfigError:
+    """The error for a BatchNorm model whose every batch has one sample."""
+    return ConfigError(
+        f"batch_size={batch_size} with {num_samples} training sample(s) leaves "
         "only one-sample batches, which BatchNorm cannot train on"
     )
 
@@ -192,10 +197,7 @@ def train_one_epoch(
         predictions.append(logits.argmax(dim=1))  # (B,); argmax records no graph
         targets.append(y)
     if not predictions:
-        raise ConfigError(
-            f"batch_size={batch_size} with {len(labels)} training sample(s) leaves "
-            "only one-sample batches, which BatchNorm cannot train on"
-        )
+        raise only_one_sample_batches(batch_size, len(labels))
     seen = torch.cat(targets)
     correct = (torch.cat(predictions) == seen).sum().item()
     return loss_sum.item() / len(predictions), correct / len(seen)

@@ -51,6 +51,7 @@ from fashionbn.jobs.files import (
     write_status,
 )
 from fashionbn.jobs.loggers import Loggers, make_loggers
+from fashionbn.jobs.progress import EpochBar
 from fashionbn.jobs.resume import (  # noqa: F401 - JobDirError: raised by run_job
     DONE,
     FRESH,
@@ -186,21 +187,27 @@ def run_job(
     job_dir: Path,
     data: Optional[FashionData] = None,
     log_root: Optional[Path] = None,
+    run_name: Optional[str] = None,
 ) -> list[dict]:
     """Train cfg into job_dir, continue what it holds, or skip it if finished;
     return one record per epoch. Raises FashionbnError (one line) for bad input,
     a busy, foreign or damaged job dir, or a disk that cannot take the files.
     `log_root` is where loggers keep what is shared by a sweep (its MLflow store);
-    by default the job dir."""
+    by default the job dir; `run_name` what the loggers call the run (by default
+    the job dir's name)."""
     check_config(cfg)
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     with torch_threads(cfg.threads), job_lock(job_dir):
-        return run_locked(cfg, job_dir, data, log_root)
+        return run_locked(cfg, job_dir, data, log_root, run_name)
 
 
 def run_locked(
-    cfg, job_dir: Path, data: Optional[FashionData], log_root: Optional[Path]
+    cfg,
+    job_dir: Path,
+    data: Optional[FashionData],
+    log_root: Optional[Path],
+    run_name: Optional[str],
 ) -> list[dict]:
     """run_job's work once the dir is locked: settle what the dir holds, then train
     what is left with the loggers; every epoch's record."""
@@ -223,7 +230,7 @@ def run_locked(
     fresh = previous.action == FRESH
     loggers = make_loggers(
         cfg.logger, job_dir, Path(log_root or job_dir), identity,
-        job.execution[-1], fresh,
+        job.execution[-1], fresh, run_name,
     )  # fmt: skip
     try:
         status = train_job(cfg, job, previous, data, loggers, device)
@@ -266,7 +273,15 @@ def train_job(
     def rows() -> list[dict]:
         return diagnostics.rows if diagnostics is not None else []
 
+    bar = EpochBar(steps_per_run_epoch(cfg, training, data), len(records))
+
+    def on_step() -> None:
+        if diagnostics is not None:
+            diagnostics.on_step()
+        bar.step()
+
     def on_epoch(done: list[dict], diverged: bool) -> None:
+        bar.end_epoch(len(done))
         job.save_epoch(training, done, diverged, cfg.epochs)
         if loggers is not None:  # after the files: they are the source of truth
             loggers.log(done, rows())
@@ -279,13 +294,20 @@ def train_job(
         diagnostics.start()
     return train_epochs(
         cfg, training, data, records, on_epoch,
-        diagnostics.on_step if diagnostics is not None else None,
+        on_step if diagnostics is not None or bar.enabled else None,
     )  # fmt: skip
 
 
 def finish(loggers: Optional[Loggers], status: str, job_dir: Path) -> None:
     if loggers is not None:
         loggers.finish(status, job_dir)
+
+
+def steps_per_run_epoch(cfg, training: Training, data: FashionData) -> int:
+    return steps_per_epoch(
+        len(data.train_labels), cfg.batch_size, has_batch_norm(training.model),
+        bool(cfg.data.get("drop_last", False)),
+    )  # fmt: skip
 
 
 def make_diagnostics(
@@ -297,10 +319,7 @@ def make_diagnostics(
         cfg.diagnostics, training.model, cfg.optim.lr,
         data.train_images.index_select(0, probe),
         data.train_labels.index_select(0, probe),
-        steps_per_epoch(
-            len(data.train_labels), cfg.batch_size, has_batch_norm(training.model),
-            bool(cfg.data.get("drop_last", False)),
-        ),  # fmt: skip
+        steps_per_run_epoch(cfg, training, data),
         cfg.epochs, state.get("diagnostics"),
     )  # fmt: skip
 

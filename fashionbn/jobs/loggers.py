@@ -37,7 +37,7 @@ from fashionbn.jobs.files import (
 log = logging.getLogger(__name__)
 
 LOGGERS_FILE = "loggers.json"  # which MLflow run is this job's
-EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's files in the job dir
+EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's files (events_dir)
 SCALARS = [c for c in METRIC_COLUMNS if c != "epoch"]
 EXTRAS = "pip install -e '.[loggers]' (make setup installs it)"
 
@@ -56,13 +56,31 @@ def run_params(identity: dict, execution: dict) -> dict:
     return params
 
 
+def events_dir(job_dir: Path, log_root: Path, run_name: str) -> Path:
+    """Where a job's TensorBoard events go: `<sweep>/tensorboard/<run name>/`, so that
+    TensorBoard lists each run by what tells it apart (its dir name starts with the
+    sweep's fixed overrides). Kept in the job dir's loggers.json (relative to the job
+    dir, so a moved sweep keeps it); a job dir of an older fashionbn that holds events
+    itself keeps them there."""
+    state = read_state(job_dir / LOGGERS_FILE)
+    if "tensorboard_dir" in state:
+        return (job_dir / state["tensorboard_dir"]).resolve()
+    if any(job_dir.glob(EVENTS_GLOB)):
+        return job_dir
+    directory = (log_root / "tensorboard" / run_name).resolve()
+    relative = os.path.relpath(directory, job_dir.resolve())
+    write_state(job_dir / LOGGERS_FILE, {**state, "tensorboard_dir": relative})
+    return directory
+
+
 class TensorBoardSink:
-    """Event files in the job dir: `tensorboard --logdir <sweep>` shows one run per
-    job, named by its dir, with per-epoch scalars, diagnostics and the HParams view."""
+    """Event files in `<sweep>/tensorboard/<run name>/` (events_dir):
+    `tensorboard --logdir <sweep>` shows one run per job, its distinguishing keys
+    first, with per-epoch scalars, diagnostics and the HParams view."""
 
     name = "tensorboard"
 
-    def __init__(self, job_dir: Path, params: dict, fresh: bool):
+    def __init__(self, directory: Path, params: dict, fresh: bool):
         try:
             from tensorboard.backend.event_processing.event_accumulator import (
                 EventAccumulator,
@@ -73,17 +91,18 @@ class TensorBoardSink:
             raise ConfigError(
                 f"logger=tensorboard needs tensorboard: {EXTRAS}"
             ) from err
+        directory.mkdir(parents=True, exist_ok=True)
         if fresh:  # a run that starts again from epoch 1 is a new TensorBoard run
-            for old in job_dir.glob(EVENTS_GLOB):
+            for old in directory.glob(EVENTS_GLOB):
                 old.unlink()
-        accumulator = EventAccumulator(str(job_dir))
+        accumulator = EventAccumulator(str(directory))
         accumulator.Reload()
         # per tag, the last step already on disk: a kill can come between two tags
         self.logged = {
             tag: max(event.step for event in accumulator.Scalars(tag))
             for tag in accumulator.Tags()["scalars"]
         }
-        self.writer = SummaryWriter(log_dir=str(job_dir))
+        self.writer = SummaryWriter(log_dir=str(directory))
         try:
             has_hparams = bool(accumulator.PluginTagToContent("hparams"))
         except KeyError:  # no HParams in the dir yet
@@ -116,7 +135,8 @@ class TensorBoardSink:
 
 
 class MLflowSink:
-    """One MLflow experiment per sweep dir, one run per job (named by its dir), on a
+    """One MLflow experiment per sweep dir, one run per job (named like its
+    TensorBoard run: distinguishing keys first), on a
     real database: a SQLite file next to the sweep unless logger.tracking_uri says
     otherwise. The run id lives in the job dir's loggers.json, so a resumed job
     continues its run; SQLite writes from parallel jobs take turns (a file lock)."""
@@ -131,6 +151,7 @@ class MLflowSink:
         tracking_uri: str,
         experiment: str,
         artifact_root: Path,
+        run_name: str,
     ):
         try:
             from mlflow.entities import Metric, Param
@@ -161,7 +182,7 @@ class MLflowSink:
                         experiment, artifact_location=str(artifact_root)
                     )
                 )
-                run = self.client.create_run(experiment_id, run_name=job_dir.name)
+                run = self.client.create_run(experiment_id, run_name=run_name)
                 self.run_id = run.info.run_id
                 params_ = [Param(k, str(v)) for k, v in params.items()]
                 for start in range(0, len(params_), 100):
@@ -321,16 +342,25 @@ def make_loggers(
     identity: dict,
     execution: dict,
     fresh: bool,
+    run_name: Optional[str] = None,
 ) -> Optional[Loggers]:
     """The sinks logger_cfg asks for (None for logger=csv). A missing package is an
     error before training; a sink that cannot start only warns."""
     if not (logger_cfg.tensorboard or logger_cfg.mlflow):
         return None
     params = run_params(identity, execution)
+    run_name = run_name or job_dir.name
     loggers = Loggers([])
     starts = []
     if logger_cfg.tensorboard:
-        starts.append(("tensorboard", lambda: TensorBoardSink(job_dir, params, fresh)))
+        starts.append(
+            (
+                "tensorboard",
+                lambda: TensorBoardSink(
+                    events_dir(job_dir, log_root, run_name), params, fresh
+                ),
+            )
+        )
     uri = logger_cfg.tracking_uri or f"{SQLITE}{log_root.resolve()}/mlflow.db"
     probed = uri in _unreachable
     why = unreachable(uri) if logger_cfg.mlflow else None
@@ -349,7 +379,9 @@ def make_loggers(
         starts.append(
             (
                 "mlflow",
-                lambda: MLflowSink(job_dir, params, fresh, uri, experiment, artifacts),
+                lambda: MLflowSink(
+                    job_dir, params, fresh, uri, experiment, artifacts, run_name
+                ),
             )  # fmt: skip
         )
     for name, start in starts:
