@@ -50,8 +50,8 @@ plots: setup
 	$(PY) -m fashionbn.aggregate
 
 lint: setup
-	$(PY) -m ruff check fashionbn tests
-	$(PY) -m ruff format --check fashionbn tests
+	$(PY) -m ruff check fashionbn tests hydra_plugins
+	$(PY) -m ruff format --check fashionbn tests hydra_plugins
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -5,6 +5,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -83,16 +84,20 @@ def preset_needs_multirun(hydra_cfg) -> Optional[str]:
     return None
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> Optional[float]:
-    """Train cfg's model into the job dir (or finish / skip it); return test_acc.
+@dataclass
+class JobPlace:
+    """Where one job of this command runs and what it is called."""
 
-    A problem with the input (config values, dataset, a job dir that holds another
-    config, is damaged, or a full disk) is logged as one line. A single run then ends
-    with exit code 2; in a sweep that job fails, the others still run, and Hydra ends
-    the sweep with that line and exit code 1. A job dir another process is training
-    is skipped with one line.
-    """
+    out_dir: Path
+    log_root: Path  # what loggers share across a sweep (the MLflow store) lives here
+    name: str  # the run's name in TensorBoard and MLflow
+    single_run: bool
+    job_num: int
+
+
+def job_place(cfg: DictConfig) -> JobPlace:
+    """Settle a job of the current Hydra job context: the data root made absolute,
+    torch threads shared between parallel jobs, a preset run without -m refused."""
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     single_run = hydra_cfg.mode == RunMode.RUN
@@ -103,29 +108,74 @@ def main(cfg: DictConfig) -> Optional[float]:
             torch.set_num_threads(threads)
     if "JoblibLauncher" in hydra_cfg.launcher.get("_target_", ""):
         stop_when_orphaned()
+    problem = preset_needs_multirun(hydra_cfg)
+    if problem:
+        raise FashionbnError(problem)
+    sweep_dir = Path(to_absolute_path(hydra_cfg.sweep.dir))
+    return JobPlace(
+        out_dir, out_dir if single_run else sweep_dir,
+        run_name(named_overrides(hydra_cfg)) or out_dir.name, single_run,
+        hydra_cfg.job.num,
+    )  # fmt: skip
+
+
+def failed(err: FashionbnError, single_run: bool) -> JobFailed:
+    """A problem with the input as one line: exit code 2 for a single run; in a sweep
+    that job fails (the others still run)."""
+    log.error("error: %s", err)
+    if single_run:
+        raise SystemExit(2) from None
+    return JobFailed(f"error: {err}")
+
+
+def train_job(cfg: DictConfig) -> Optional[float]:
+    """Train cfg's model into the job dir (or finish / skip it); return test_acc.
+
+    A problem with the input (config values, dataset, a job dir that holds another
+    config, is damaged, or a full disk) is logged as one line. A single run then ends
+    with exit code 2; in a sweep that job fails, the others still run, and Hydra ends
+    the sweep with that line and exit code 1. A job dir another process is training
+    is skipped with one line.
+    """
     try:
-        problem = preset_needs_multirun(hydra_cfg)
-        if problem:
-            raise FashionbnError(problem)
-        # what loggers share across a sweep (the MLflow store) lives in the sweep dir
-        sweep_dir = Path(to_absolute_path(hydra_cfg.sweep.dir))
-        log_root = out_dir if single_run else sweep_dir
-        name = run_name(named_overrides(hydra_cfg)) or out_dir.name
-        if not single_run and (line := sweep_line(hydra_cfg.job.num, False)):
-            log.info("%s: %s", line, name)
-        records = run_job(cfg, out_dir, log_root=log_root, run_name=name)
-        if not single_run and (line := sweep_line(hydra_cfg.job.num, True)):
-            log.info("%s", line)
+        place = job_place(cfg)
+        if not place.single_run and (line := sweep_line(place.job_num, False)):
+            log.info("%s: %s", line, place.name)
+        records = run_job(cfg, place.out_dir, log_root=place.log_root,
+                          run_name=place.name)  # fmt: skip
     except JobBusy as busy:
         log.warning("%s", busy)
         return None
     except FashionbnError as err:
-        log.error("error: %s", err)
-        if single_run:
-            raise SystemExit(2) from None
-        raise JobFailed(f"error: {err}") from None
-    log.info("metrics in %s", out_dir / METRICS_FILE)
+        raise failed(err, HydraConfig.get().mode == RunMode.RUN) from None
+    if not place.single_run and (line := sweep_line(place.job_num, True)):
+        log.info("%s", line)
+    log.info("metrics in %s", place.out_dir / METRICS_FILE)
     return records[-1]["test_acc"]
+
+
+def join_cohort(cfg: DictConfig):
+    """hydra/launcher=batched calls this in each job's context instead of
+    train_job: the job to train in a cohort (a PendingJob), or, for a job the
+    batched path cannot train, train_job's result, with one line saying why."""
+    from fashionbn.core.batched import unsupported
+    from fashionbn.jobs.cohort import PendingJob
+
+    why = unsupported(cfg)
+    if why is not None:
+        log.info("this job runs alone, not in a cohort: %s", why)
+        return train_job(cfg)
+    try:
+        place = job_place(cfg)
+    except FashionbnError as err:
+        raise failed(err, False) from None
+    return PendingJob(cfg, place.out_dir, place.log_root, place.name, place.job_num)
+
+
+train_job.fashionbn_cohort = join_cohort  # type: ignore[attr-defined]
+main = hydra.main(version_base="1.3", config_path="../conf", config_name="config")(
+    train_job
+)
 
 
 def interrupt(signum: int, frame) -> None:

@@ -342,7 +342,21 @@ def shuffled_batches(
     The order comes from the (CPU) `generator`, so a seed gives the same batches on
     every device; it is moved to `device` once per epoch, not once per batch.
     """
+    yield from epoch_order(num_samples, batch_size, generator, device, drop_last).split(
+        batch_size
+    )
+
+
+def epoch_order(
+    num_samples: int,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    drop_last: bool = False,
+) -> torch.Tensor:
+    """One epoch's shuffled sample indices (shuffled_batches splits them into
+    batches; a batched cohort stacks every run's)."""
     order = torch.randperm(num_samples, generator=generator).to(device)
     if drop_last:
         order = order[: num_samples - num_samples % batch_size]
-    yield from order.split(batch_size)
+    return order

@@ -219,17 +219,26 @@ def start_training(cfg, device: torch.device) -> Training:
     return Training(model, make_optimizer(model.parameters(), cfg.optim), generator)
 
 
-def training_state(training: Training) -> dict:
-    """Everything needed to continue bit-identically: weights, optimizer, every RNG.
+def training_state(training: Training, rng: Optional[dict] = None) -> dict:
+    """Everything needed to continue bit-identically: weights, optimizer, every RNG
+    (the process's global generators as they are now, or as `rng` recorded them:
+    global_rng_state() of a run trained beside others).
 
     Only tensors and plain Python values (numpy's RNG keys become a tensor), so that
     checkpoint.pt loads with torch.load(weights_only=True): reading a job dir copied
     from someone else never runs pickle."""
-    name, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "model": training.model.state_dict(),
         "optimizer": training.optimizer.state_dict(),
         "generator": training.generator.get_state(),
+        **(rng if rng is not None else global_rng_state()),
+    }
+
+
+def global_rng_state() -> dict:
+    """The process's global generators: torch, CUDA, numpy, python."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": (
@@ -270,6 +279,11 @@ def log_start(cfg, data: FashionData, device: torch.device) -> None:
 EpochCallback = Callable[[list[dict], bool], None]  # (records so far, diverged)
 
 
+def is_diverged(train_loss: float, divergence_loss: float) -> bool:
+    """NaN/inf, or so far above chance (ln 10 = 2.3) that training has blown up."""
+    return not math.isfinite(train_loss) or train_loss > divergence_loss
+
+
 def train_epochs(
     cfg,
     training: Training,
@@ -294,8 +308,7 @@ def train_epochs(
         records.append({**record, "seconds": seconds, **evaluated})
         test_loss, test_acc = evaluated["test_loss"], evaluated["test_acc"]
         val_loss, val_acc = evaluated["val_loss"], evaluated["val_acc"]
-        # NaN/inf, or so far above chance (ln 10 = 2.3) that training has blown up
-        diverged = not math.isfinite(train_loss) or train_loss > cfg.divergence_loss
+        diverged = is_diverged(train_loss, cfg.divergence_loss)
         if on_epoch is not None:
             on_epoch(records, diverged)
         validation = (

@@ -139,12 +139,19 @@ class JobFiles:
         self._status(RUNNING, **self._write_files(records))
 
     def save_epoch(
-        self, training: Training, records: list[dict], diverged: bool, epochs: int
+        self,
+        training: Training,
+        records: list[dict],
+        diverged: bool,
+        epochs: int,
+        rng: Optional[dict] = None,
     ) -> None:
+        """Checkpoint, metrics.csv (and diagnostics.csv), then status.json; `rng`:
+        the run's own global RNG states when it trained beside others."""
         finished = COMPLETE if len(records) == epochs else RUNNING
         status = DIVERGED if diverged else finished
         # checkpoint first: a resume rewrites the other files from it
-        state = training_state(training)
+        state = training_state(training, rng)
         if self.diagnostics is not None:
             state["diagnostics"] = self.diagnostics.state()
         save_checkpoint(self.job_dir, Checkpoint(self.identity, status, records, state))

@@ -1,0 +1,342 @@
+"""Train a cohort of runs at once: the runs' weights stacked along a first dimension
+(K, ...), one batched forward and backward pass per step, each run with its own
+initial weights, shuffle order, learning rate, momentum and weight decay.
+
+A cohort is built from the runs' own `Training` objects (fashionbn.core.train
+start_training: the single-run path's seeding, initialisation and optimizer), trains
+one epoch at a time, and writes each run's weights, BatchNorm statistics and
+momentum back into its Training after the epoch, so evaluation, checkpoints and
+resume are the single-run path's own code.
+
+Why the numbers are the single-run path's, bit for bit, on the CPU: every operation
+is arranged so that each run's slice is computed exactly as it is alone (measured
+with torch 2.14, 1 and 2 threads): torch.baddbmm is torch.addmm per matrix, forwards
+and backwards; BatchNorm over (B, K*C) is BatchNorm over each run's (B, C); the
+cross-entropy gradient through `reduction="none"` and a mean per run is the `mean`
+reduction's; p.addcmul_(g, -lr) is p.add_(g, alpha=-lr). Two operations do not
+reduce the same way batched, so they run per run: LayerNorm (its fused affine
+rounds differently) and the reported loss value (nll_loss's mean sums in its own
+order) — on the CPU; on CUDA the loss value is the batched mean (within 1e-6).
+Nothing here reads or writes files.
+"""
+
+import time
+from collections.abc import Callable
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import stack_module_state
+
+from fashionbn.config import flatten, option_value
+from fashionbn.core.data import FashionData, epoch_order
+from fashionbn.core.evaluation import evaluate_epoch
+from fashionbn.core.model import ACTIVATIONS, has_batch_norm
+from fashionbn.core.records import COMPLETE, DIVERGED
+from fashionbn.core.train import Training, is_diverged
+
+# what may differ between the runs of one cohort: per-run numbers and random streams
+PER_RUN_KEYS = (
+    "seed",
+    "optim.lr",
+    "optim.momentum",
+    "optim.weight_decay",
+    "model.init_std",
+)
+
+
+def cohort_key(identity: dict) -> tuple:
+    """Runs with equal keys can share one program: everything but PER_RUN_KEYS
+    equal, and momentum / weight decay either used by all or by none."""
+    flat = flatten(identity)
+    shared = tuple(
+        sorted((k, repr(v)) for k, v in flat.items() if k not in PER_RUN_KEYS)
+    )
+    uses = (bool(flat.get("optim.momentum")), bool(flat.get("optim.weight_decay")))
+    return (*shared, ("uses momentum, weight decay", uses))
+
+
+def unsupported(cfg) -> Optional[str]:
+    """Why a run cannot join a cohort (it then runs through the single-run path),
+    or None."""
+    if cfg.optim.name != "sgd":
+        return f"optim={cfg.optim.name} (the batched path trains SGD only)"
+    if cfg.diagnostics.enabled:
+        return "diagnostics=on (the probe measures one model at a time)"
+    if option_value(cfg.model.activation) not in ACTIVATIONS:
+        return f"model.activation={cfg.model.activation}"
+    return None
+
+
+class StackedLinear(torch.autograd.Function):
+    """F.linear per run, (K, B, I) x (K, O, I) -> (K, B, O), with the gradients
+    computed in the order torch computes them for one run: autograd's own backward
+    of baddbmm would form the weight's gradient as (x^T g)^T, one run's addmm as
+    g^T x, and the two round differently."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        return (
+            torch.bmm(grad, weight),  # (K, B, I)
+            torch.bmm(grad.transpose(1, 2), x),  # (K, O, I)
+            grad.sum(dim=1),  # (K, O)
+        )
+
+
+class Cohort:
+    """K runs of one architecture, stacked; trains them one epoch at a time."""
+
+    def __init__(self, trainings: list[Training], cfgs: list, exact_losses: bool):
+        self.trainings, self.cfgs = trainings, cfgs
+        self.exact_losses = exact_losses  # per-run loss values, as alone (CPU)
+        template = trainings[0].model
+        self.modules = list(template)
+        self.batch_norm = has_batch_norm(template)
+        params, buffers = stack_module_state([t.model for t in trainings])
+        self.params = {
+            n: p.detach().clone().requires_grad_() for n, p in params.items()
+        }
+        self.buffers = {n: b.clone() for n, b in buffers.items()}
+        device = next(iter(self.params.values())).device
+        self.names = list(self.params)
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)
+
+        self.neg_lr = column([-float(c.optim.lr) for c in cfgs])
+        self.momentum = column([float(c.optim.momentum) for c in cfgs])
+        self.weight_decay = column([float(c.optim.weight_decay) for c in cfgs])
+        self.nesterov = bool(cfgs[0].optim.nesterov)
+        self.uses_momentum = bool(cfgs[0].optim.momentum)
+        self.uses_decay = bool(cfgs[0].optim.weight_decay)
+        self.momentum_buffers = self._stacked_momentum()
+
+    def __len__(self) -> int:
+        return len(self.trainings)
+
+    # --- the model, batched ------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, 784) -> logits (K, B, 10); BatchNorm updates the stacked running
+        statistics as each run's module would."""
+        h = x
+        for index, module in enumerate(self.modules):
+            weight = self.params.get(f"{index}.weight")
+            bias = self.params.get(f"{index}.bias")
+            if isinstance(module, nn.Flatten):
+                continue  # x comes flat
+            if isinstance(module, nn.Linear):  # (K, B, I) -> (K, B, O)
+                h = StackedLinear.apply(h, weight, bias)
+            elif isinstance(module, nn.BatchNorm1d):
+                h = self._batch_norm(index, module, h, weight, bias)
+            elif isinstance(module, nn.LayerNorm):  # per run: see the docstring
+                h = torch.stack([
+                    F.layer_norm(h[k], module.normalized_shape, weight[k], bias[k],
+                                 module.eps)
+                    for k in range(len(h))
+                ])  # fmt: skip
+            else:
+                h = module(h)  # the activation, elementwise
+        return h
+
+    def _batch_norm(self, index, module, h, weight, bias) -> torch.Tensor:
+        """Each run's channels side by side: (K, B, C) -> (B, K*C), one batch norm
+        with the batch statistics of every run's own channels."""
+        k, b, c = h.shape
+        mean = self.buffers[f"{index}.running_mean"]  # (K, C), updated in place
+        var = self.buffers[f"{index}.running_var"]
+        flat = h.transpose(0, 1).reshape(b, k * c)
+        out = F.batch_norm(
+            flat, mean.view(-1), var.view(-1), weight.reshape(-1), bias.reshape(-1),
+            True, module.momentum, module.eps,
+        )  # fmt: skip
+        self.buffers[f"{index}.num_batches_tracked"].add_(1)
+        return out.view(b, k, c).transpose(0, 1).contiguous()
+
+    # --- one epoch ----------------------------------------------------------------
+
+    def train_epoch(
+        self,
+        data: FashionData,
+        batch_size: int,
+        drop_last: bool,
+        on_step: Optional[Callable[[], None]] = None,
+    ) -> tuple[list[float], list[float]]:
+        """One shuffled pass per run (each its own order); (mean batch loss,
+        accuracy) per run, as train_one_epoch computes them alone."""
+        images, labels = data.train_images, data.train_labels
+        n, device = len(labels), images.device
+        orders = torch.stack([
+            epoch_order(n, batch_size, t.generator, device, drop_last)
+            for t in self.trainings
+        ])  # (K, n')  # fmt: skip
+        k = len(self)
+        loss_sum = torch.zeros(k, device=device)
+        correct = torch.zeros(k, dtype=torch.long, device=device)
+        steps = seen = 0
+        for start in range(0, orders.shape[1], batch_size):
+            batch = orders[:, start : start + batch_size]  # (K, B)
+            if batch.shape[1] == 1 and self.batch_norm:
+                continue  # BatchNorm cannot train on one sample (as alone)
+            flat = batch.reshape(-1)
+            x = images.index_select(0, flat).view(k, batch.shape[1], -1)  # (K,B,784)
+            y = labels.index_select(0, flat).view(k, -1)  # (K, B)
+            losses, logits = self.step(x, y)
+            loss_sum += losses
+            correct += (logits.argmax(dim=2) == y).sum(dim=1)
+            steps, seen = steps + 1, seen + batch.shape[1]
+            if on_step is not None:
+                on_step()
+        # as train_one_epoch: the float32 sum, then a Python division
+        return (
+            [total / steps for total in loss_sum.tolist()],
+            [right / seen for right in correct.tolist()],
+        )
+
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward and the SGD update of every run; (loss per run, logits)."""
+        logits = self.forward(x)  # (K, B, 10)
+        k, b, classes = logits.shape
+        per_sample = F.cross_entropy(
+            logits.reshape(k * b, classes), y.reshape(-1), reduction="none"
+        ).view(k, b)
+        losses = per_sample.mean(dim=1)  # (K,): the gradient is each run's own
+        grads = torch.autograd.grad(losses.sum(), [self.params[n] for n in self.names])
+        self._update(grads)
+        with torch.no_grad():
+            if self.exact_losses:
+                detached = logits.detach()
+                losses = torch.stack([F.cross_entropy(detached[i], y[i])
+                                      for i in range(k)])  # fmt: skip
+            return losses.detach(), logits.detach()
+
+    @torch.no_grad()
+    def _update(self, grads) -> None:
+        """torch.optim.SGD's update per run, each with its own lr, momentum and weight
+        decay (a per-run scalar as a (K, 1, ...) tensor gives the same roundings)."""
+        for name, grad in zip(self.names, grads):
+            param = self.params[name]
+            shape = (len(self), *[1] * (param.dim() - 1))
+            if self.uses_decay:
+                grad = grad.addcmul(param, self.weight_decay.view(shape))
+            if self.uses_momentum:
+                buffer = self.momentum_buffers.get(name)
+                if buffer is None:
+                    buffer = self.momentum_buffers[name] = grad.clone()
+                else:
+                    buffer.mul_(self.momentum.view(shape)).add_(grad)
+                grad = (
+                    grad.addcmul(buffer, self.momentum.view(shape))
+                    if self.nesterov
+                    else buffer
+                )
+            param.addcmul_(grad, self.neg_lr.view(shape))
+
+    # --- to and from the runs' own objects -----------------------------------------
+
+    def _stacked_momentum(self) -> dict[str, torch.Tensor]:
+        """The optimizers' momentum buffers, stacked (none before the first step)."""
+        if not self.uses_momentum:
+            return {}
+        stacked = {}
+        for name in self.names:
+            buffers = []
+            for training in self.trainings:
+                param = dict(training.model.named_parameters())[name]
+                buffers.append(training.optimizer.state.get(param, {}).get(
+                    "momentum_buffer"))  # fmt: skip
+            if all(b is not None for b in buffers):
+                stacked[name] = torch.stack(buffers)
+            elif any(b is not None for b in buffers):
+                raise ValueError("the runs of a cohort must be at the same step")
+        return stacked
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Each run's weights, BatchNorm statistics and momentum into its own model
+        and optimizer (what evaluation and its checkpoint read)."""
+        for k, training in enumerate(self.trainings):
+            named = dict(training.model.named_parameters())
+            for name, param in named.items():
+                param.copy_(self.params[name][k])
+                if name in self.momentum_buffers:
+                    state = training.optimizer.state.setdefault(param, {})
+                    state["momentum_buffer"] = self.momentum_buffers[name][k].clone()
+            for name, buffer in training.model.named_buffers():
+                buffer.copy_(self.buffers[name][k])
+
+    def keep(self, indices: list[int]) -> None:
+        """Go on with only these runs (the others diverged or finished)."""
+        select = torch.tensor(indices, device=self.neg_lr.device)
+        self.trainings = [self.trainings[i] for i in indices]
+        self.cfgs = [self.cfgs[i] for i in indices]
+        self.params = {
+            n: p.detach().index_select(0, select).requires_grad_()
+            for n, p in self.params.items()
+        }
+        self.buffers = {n: b.index_select(0, select) for n, b in self.buffers.items()}
+        self.momentum_buffers = {
+            n: b.index_select(0, select) for n, b in self.momentum_buffers.items()
+        }
+        self.neg_lr = self.neg_lr.index_select(0, select)
+        self.momentum = self.momentum.index_select(0, select)
+        self.weight_decay = self.weight_decay.index_select(0, select)
+
+
+def train_cohort(
+    cfgs: list,
+    trainings: list[Training],
+    data: FashionData,
+    records: list[list[dict]],
+    on_epoch: Optional[Callable[[int, list[dict], bool], None]] = None,
+    exact_losses: bool = True,
+) -> list[str]:
+    """train_epochs for K runs at the same epoch: each epoch trained at once, then
+    every run evaluated by the single-run path's own evaluate_epoch; records[k] grows
+    by one record per epoch and on_epoch(k, records[k], diverged) is called. A run
+    that diverges stops there and leaves the cohort; the others go on unchanged.
+    Each run's `seconds` is its share of the cohort's training time plus its own
+    evaluation. Returns COMPLETE or DIVERGED per run."""
+    cfg = cfgs[0]
+    drop_last = bool(cfg.data.get("drop_last", False))
+    statuses = [COMPLETE] * len(cfgs)
+    active = list(range(len(cfgs)))
+    cohort = Cohort([trainings[k] for k in active], [cfgs[k] for k in active],
+                    exact_losses)  # fmt: skip
+    for epoch in range(len(records[0]) + 1, cfg.epochs + 1):
+        start = time.perf_counter()
+        losses, accuracies = cohort.train_epoch(data, cfg.batch_size, drop_last)
+        cohort.write_back()
+        share = (time.perf_counter() - start) / len(active)
+        going_on = []
+        for position, k in enumerate(active):
+            evaluation_start = time.perf_counter()
+            evaluated = evaluate_epoch(cfgs[k], trainings[k].model, data)
+            seconds = share + time.perf_counter() - evaluation_start
+            train_loss = losses[position]
+            records[k].append({
+                "epoch": epoch, "train_loss": train_loss,
+                "train_acc": accuracies[position], "seconds": seconds, **evaluated,
+            })  # fmt: skip
+            diverged = is_diverged(train_loss, cfgs[k].divergence_loss)
+            if on_epoch is not None:
+                on_epoch(k, records[k], diverged)
+            if diverged:
+                statuses[k] = DIVERGED
+            else:
+                going_on.append(position)
+        if len(going_on) < len(active):
+            active = [active[p] for p in going_on]
+            if not active:
+                break
+            cohort.keep(going_on)
+    return statuses

@@ -1,0 +1,1 @@
+"""hydra/launcher=batched: fashionbn's launcher (see batched_launcher)."""
