@@ -147,6 +147,50 @@ def whole_sweep(args) -> None:
     startup(python)
 
 
+# the sweeps --launchers times: the default one and the fair_lr preset
+LAUNCHER_SWEEPS = {
+    "default": ["model=baseline,batchnorm", "seed=0,1,2"],  # 6 runs
+    "fair_lr": ["experiment=fair_lr"],  # 60 runs
+}
+
+
+def launchers(args) -> None:
+    """Time, as whole processes in this one invocation, each sweep of
+    LAUNCHER_SWEEPS under the basic launcher and the batched one, on the device the
+    overrides choose (device=auto: CUDA where there is one). Also the training and
+    evaluation seconds the runs record (metrics.csv's `seconds`, summed)."""
+    import pandas as pd
+
+    python = [sys.executable, "-m"]
+    register_configs()
+    cfg = compose_config(args.overrides)
+    ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
+                   dataset_name(cfg.data))  # fmt: skip
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
+    print(f"torch {torch.__version__}; {cuda}; overrides: {' '.join(args.overrides)}")
+    print(f"{'sweep':<30} {'launcher':<8} {'wall s':>7} {'epochs s':>9} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.sweeps:
+            if name not in LAUNCHER_SWEEPS:
+                raise SystemExit(f"--sweeps {name}: one of {list(LAUNCHER_SWEEPS)}")
+            sweep, wall = LAUNCHER_SWEEPS[name], {}
+            for launcher in ("basic", "batched"):
+                sweep_dir = Path(tmp) / f"{len(wall)}-{name}"
+                command = [*python, "fashionbn.run", "-m", *sweep,
+                           f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}",
+                           *args.overrides]  # fmt: skip
+                wall[launcher] = process_seconds(command)
+                epochs = sum(
+                    pd.read_csv(path)["seconds"].sum()
+                    for path in sweep_dir.glob("*/metrics.csv")
+                )
+                ratio = wall["basic"] / wall[launcher]
+                runs = len(list(sweep_dir.glob("*/metrics.csv")))
+                label = f"{name} ({runs} runs)"
+                print(f"{label:<30} {launcher:<8} {wall[launcher]:>7.1f} "
+                      f"{epochs:>9.1f} {ratio:>5.1f}x")  # fmt: skip
+
+
 def startup(python: list[str]) -> None:
     """What starting a process costs, and where it goes."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,6 +235,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     )  # fmt: skip
     parser.add_argument("--sweep", action="store_true",
                         help="time the whole default sweep as processes")  # fmt: skip
+    parser.add_argument(
+        "--launchers", action="store_true",
+        help="time the default sweep and experiment=fair_lr as processes under the "
+        "basic and the batched launcher, on the current device",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sweeps", type=lambda text: text.split(","), default=list(LAUNCHER_SWEEPS),
+        help=f"--launchers: which of {','.join(LAUNCHER_SWEEPS)} (comma-separated)",
+    )  # fmt: skip
     parser.add_argument("--reference-sweep", action="store_true",
                         help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument(
@@ -204,6 +257,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.sweep:
         args.repeats = args.repeats or 1
         return whole_sweep(args)
+    if args.launchers:
+        return launchers(args)
     args.repeats = args.repeats or 3
 
     register_configs()

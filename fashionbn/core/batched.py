@@ -117,6 +117,15 @@ class Cohort:
         self.uses_momentum = bool(cfgs[0].optim.momentum)
         self.uses_decay = bool(cfgs[0].optim.weight_decay)
         self.momentum_buffers = self._stacked_momentum()
+        self.use_graphs = device.type == "cuda" and not exact_losses
+        self._fresh_program()
+
+    def _fresh_program(self) -> None:
+        """The epoch's sums and the CUDA graph, for the runs now in the cohort."""
+        k, device = len(self.trainings), self.neg_lr.device
+        self.loss_sum = torch.zeros(k, device=device)
+        self.correct = torch.zeros(k, dtype=torch.long, device=device)
+        self.graph, self.warm_steps, self.static_batch = None, 0, None
 
     def __len__(self) -> int:
         return len(self.trainings)
@@ -177,28 +186,56 @@ class Cohort:
             epoch_order(n, batch_size, t.generator, device, drop_last)
             for t in self.trainings
         ])  # (K, n')  # fmt: skip
-        k = len(self)
-        loss_sum = torch.zeros(k, device=device)
-        correct = torch.zeros(k, dtype=torch.long, device=device)
+        self.loss_sum.zero_()
+        self.correct.zero_()
         steps = seen = 0
         for start in range(0, orders.shape[1], batch_size):
             batch = orders[:, start : start + batch_size]  # (K, B)
             if batch.shape[1] == 1 and self.batch_norm:
                 continue  # BatchNorm cannot train on one sample (as alone)
-            flat = batch.reshape(-1)
-            x = images.index_select(0, flat).view(k, batch.shape[1], -1)  # (K,B,784)
-            y = labels.index_select(0, flat).view(k, -1)  # (K, B)
-            losses, logits = self.step(x, y)
-            loss_sum += losses
-            correct += (logits.argmax(dim=2) == y).sum(dim=1)
+            if self.use_graphs and batch.shape[1] == batch_size:
+                self._graphed_step(batch, images, labels)
+            else:  # the last, smaller batch (or no CUDA)
+                self._step_and_count(batch, images, labels)
             steps, seen = steps + 1, seen + batch.shape[1]
             if on_step is not None:
                 on_step()
         # as train_one_epoch: the float32 sum, then a Python division
         return (
-            [total / steps for total in loss_sum.tolist()],
-            [right / seen for right in correct.tolist()],
+            [total / steps for total in self.loss_sum.tolist()],
+            [right / seen for right in self.correct.tolist()],
         )
+
+    def _step_and_count(self, batch, images, labels) -> None:
+        """One step of every run on its (K, B) batch indices, adding its losses and
+        correct predictions to the epoch's sums."""
+        k, b = batch.shape
+        flat = batch.reshape(-1)
+        x = images.index_select(0, flat).view(k, b, -1)  # (K, B, 784)
+        y = labels.index_select(0, flat).view(k, b)  # (K, B)
+        losses, logits = self.step(x, y)
+        self.loss_sum += losses
+        self.correct += (logits.argmax(dim=2) == y).sum(dim=1)
+
+    def _graphed_step(self, batch, images, labels) -> None:
+        """_step_and_count replayed from a CUDA graph: a few eager steps on a side
+        stream first (they are real steps: the same kernels as the graph's), then one
+        capture, then one replay per step with the batch copied in."""
+        if self.graph is None:
+            if self.warm_steps < 3:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self._step_and_count(batch, images, labels)
+                torch.cuda.current_stream().wait_stream(side)
+                self.warm_steps += 1
+                return
+            self.static_batch = batch.clone()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records; runs nothing yet
+                self._step_and_count(self.static_batch, images, labels)
+        self.static_batch.copy_(batch)
+        self.graph.replay()
 
     def step(
         self, x: torch.Tensor, y: torch.Tensor
@@ -290,6 +327,7 @@ class Cohort:
         self.neg_lr = self.neg_lr.index_select(0, select)
         self.momentum = self.momentum.index_select(0, select)
         self.weight_decay = self.weight_decay.index_select(0, select)
+        self._fresh_program()
 
 
 def train_cohort(

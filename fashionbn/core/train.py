@@ -31,10 +31,14 @@ log = logging.getLogger(__name__)
 DEVICE_HINT = "use auto, cpu, cuda or cuda:N"
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; refuse devices fashionbn cannot use."""
+def resolve_device(name: str, batched: bool = False) -> torch.device:
+    """'auto' -> the faster device for the job: a cohort (batched) trains on CUDA
+    where there is one; one run alone on the CPU, since this small MLP at batch 64
+    cannot fill a GPU (one run alone on an H100 was slower than on the CPU: README,
+    "Performance"). Refuse devices fashionbn cannot use."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        cuda = batched and torch.cuda.is_available()
+        return torch.device("cuda" if cuda else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:  # e.g. device=gpu0

@@ -71,7 +71,7 @@ def run_cohorts(jobs: list[PendingJob], max_cohort: Optional[int] = None) -> Non
     for job in jobs:
         try:
             check_config(job.cfg)
-            device = resolve_device(job.cfg.device)
+            device = resolve_device(job.cfg.device, batched=True)
         except FashionbnError as err:
             job.result = err
             continue

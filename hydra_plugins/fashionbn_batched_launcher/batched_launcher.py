@@ -5,9 +5,11 @@ launcher, so this is a conformant Hydra launcher (Hydra's LauncherTestSuite runs
 """
 
 import logging
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
@@ -40,6 +42,25 @@ ConfigStore.instance().store(
     node=BatchedLauncherConf,
     provider="fashionbn",
 )
+
+
+@contextmanager
+def stderr_logging(name: str) -> Iterator[None]:
+    """Within the block, `name`'s records go to stderr in Hydra's job format, not
+    through the launcher's own logging (stdout)."""
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    )
+    before = (logger.propagate, logger.level)
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = before
 
 
 class BatchedLauncher(BasicLauncher):
@@ -86,7 +107,8 @@ class BatchedLauncher(BasicLauncher):
             if r.status == JobStatus.COMPLETED
             and isinstance(r._return_value, PendingJob)
         ]
-        run_cohorts(pending, self.max_cohort)
+        with stderr_logging("fashionbn"):  # as a job logs (stdout stays clean)
+            run_cohorts(pending, self.max_cohort)
         for ret in runs:
             job = ret._return_value
             if ret.status != JobStatus.COMPLETED or not isinstance(job, PendingJob):
