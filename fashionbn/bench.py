@@ -191,6 +191,61 @@ def launchers(args) -> None:
                       f"{epochs:>9.1f} {ratio:>5.1f}x")  # fmt: skip
 
 
+# --agreement: model kinds (overrides) trained alone and in a cohort of four
+AGREEMENT_KINDS = {
+    "baseline": ["model=baseline"],
+    "batchnorm": ["model=batchnorm"],
+    "batchnorm+momentum+val+precise": ["model=batchnorm", "optim.momentum=0.9",
+                                       "data.val_size=1000", "precise_bn=true"],
+    "layernorm": ["model=layernorm"],
+}  # fmt: skip
+
+
+def agreement(args) -> None:
+    """Train each of AGREEMENT_KINDS with optim.lr 0.01, 0.1 x seeds 0, 1 alone (the
+    single-run path) and as one cohort, on the device the overrides choose, and
+    print the largest difference of every metric over the runs and epochs."""
+    from fashionbn.core.batched import train_cohort
+    from fashionbn.core.train import (
+        checked_data,
+        resolve_device,
+        start_training,
+        train_and_evaluate,
+    )
+
+    register_configs()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.epochs} epochs; largest |cohort - alone| per metric")  # fmt: skip
+    for kind, extra in AGREEMENT_KINDS.items():
+        cfgs = [
+            compose_config(
+                [
+                    *extra,
+                    f"epochs={args.epochs}",
+                    f"optim.lr={lr}",
+                    f"seed={seed}",
+                    *args.overrides,
+                ]
+            )  # fmt: skip
+            for lr in (0.01, 0.1)
+            for seed in (0, 1)
+        ]
+        device = resolve_device(cfgs[0].device, batched=True)
+        alone = [train_and_evaluate(cfg) for cfg in cfgs]
+        data = checked_data(cfgs[0], None, device)
+        together = [[] for _ in cfgs]
+        trainings = [start_training(cfg, device) for cfg in cfgs]
+        train_cohort(cfgs, trainings, data, together, None, device.type == "cpu")
+        largest: dict = {}
+        for runs in zip(alone, together):
+            for a, b in zip(*runs):
+                for key, value in a.items():
+                    if key not in ("epoch", "seconds") and value is not None:
+                        largest[key] = max(largest.get(key, 0.0), abs(value - b[key]))
+        print(f"{kind} on {device}: "
+              + ", ".join(f"{k} {v:.1e}" for k, v in largest.items()))  # fmt: skip
+
+
 def startup(python: list[str]) -> None:
     """What starting a process costs, and where it goes."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -244,6 +299,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         "--sweeps", type=lambda text: text.split(","), default=list(LAUNCHER_SWEEPS),
         help=f"--launchers: which of {','.join(LAUNCHER_SWEEPS)} (comma-separated)",
     )  # fmt: skip
+    parser.add_argument(
+        "--agreement", action="store_true",
+        help="how far a batched cohort's numbers are from the single-run path's, "
+        "per model kind, on the current device",
+    )  # fmt: skip
     parser.add_argument("--reference-sweep", action="store_true",
                         help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument(
@@ -259,6 +319,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         return whole_sweep(args)
     if args.launchers:
         return launchers(args)
+    if args.agreement:
+        return agreement(args)
     args.repeats = args.repeats or 3
 
     register_configs()

@@ -115,7 +115,7 @@ def job_place(cfg: DictConfig) -> JobPlace:
     return JobPlace(
         out_dir, out_dir if single_run else sweep_dir,
         run_name(named_overrides(hydra_cfg)) or out_dir.name, single_run,
-        hydra_cfg.job.num,
+        0 if single_run else hydra_cfg.job.num,
     )  # fmt: skip
 
 

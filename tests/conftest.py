@@ -1,6 +1,7 @@
 """Shared fixtures: the composed config, the real dataset, tiny generated IDX files."""
 
 import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,11 @@ from fashionbn.jobs.job import run_identity, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
-SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+# where the real FashionMNIST .gz files are (Debian's package; elsewhere, e.g. a GPU
+# machine, FASHIONBN_TEST_SYSTEM_DIR points at a copy)
+SYSTEM_DIR = Path(
+    os.environ.get("FASHIONBN_TEST_SYSTEM_DIR", "/usr/share/datasets/fashion-mnist")
+)
 
 register_configs()
 

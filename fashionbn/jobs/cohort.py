@@ -165,7 +165,6 @@ def settle(job: PendingJob, device: torch.device, cohort: int) -> bool:
 def train_members(jobs: list[PendingJob], data, device: torch.device) -> None:
     """Train jobs that stand at the same epoch as one cohort, writing each job's
     files after every epoch; a failure fails the jobs still training."""
-    cfg = jobs[0].cfg
     log.info(
         "a cohort of %d runs on %s from epoch %d: %s", len(jobs), device,
         len(jobs[0].records) + 1, ", ".join(job.name for job in jobs),
@@ -205,13 +204,13 @@ def train_members(jobs: list[PendingJob], data, device: torch.device) -> None:
             if job.loggers is not None:
                 job.loggers.finish(FAILED, job.out_dir)
             job.result = err
+            job.file_log.close()
         return
     for job, status in zip(jobs, statuses):
         if job.loggers is not None:
             job.loggers.finish(status, job.out_dir)
         job.result = job.records[-1]["test_acc"]
         job.file_log.close()
-    del cfg
 
 
 def job_log(job: PendingJob, level: int, message: str) -> None:
