@@ -316,3 +316,22 @@ def test_with_two_threads_a_cohort_stays_within_the_stated_tolerance(real_data_r
             assert b["test_acc"] == pytest.approx(a["test_acc"], abs=0.002)
             for loss in ("train_loss", "test_loss"):
                 assert b[loss] == pytest.approx(a[loss], rel=1e-3)
+
+
+def test_after_an_epoch_each_run_holds_what_it_holds_alone(real_data_root):
+    """write_back: weights, BatchNorm statistics and the optimizer's momentum, bit
+    for bit as the single-run path leaves them after an epoch (one thread)."""
+    from fashionbn.core.train import train_epochs, training_state
+
+    cfgs = configs(real_data_root, ["model=batchnorm", "optim.momentum=0.9"], epochs=1)
+    with torch_threads(1):
+        data = checked_data(cfgs[0], None, CPU)
+        trainings = [start_training(cfg, CPU) for cfg in cfgs]
+        train_cohort(cfgs, trainings, data, [[] for _ in cfgs])
+        for cfg, together in zip(cfgs, trainings):
+            alone = start_training(cfg, CPU)
+            train_epochs(cfg, alone, data, [])
+            a, b = training_state(alone), training_state(together)
+            for key in ("model", "optimizer", "generator"):
+                assert_same(b[key], a[key], key)
+            assert a["optimizer"]["state"]  # there is momentum to compare

@@ -1,6 +1,7 @@
 """The report's statistics against independent computations on hand-made numbers."""
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -152,3 +153,11 @@ def test_generalisation_is_train_minus_test_at_the_last_epoch() -> None:
     assert (row["epoch"], row["n"]) == (2, 2)
     assert row["mean"] == pytest.approx(np.mean([0.05, -0.01]))
     assert row["std"] == pytest.approx(np.std([0.05, -0.01], ddof=1))
+
+
+def test_t_interval_of_gaps_without_spread_is_the_gap_itself() -> None:
+    """scipy's interval is undefined (it warns of lost precision) when every gap is
+    the same: the interval is the mean, with no width."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "precision loss" warning in a report
+        assert t_interval(pd.Series([0.02, 0.02, 0.02])) == (0.02, 0.02)
