@@ -74,7 +74,9 @@ class BatchedLauncher(BasicLauncher):
         join = getattr(self.task_function, "fashionbn_cohort", None)
         if join is None:  # not fashionbn: the basic launcher's behaviour
             return super().launch(job_overrides, initial_job_idx)
+        from fashionbn.config import FashionbnError
         from fashionbn.jobs.cohort import PendingJob, run_cohorts
+        from fashionbn.run import JobFailed
 
         setup_globals()
         assert self.hydra_context is not None and self.config is not None
@@ -113,7 +115,10 @@ class BatchedLauncher(BasicLauncher):
             job = ret._return_value
             if ret.status != JobStatus.COMPLETED or not isinstance(job, PendingJob):
                 continue  # failed while set up, or trained alone
-            if isinstance(job.result, BaseException):
+            if isinstance(job.result, FashionbnError):  # one line, as the others
+                ret.status = JobStatus.FAILED
+                ret._return_value = JobFailed(f"error: {job.result}")
+            elif isinstance(job.result, BaseException):
                 ret.status = JobStatus.FAILED
                 ret._return_value = job.result
             else:
