@@ -75,8 +75,11 @@ def run_cohorts(jobs: list[PendingJob], max_cohort: Optional[int] = None) -> Non
         except FashionbnError as err:
             job.result = err
             continue
-        groups[(str(device), cohort_key(run_identity(job.cfg)))].append(job)
-    for (device, _), members in groups.items():
+        # where the data is read from is no part of a run's identity, but one cohort
+        # trains on one copy of it: jobs pointed at different copies train apart
+        where = (str(job.cfg.data.root), str(job.cfg.data.system_dir))
+        groups[(str(device), where, cohort_key(run_identity(job.cfg)))].append(job)
+    for (device, _, _), members in groups.items():
         limit = max_cohort or cohort_limit(members[0].cfg, torch.device(device))
         for start in range(0, len(members), limit):
             train_group(members[start : start + limit], torch.device(device))
