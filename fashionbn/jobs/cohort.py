@@ -110,7 +110,7 @@ def train_group(jobs: list[PendingJob], device: torch.device) -> None:
                 log.warning("%s", busy)
                 continue  # result None: skipped, as the other launchers do
             try:
-                if settle(job, device, len(jobs)):
+                if settle(job, device):
                     ready.append(job)
             except FashionbnError as err:
                 log.error("error: %s: %s", job.out_dir.name, err)
@@ -131,7 +131,7 @@ def train_group(jobs: list[PendingJob], device: torch.device) -> None:
             train_members(members, data, device)
 
 
-def settle(job: PendingJob, device: torch.device, cohort: int) -> bool:
+def settle(job: PendingJob, device: torch.device) -> bool:
     """prepare_job_dir for one job: False when it is finished (result set), True
     when it is to be trained (from epoch 1 or its checkpoint)."""
     cfg = job.cfg
@@ -141,9 +141,10 @@ def settle(job: PendingJob, device: torch.device, cohort: int) -> bool:
         log.info("%s is %s already; skipping it", job.out_dir.name, previous.status)
         job.result = previous.records[-1]["test_acc"]
         return False
-    here = {**execution_info(device), "launcher": "batched", "cohort": cohort}
+    here = {**execution_info(device), "launcher": "batched"}
     history = list(previous.execution)
-    if history and history[-1] != here:
+    # the cohort's size changes no run's numbers; the rest of how it ran can
+    if history and {k: v for k, v in history[-1].items() if k != "cohort"} != here:
         log.warning(
             "%s continues with %s after %s: its numbers may differ in the last "
             "digits from an uninterrupted run", job.out_dir.name, here, history[-1],
@@ -173,6 +174,7 @@ def train_members(jobs: list[PendingJob], data, device: torch.device) -> None:
         len(jobs[0].records) + 1, ", ".join(job.name for job in jobs),
     )  # fmt: skip
     for job in jobs:
+        job.files.execution[-1]["cohort"] = len(jobs)  # the runs trained together
         job.files.start(job.records)
         if job.loggers is not None:
             job.loggers.log(job.records, [])
