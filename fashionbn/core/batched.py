@@ -8,15 +8,17 @@ one epoch at a time, and writes each run's weights, BatchNorm statistics and
 momentum back into its Training after the epoch, so evaluation, checkpoints and
 resume are the single-run path's own code.
 
-Why the numbers are the single-run path's, bit for bit, on the CPU: every operation
-is arranged so that each run's slice is computed exactly as it is alone (measured
-with torch 2.14, 1 and 2 threads): torch.baddbmm is torch.addmm per matrix, forwards
-and backwards; BatchNorm over (B, K*C) is BatchNorm over each run's (B, C); the
-cross-entropy gradient through `reduction="none"` and a mean per run is the `mean`
-reduction's; p.addcmul_(g, -lr) is p.add_(g, alpha=-lr). Two operations do not
-reduce the same way batched, so they run per run: LayerNorm (its fused affine
-rounds differently) and the reported loss value (nll_loss's mean sums in its own
-order) — on the CPU; on CUDA the loss value is the batched mean (within 1e-6).
+Why the numbers are the single-run path's, bit for bit, on the CPU with one thread
+(tests/test_batched.py, every model kind): each run's slice is computed exactly as it
+is alone. torch.baddbmm is torch.addmm per matrix; the weight's gradient is formed as
+one run's addmm forms it (StackedLinear); BatchNorm over (B, K*C) is BatchNorm over
+each run's (B, C); the cross-entropy gradient through `reduction="none"` and a mean
+per run is the `mean` reduction's; p.addcmul_(g, -lr) is p.add_(g, alpha=-lr). Two
+operations do not reduce the same way batched, so they run per run: LayerNorm (its
+fused affine rounds differently) and, on the CPU, the reported loss value (nll_loss's
+mean sums in its own order). With more threads, torch.mm splits one run's sums across
+threads unlike torch.bmm: last digits differ (README: measured). On CUDA the kernels
+differ from one run's; the loss value is the batched mean there.
 Nothing here reads or writes files.
 """
 
