@@ -336,3 +336,22 @@ def test_after_an_epoch_each_run_holds_what_it_holds_alone(real_data_root):
             for key in ("model", "optimizer", "generator"):
                 assert_same(b[key], a[key], key)
             assert a["optimizer"]["state"]  # there is momentum to compare
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_cohort_logs_each_run_to_tensorboard_and_mlflow(real_data_root, tmp_path):
+    from tests.test_loggers import mlflow_client, mlflow_runs, tensorboard_scalars
+
+    sweep(tmp_path, real_data_root, "logged", "hydra/launcher=batched", "logger=all")
+    store = tmp_path / "logged" / "mlflow.db"
+    runs = mlflow_runs(store)
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        model, seed, fixed = run.info.run_name.split(",", 2)  # swept keys first
+        job = tmp_path / "logged" / f"{fixed},{model},{seed}"
+        expected = [(r["epoch"], r["test_acc"]) for r in read_metrics(job)]
+        history = mlflow_client(store).get_metric_history(run.info.run_id, "test_acc")
+        assert sorted((m.step, m.value) for m in history) == expected
+        assert [step for step, _ in tensorboard_scalars(job)] == [1, 2]
+        assert run.data.params["execution.launcher"] == "batched"
