@@ -310,29 +310,39 @@ def train_epochs(
         seconds = time.perf_counter() - start
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
         records.append({**record, "seconds": seconds, **evaluated})
-        test_loss, test_acc = evaluated["test_loss"], evaluated["test_acc"]
-        val_loss, val_acc = evaluated["val_loss"], evaluated["val_acc"]
         diverged = is_diverged(train_loss, cfg.divergence_loss)
         if on_epoch is not None:
             on_epoch(records, diverged)
-        validation = (
-            f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if val_acc is not None
-            else ""
-        )  # fmt: skip
         log.info(
-            "epoch %d/%d  train_loss %.4f  train_acc %.4f%s  test_loss %.4f  "
-            "test_acc %.4f  (%.1fs, %.0f samples/s)",
-            epoch, cfg.epochs, train_loss, train_acc, validation, test_loss, test_acc,
+            "%s  (%.1fs, %.0f samples/s)", epoch_summary(records[-1], cfg.epochs),
             seconds, len(data.train_labels) / seconds,
         )  # fmt: skip
         if diverged:
-            log.warning(
-                "epoch %d: training loss %s is not finite or above divergence_loss=%g; "
-                "the run diverged and stops here (status 'diverged' in its dir)",
-                epoch, train_loss, cfg.divergence_loss,
-            )  # fmt: skip
+            log.warning("%s", divergence_message(records[-1], cfg.divergence_loss))
             return DIVERGED
     return COMPLETE
+
+
+def epoch_summary(record: dict, epochs: int) -> str:
+    """An epoch's log line: 'epoch 2/5  train_loss ...  test_acc ...'."""
+    validation = (
+        f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_acc']:.4f}"
+        if record.get("val_acc") is not None
+        else ""
+    )
+    return (
+        f"epoch {record['epoch']}/{epochs}  train_loss {record['train_loss']:.4f}  "
+        f"train_acc {record['train_acc']:.4f}{validation}  "
+        f"test_loss {record['test_loss']:.4f}  test_acc {record['test_acc']:.4f}"
+    )
+
+
+def divergence_message(record: dict, divergence_loss: float) -> str:
+    return (
+        f"epoch {record['epoch']}: training loss {record['train_loss']} is not finite "
+        f"or above divergence_loss={divergence_loss:g}; the run diverged and stops "
+        "here (status 'diverged' in its dir)"
+    )
 
 
 @contextmanager

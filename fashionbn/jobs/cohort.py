@@ -24,19 +24,21 @@ from fashionbn.core.batched import cohort_key, train_cohort
 from fashionbn.core.data import data_digest
 from fashionbn.core.train import (
     checked_data,
+    divergence_message,
+    epoch_summary,
     global_rng_state,
     resolve_device,
     restore_training,
     start_training,
     torch_threads,
 )
-from fashionbn.jobs.files import FAILED, WriteError
+from fashionbn.jobs.files import FAILED
 from fashionbn.jobs.job import (
     JobBusy,
     JobFiles,
-    execution_info,
     job_lock,
     run_identity,
+    with_execution,
 )
 from fashionbn.jobs.loggers import make_loggers
 from fashionbn.jobs.resume import DONE, FRESH, RESUME, prepare_job_dir
@@ -141,15 +143,8 @@ def settle(job: PendingJob, device: torch.device) -> bool:
         log.info("%s is %s already; skipping it", job.out_dir.name, previous.status)
         job.result = previous.records[-1]["test_acc"]
         return False
-    here = {**execution_info(device), "launcher": "batched"}
-    history = list(previous.execution)
-    # the cohort's size changes no run's numbers; the rest of how it ran can
-    if history and {k: v for k, v in history[-1].items() if k != "cohort"} != here:
-        log.warning(
-            "%s continues with %s after %s: its numbers may differ in the last "
-            "digits from an uninterrupted run", job.out_dir.name, here, history[-1],
-        )  # fmt: skip
-    job.files = JobFiles(job.out_dir, identity, [*history, here])
+    execution = with_execution(previous, device, {"launcher": "batched"})
+    job.files = JobFiles(job.out_dir, identity, execution)
     job.files.extensions = previous.extensions
     job.records = list(previous.records)
     job.training = start_training(cfg, device)
@@ -158,7 +153,7 @@ def settle(job: PendingJob, device: torch.device) -> bool:
         log.info("resuming %s after epoch %d", job.out_dir.name, len(job.records))
     job.rng = global_rng_state()  # this run's, as the single-run path leaves them
     job.loggers = make_loggers(
-        cfg.logger, job.out_dir, job.log_root, identity, here,
+        cfg.logger, job.out_dir, job.log_root, identity, execution[-1],
         previous.action == FRESH, job.name,
     )  # fmt: skip
     job.file_log = logging.FileHandler(job.out_dir / "run.log")
@@ -184,26 +179,18 @@ def train_members(jobs: list[PendingJob], data, device: torch.device) -> None:
         job.files.save_epoch(job.training, records, diverged, job.cfg.epochs, job.rng)
         if job.loggers is not None:
             job.loggers.log(records, [])
-        record = records[-1]
-        job_log(job, logging.INFO, (
-            f"epoch {record['epoch']}/{job.cfg.epochs}  train_loss "
-            f"{record['train_loss']:.4f}  train_acc {record['train_acc']:.4f}  "
-            f"test_loss {record['test_loss']:.4f}  test_acc {record['test_acc']:.4f}"
-            f"  (in a cohort of {len(jobs)})"
-        ))  # fmt: skip
+        summary = epoch_summary(records[-1], job.cfg.epochs)
+        job_log(job, logging.INFO, f"{summary}  (in a cohort of {len(jobs)})")
         if diverged:
-            job_log(job, logging.WARNING, (
-                f"epoch {record['epoch']}: training loss {record['train_loss']} is "
-                f"not finite or above divergence_loss={job.cfg.divergence_loss:g}; "
-                "the run diverged and stops here (status 'diverged' in its dir)"
-            ))  # fmt: skip
+            message = divergence_message(records[-1], job.cfg.divergence_loss)
+            job_log(job, logging.WARNING, message)
 
     try:
         statuses = train_cohort(
             [job.cfg for job in jobs], [job.training for job in jobs], data,
             [job.records for job in jobs], on_epoch, device.type == "cpu",
         )  # fmt: skip
-    except (WriteError, Exception) as err:  # the finished epochs stay
+    except Exception as err:  # the finished epochs stay; a re-run continues
         for job in jobs:
             job.files.fail(err, not job.records)
             if job.loggers is not None:

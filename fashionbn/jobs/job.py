@@ -331,14 +331,20 @@ def make_diagnostics(
     )  # fmt: skip
 
 
-def with_execution(previous: Previous, device: torch.device) -> list[dict]:
-    """The run's execution history plus this process; warn when it changed."""
-    now = execution_info(device)
+def with_execution(
+    previous: Previous, device: torch.device, launcher: Optional[dict] = None
+) -> list[dict]:
+    """The run's execution history plus this process (and what `launcher` says of
+    it); warn when it changed. The size of a batched cohort changes no run's
+    numbers, so it is not compared."""
+    now = {**execution_info(device), **(launcher or {})}
     history = list(previous.execution)
-    if history and history[-1] != now:
+    if history:
+        last = {key: value for key, value in history[-1].items() if key != "cohort"}
+    if history and last != now:
         log.warning(
             "this run continues with %s after %s: its numbers may differ in the last "
             "digits from an uninterrupted run (float reductions split differently)",
             now, history[-1],
         )  # fmt: skip
-    return history if history and history[-1] == now else [*history, now]
+    return history if history and last == now else [*history, now]
