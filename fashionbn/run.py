@@ -156,20 +156,17 @@ def train_job(cfg: DictConfig) -> Optional[float]:
 
 def join_cohort(cfg: DictConfig):
     """hydra/launcher=batched calls this in each job's context instead of
-    train_job: the job to train in a cohort (a PendingJob), or, for a job the
-    batched path cannot train, train_job's result, with one line saying why."""
+    train_job: the job to train in a cohort, or through the single-run path after
+    the cohorts when the batched path cannot train it (a PendingJob either way)."""
     from fashionbn.core.batched import unsupported
     from fashionbn.jobs.cohort import PendingJob
 
-    why = unsupported(cfg)
-    if why is not None:
-        log.info("this job runs alone, not in a cohort: %s", why)
-        return train_job(cfg)
     try:
         place = job_place(cfg)
     except FashionbnError as err:
         raise failed(err, False) from None
-    return PendingJob(cfg, place.out_dir, place.log_root, place.name, place.job_num)
+    return PendingJob(cfg, place.out_dir, place.log_root, place.name, place.job_num,
+                      alone=unsupported(cfg))  # fmt: skip
 
 
 train_job.fashionbn_cohort = join_cohort  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ import fashionbn.core.train
 from fashionbn.config import FashionbnError
 from fashionbn.jobs.checkpoint import CHECKPOINT_MAGIC, load_checkpoint
 from fashionbn.jobs.files import RESULTS_FORMAT, WriteError, read_metrics, read_status
-from fashionbn.jobs.job import JobBusy, JobDirError, run_job
+from fashionbn.jobs.job import JobBusy, JobDirError, run_identity, run_job
 from fashionbn.jobs.reading import read_job
 from tests.conftest import compose_config, kill_run, without_seconds
 
@@ -332,24 +332,36 @@ def test_a_write_error_mid_run_keeps_status_and_files_in_step(
     overrides, tmp_path, monkeypatch, uninterrupted
 ) -> None:
     """The same without a real small disk: the 2nd checkpoint write gets ENOSPC."""
-    import builtins
 
     import fashionbn.core.atomic
 
-    real_open, writes = builtins.open, []
+    real_fdopen, writes = os.fdopen, []
 
-    def full_at_second_checkpoint(path, mode="r", *args, **kwargs):
-        f = real_open(path, mode, *args, **kwargs)
-        if "checkpoint.pt.partial" in str(path):
-            writes.append(path)
+    class FullFile:
+        """A file whose writes fail as on a full disk."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_at_second_checkpoint(fd, mode="r", *args, **kwargs):
+        f = real_fdopen(fd, mode, *args, **kwargs)
+        if "checkpoint.pt.partial" in os.readlink(f"/proc/self/fd/{fd}"):
+            writes.append(fd)
             if len(writes) == 2:
-                f.close()
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+                return FullFile(f)
         return f
 
     cfg = compose_config([*overrides, "optim.lr=0.001"])
-    monkeypatch.setattr(fashionbn.core.atomic, "open", full_at_second_checkpoint,
-                        raising=False)  # fmt: skip
+    monkeypatch.setattr(fashionbn.core.atomic.os, "fdopen", full_at_second_checkpoint)
     with pytest.raises(WriteError, match="no space left on device; free some space"):
         run_job(cfg, tmp_path)
     status = read_status(tmp_path)[0]
@@ -467,7 +479,8 @@ def test_a_checkpoint_that_would_run_code_is_never_loaded(tmp_path) -> None:
 
     marker = tmp_path / "code-ran"
     state = {"model": {}, "evil": RunsCodeWhenUnpickled(marker)}
-    save_checkpoint(tmp_path, Checkpoint({"seed": 0}, "running", [], state))
+    identity = run_identity(compose_config([]))  # a header that passes its checks
+    save_checkpoint(tmp_path, Checkpoint(identity, "running", [], state))
     assert not marker.exists()
     checkpoint, problem = load_checkpoint(tmp_path)  # its digest is right
     assert checkpoint is None and not marker.exists()
@@ -497,7 +510,7 @@ def test_every_training_state_round_trips_without_pickle(tmp_path, optim) -> Non
         model(torch.rand(8, 28, 28)).sum().backward()
         optimizer.step()
     np.random.standard_normal()  # numpy's cached gaussian is part of its state
-    save_checkpoint(tmp_path, Checkpoint({"seed": 0}, "running", [{"epoch": 1}],
+    save_checkpoint(tmp_path, Checkpoint(run_identity(cfg), "running", [{"epoch": 1}],
                                          training_state(training)))  # fmt: skip
     expected = (torch.rand(3), np.random.rand(3), random.random(),
                 torch.rand(3, generator=training.generator))  # fmt: skip
@@ -534,8 +547,9 @@ def test_files_reach_the_disk_before_they_are_renamed(tmp_path, monkeypatch) -> 
 
     monkeypatch.setattr(fashionbn.core.atomic.os, "fsync", fsync)
     monkeypatch.setattr(fashionbn.core.atomic.os, "replace", replace)
-    save_checkpoint(tmp_path, Checkpoint({"seed": 0}, "running", [], {}))
-    write_status(tmp_path, "running", {"seed": 0}, 0)
+    identity = run_identity(compose_config([]))
+    save_checkpoint(tmp_path, Checkpoint(identity, "running", [], {}))
+    write_status(tmp_path, "running", identity, 0)
     write_metrics([], tmp_path)
     for name in ("checkpoint.pt", "status.json", "metrics.csv"):
         renames = [e for e in events if e[0] == "replace" and e[2].endswith(name)]

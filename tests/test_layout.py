@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fashionbn"
 STAGES = ("config", "core", "jobs", "analysis")
 # the job-dir format: what analysis may read, itself free of the loop
-FORMAT = ("fashionbn.jobs.files", "fashionbn.jobs.reading")
+FORMAT = ("fashionbn.jobs.files", "fashionbn.jobs.reading", "fashionbn.jobs.untrusted")
 FORMAT_MAY_IMPORT = (
     "fashionbn.config",
     "fashionbn.core.atomic",

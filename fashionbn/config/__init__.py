@@ -29,6 +29,7 @@ from fashionbn.config.schema import (  # noqa: F401 - the stage's public names
     SGDConfig,
     dirname_exclude_keys,
     flatten,
+    identity_problem,
     normalise_identity,
     not_applicable,
     option_value,

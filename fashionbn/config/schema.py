@@ -10,6 +10,7 @@ resolved config minus NON_IDENTITY_KEYS, normalised across versions
 """
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -268,14 +269,7 @@ def normalise_identity(config: dict) -> dict:
     if "model.batch_norm" in flat:
         batch_norm = flat.pop("model.batch_norm")
         flat.setdefault("model.norm", "batchnorm" if batch_norm else "none")
-    optim_schema = OPTIM_SCHEMAS.get(flat.get("optim.name"), OptimConfig)
-    for prefix, schema in (
-        ("", Config),
-        ("model.", ModelConfig),
-        ("optim.", optim_schema),
-        ("data.", DataConfig),
-        ("diagnostics.", DiagnosticsConfig),
-    ):
+    for prefix, schema in _schemas(flat):
         for key, value in _schema_defaults(schema).items():
             if f"{prefix}{key}" not in NON_IDENTITY_KEYS:
                 flat.setdefault(f"{prefix}{key}", value)
@@ -285,12 +279,98 @@ def normalise_identity(config: dict) -> dict:
 
 
 def unflatten(flat: dict[str, Any]) -> dict:
-    """{'optim.lr': 0.1} -> {'optim': {'lr': 0.1}}, keys sorted for stable files."""
+    """{'optim.lr': 0.1} -> {'optim': {'lr': 0.1}}, keys sorted for stable files.
+    ValueError when a key is both a value and a group ('model' and 'model.norm')."""
     nested: dict = {}
     for key in sorted(flat):
         *parents, leaf = key.split(".")
         node = nested
         for parent in parents:
             node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key} is under a key that holds a value")
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"{key} holds a value and a group")
         node[leaf] = flat[key]
     return nested
+
+
+def _schemas(flat: dict[str, Any]) -> list[tuple[str, type]]:
+    """(key prefix, schema) of every group of a flat config (optim's by its name)."""
+    name = flat.get("optim.name")
+    optim = OPTIM_SCHEMAS.get(name, OptimConfig) if isinstance(name, str) else None
+    return [("", Config), ("model.", ModelConfig), ("optim.", optim or OptimConfig),
+            ("data.", DataConfig), ("diagnostics.", DiagnosticsConfig)]  # fmt: skip
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a plain value read from a file fits a schema field's annotation."""
+    if typing.get_origin(annotation) is typing.Union:  # Optional[X]
+        return any(_fits(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str or (
+        isinstance(annotation, type) and issubclass(annotation, Enum)
+    ):
+        return isinstance(value, str)
+    return True  # a field type this check does not know: nothing to refuse
+
+
+def identity_problem(config: Any) -> Optional[str]:
+    """Why `config` (read from a job dir's status.json, checkpoint or .hydra files,
+    which may hold anything) is not a run's identity fashionbn can use — not a
+    mapping, a key of the wrong type (`epochs: "3"`), a required key missing — or
+    None. Values are not checked against what a run can train with (an old or a
+    future fashionbn may have other options), only their types."""
+    if not isinstance(config, dict) or not config:
+        return "it holds no config"
+    try:
+        identity = normalise_identity(config)
+    except (TypeError, ValueError, AttributeError) as err:
+        return f"its config is damaged ({err})"
+    flat = flatten(identity)
+    for prefix, schema in _schemas(flat):
+        hints = typing.get_type_hints(schema)
+        for f in dataclasses.fields(schema):
+            key = f"{prefix}{f.name}"
+            if prefix == "" and f.name in GROUPS:
+                if key in flat:
+                    return f"its config has {key}={flat[key]!r}, not a group"
+                continue
+            if key in NON_IDENTITY_KEYS or hints[f.name] is Any:
+                continue
+            if key not in flat:
+                return f"its config lacks {key}"
+            value = flat[key]
+            if value is None and key in not_applicable(flat):
+                continue
+            if not _fits(value, hints[f.name]):
+                expected = _type_name(hints[f.name])
+                return f"its config has {key}={value!r}, not {expected}"
+    return None
+
+
+# the top-level fields of Config that hold a config group, not a value
+GROUPS = ("model", "optim", "data", "diagnostics", "logger")
+
+
+def _type_name(annotation: Any) -> str:
+    """'an integer', 'a list of numbers', ... for a schema field's annotation."""
+    if typing.get_origin(annotation) is typing.Union:
+        names = [_type_name(a) for a in typing.get_args(annotation)]
+        return " or ".join(names)
+    if typing.get_origin(annotation) is list:
+        item = _type_name(typing.get_args(annotation)[0]).split(" ", 1)[1]
+        return f"a list of {item}s"
+    names = {int: "an integer", float: "a number", bool: "a boolean",
+             type(None): "null"}  # fmt: skip
+    return names.get(annotation, "a string")

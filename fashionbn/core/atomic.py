@@ -14,6 +14,9 @@ from fashionbn.config import FashionbnError
 
 # errors that mean "this disk cannot take the file", not "the data is bad"
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# errors that mean "something else than a file of ours is in the way" (a directory
+# where the file belongs, a symbolic link planted at the temporary name)
+_IN_THE_WAY_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.EEXIST}
 
 
 class WriteError(FashionbnError):
@@ -26,23 +29,40 @@ def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "w") -> No
     The data is flushed to the disk (fsync) before the rename, and the rename itself
     after it (the directory's fsync): on a network filesystem (SLURM clusters) or
     after a power cut, `path` then holds either the old file or the whole new one,
-    never a renamed but still empty one."""
+    never a renamed but still empty one.
+
+    Nothing is written through a symbolic link: the temporary file is created anew
+    (O_EXCL, O_NOFOLLOW; a link left at its name is removed, never followed), and the
+    rename replaces whatever entry `path` is rather than writing into it."""
     path = Path(path)
     partial = partial_name(path)
     try:
-        with open(partial, mode, **({"newline": ""} if "b" not in mode else {})) as f:
+        text = {"newline": ""} if "b" not in mode else {}
+        with os.fdopen(create_new(partial), mode, **text) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, path)
         sync_directory(path.parent)
     except OSError as err:
-        if err.errno in _DISK_ERRNOS:
+        if err.errno in _DISK_ERRNOS | _IN_THE_WAY_ERRNOS:
             reason = (err.strerror or str(err)).lower()
             raise WriteError(f"cannot write {path}: {reason}") from err
         raise
     finally:
-        partial.unlink(missing_ok=True)
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:
+            pass  # a directory at the temporary name: reported above
+
+
+def create_new(path: Path) -> int:
+    """A file descriptor of `path` created anew for writing: whatever entry had the
+    name (debris of an interrupted write, a planted symbolic link) is removed first,
+    never followed (O_EXCL, O_NOFOLLOW)."""
+    Path(path).unlink(missing_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    return os.open(path, flags, 0o644)
 
 
 def sync_directory(directory: Path) -> None:

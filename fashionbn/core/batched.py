@@ -339,22 +339,26 @@ def train_cohort(
     records: list[list[dict]],
     on_epoch: Optional[Callable[[int, list[dict], bool], None]] = None,
     exact_losses: bool = True,
+    on_step: Optional[Callable[[], None]] = None,
 ) -> list[str]:
     """train_epochs for K runs at the same epoch: each epoch trained at once, then
     every run evaluated by the single-run path's own evaluate_epoch; records[k] grows
     by one record per epoch and on_epoch(k, records[k], diverged) is called. A run
     that diverges stops there and leaves the cohort; the others go on unchanged.
     Each run's `seconds` is its share of the cohort's training time plus its own
-    evaluation. Returns COMPLETE or DIVERGED per run."""
+    evaluation. on_step() is called after every step of the cohort. Returns
+    COMPLETE or DIVERGED per run."""
     cfg = cfgs[0]
-    drop_last = bool(cfg.data.get("drop_last", False))
+    drop_last = cfg.data.drop_last
     statuses = [COMPLETE] * len(cfgs)
     active = list(range(len(cfgs)))
     cohort = Cohort([trainings[k] for k in active], [cfgs[k] for k in active],
                     exact_losses)  # fmt: skip
     for epoch in range(len(records[0]) + 1, cfg.epochs + 1):
         start = time.perf_counter()
-        losses, accuracies = cohort.train_epoch(data, cfg.batch_size, drop_last)
+        losses, accuracies = cohort.train_epoch(
+            data, cfg.batch_size, drop_last, on_step
+        )
         cohort.write_back()
         share = (time.perf_counter() - start) / len(active)
         going_on = []

@@ -13,13 +13,23 @@ import hashlib
 import io
 import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
-from fashionbn.jobs.files import CHECKPOINT_FILE, RESULTS_FORMAT, atomic_write
+from fashionbn.config import identity_problem
+from fashionbn.jobs.files import (
+    CHECKPOINT_FILE,
+    COMPLETE,
+    DIVERGED,
+    RESULTS_FORMAT,
+    RUNNING,
+    STATUS_FIELDS,
+    atomic_write,
+)
+from fashionbn.jobs.untrusted import UnsafeEntry, read_bytes, unreadable
 
 CHECKPOINT_MAGIC = b"fashionbn checkpoint\n"
 
@@ -34,10 +44,18 @@ class Checkpoint:
     status: str  # RUNNING, COMPLETE or DIVERGED after its last epoch
     records: list[dict]
     state: dict  # fashionbn.core.train.training_state()
+    # what the run trained on (fashionbn.core.data data_digest); None in checkpoints
+    # of a fashionbn before it was recorded here
+    data_sha256: Optional[str] = None
+    # the run's extensions so far (status.json's), so that a run whose status.json
+    # is lost keeps them
+    extensions: list[dict] = field(default_factory=list)
 
 
-def save_checkpoint(job_dir: Path, checkpoint: Checkpoint) -> None:
-    """Write job_dir/checkpoint.pt atomically."""
+def save_checkpoint(
+    job_dir: Path, checkpoint: Checkpoint, name: str = CHECKPOINT_FILE
+) -> None:
+    """Write job_dir/checkpoint.pt (or `name`) atomically."""
     buffer = io.BytesIO()
     torch.save({"records": checkpoint.records, **checkpoint.state}, buffer)
     payload = buffer.getvalue()
@@ -48,60 +66,111 @@ def save_checkpoint(job_dir: Path, checkpoint: Checkpoint) -> None:
         "bytes": len(payload),
         "sha256": sha256(payload),
         "identity": checkpoint.identity,
+        "data_sha256": checkpoint.data_sha256,
+        "extensions": checkpoint.extensions,
     }
     data = CHECKPOINT_MAGIC + json.dumps(header).encode() + b"\n" + payload
-    atomic_write(job_dir / CHECKPOINT_FILE, lambda f: f.write(data), mode="wb")
+    atomic_write(job_dir / name, lambda f: f.write(data), mode="wb")
 
 
-def load_checkpoint(job_dir: Path) -> tuple[Optional[Checkpoint], Optional[str]]:
-    """(the verified checkpoint, None) or (None, what is wrong with it)."""
-    path = job_dir / CHECKPOINT_FILE
-    if not path.exists():
-        return None, f"there is no {CHECKPOINT_FILE}"
+def header_problem(header: Any) -> Optional[str]:
+    """What is wrong with a checkpoint's parsed JSON header, or None."""
+    if not isinstance(header, dict):
+        return "a damaged header"
+    counts = [header.get(k) for k in ("format", "epochs", "bytes")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+               for n in counts):  # fmt: skip
+        return "a damaged header"
+    if not isinstance(header.get("sha256"), str):
+        return "a damaged header"
+    if header.get("status") not in (RUNNING, COMPLETE, DIVERGED):
+        return f"a damaged header (status {header.get('status')!r})"
+    for key in ("data_sha256", "extensions"):
+        if header.get(key) is not None and not STATUS_FIELDS[key](header[key]):
+            return f"a damaged header ({key})"
+    problem = identity_problem(header.get("identity"))
+    return f"a header that {problem}" if problem else None
+
+
+def state_problem(state: Any, epochs: int) -> Optional[str]:
+    """What is wrong with a checkpoint's loaded payload, or None: the records of
+    `epochs` epochs (1, 2, ...; numbers or empty) and the pieces of a training
+    state (fashionbn.core.train training_state)."""
+    if not isinstance(state, dict):
+        return "no training state"
+    records = state.get("records")
+    if not isinstance(records, list) or len(records) != epochs:
+        return f"not the {epochs} epochs its header says"
+    for epoch, record in enumerate(records, start=1):
+        if not isinstance(record, dict) or record.get("epoch") != epoch:
+            return "inconsistent epochs"
+        if not all(
+            isinstance(k, str) and (v is None or isinstance(v, (int, float)))
+            for k, v in record.items()
+        ):
+            return f"a damaged record of epoch {epoch}"
+    kinds = {"model": dict, "optimizer": dict, "generator": torch.Tensor,
+             "torch": torch.Tensor, "cuda": list, "numpy": (tuple, list),
+             "python": (tuple, list)}  # fmt: skip
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind):
+            return f"a damaged training state ({key})"
+    return None
+
+
+def load_checkpoint(
+    job_dir: Path, name: str = CHECKPOINT_FILE
+) -> tuple[Optional[Checkpoint], Optional[str]]:
+    """(the verified checkpoint, None) or (None, what is wrong with it). The file is
+    read as untrusted input: a regular file (fashionbn.jobs.untrusted), its digest
+    checked, every header field type-checked, loaded without pickle."""
     try:
-        raw = path.read_bytes()
-    except OSError as err:
-        return None, f"{CHECKPOINT_FILE} is unreadable ({err.strerror})"
+        raw = read_bytes(job_dir, name)
+    except FileNotFoundError:
+        return None, f"there is no {name}"
+    except (OSError, UnsafeEntry) as err:
+        return None, unreadable(name, err)
     if not raw.startswith(CHECKPOINT_MAGIC):
         return None, (
-            f"{CHECKPOINT_FILE} is not a checkpoint of this fashionbn "
+            f"{name} is not a checkpoint of this fashionbn "
             "(damaged, or written by an older version)"
         )
     header_line, _, payload = raw[len(CHECKPOINT_MAGIC) :].partition(b"\n")
     try:
         header = json.loads(header_line)
-        expected_bytes, digest = header["bytes"], header["sha256"]
-        identity, status, version = (
-            header["identity"],
-            header["status"],
-            header["format"],
-        )
-    except (ValueError, TypeError, KeyError):
-        return None, f"{CHECKPOINT_FILE} has a damaged header"
-    if version != RESULTS_FORMAT:
+    except ValueError:
+        return None, f"{name} has a damaged header"
+    if isinstance(header, dict) and header.get("format") != RESULTS_FORMAT:
         return None, (
-            f"{CHECKPOINT_FILE} was written by another fashionbn (results format "
-            f"{version}; this version writes {RESULTS_FORMAT})"
+            f"{name} was written by another fashionbn (results format "
+            f"{header.get('format')!r}; this version writes {RESULTS_FORMAT})"
         )
-    if len(payload) != expected_bytes:
+    problem = header_problem(header)
+    if problem:
+        return None, f"{name} has {problem}"
+    if len(payload) != header["bytes"]:
         return None, (
-            f"{CHECKPOINT_FILE} is truncated or damaged ({len(payload)} of "
-            f"{expected_bytes} bytes)"
+            f"{name} is truncated or damaged ({len(payload)} of "
+            f"{header['bytes']} bytes)"
         )
-    if sha256(payload) != digest:
-        return None, f"{CHECKPOINT_FILE} does not match its digest (changed or damaged)"
+    if sha256(payload) != header["sha256"]:
+        return None, f"{name} does not match its digest (changed or damaged)"
     try:  # tensors and plain values only: a digest detects damage, not tampering,
         # so a checkpoint copied from someone else must never run pickle
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        records = state.pop("records")
     except pickle.UnpicklingError:
         return None, (
-            f"{CHECKPOINT_FILE} holds more than tensors and plain values (written by "
+            f"{name} holds more than tensors and plain values (written by "
             "an older fashionbn, or not by fashionbn); it is not loaded, since "
             "loading it would run code from the file"
         )
     except Exception as err:  # noqa: BLE001 - any failure means: not usable
-        return None, f"{CHECKPOINT_FILE} cannot be loaded ({type(err).__name__})"
-    if [r.get("epoch") for r in records] != list(range(1, len(records) + 1)):
-        return None, f"{CHECKPOINT_FILE} holds inconsistent epochs"
-    return Checkpoint(identity, status, records, state), None
+        return None, f"{name} cannot be loaded ({type(err).__name__})"
+    problem = state_problem(state, header["epochs"])
+    if problem:
+        return None, f"{name} holds {problem}"
+    records = state.pop("records")
+    return Checkpoint(
+        header["identity"], header["status"], records, state,
+        header.get("data_sha256"), list(header.get("extensions") or []),
+    ), None  # fmt: skip

@@ -1,20 +1,25 @@
 """A sweep's jobs trained in cohorts (hydra/launcher=batched): every job keeps its own
-job dir and the single-run path's rules (lock, skip, resume, refuse, files after
-every epoch), while the jobs that can share one program train at once
+job dir and the single-run path's rules (input checked first, lock, skip, resume,
+refuse, files after every epoch, one `error:` line in the console and its run.log
+when it fails), while the jobs that can share one program train at once
 (fashionbn.core.batched).
 
 The launcher first sets every job up as Hydra's own launchers do (its dir, `.hydra/`,
 its identity) and collects a PendingJob for each; `run_cohorts` then groups them by
-what must be equal (fashionbn.core.batched.cohort_key, the device, the epochs already
-done) and trains each group.
+what must be equal (fashionbn.core.batched.cohort_key, the device, the data's copy,
+the epochs already done) and trains each group. Jobs the batched path cannot train
+(`PendingJob.alone`) run through the single-run path after the cohorts. Jobs that
+share one dir (`hydra.sweep.subdir` without the job's overrides) run in turns, as
+under the basic launcher: a later one finds what the earlier one left. One job's
+failure, of any kind, fails that job only.
 """
 
 import logging
 from collections import defaultdict
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -28,7 +33,6 @@ from fashionbn.core.train import (
     epoch_summary,
     global_rng_state,
     resolve_device,
-    restore_training,
     start_training,
     torch_threads,
 )
@@ -37,11 +41,16 @@ from fashionbn.jobs.job import (
     JobBusy,
     JobFiles,
     job_lock,
+    restored_from,
     run_identity,
+    run_job,
+    steps_per_run_epoch,
     with_execution,
 )
 from fashionbn.jobs.loggers import make_loggers
+from fashionbn.jobs.progress import CohortProgress, EpochBar
 from fashionbn.jobs.resume import DONE, FRESH, RESUME, prepare_job_dir
+from fashionbn.jobs.untrusted import entry_problem
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
@@ -56,7 +65,9 @@ class PendingJob:
     log_root: Path
     name: str
     job_num: int
+    alone: Optional[str] = None  # why it runs through the single-run path, if it does
     result: Any = None  # test_acc, None (skipped as busy), or the exception
+    fresh: bool = False  # trained from epoch 1 (its loggers start new runs)
     # set while it trains
     files: Optional[JobFiles] = None
     records: list = field(default_factory=list)
@@ -69,13 +80,49 @@ class PendingJob:
 def run_cohorts(jobs: list[PendingJob], max_cohort: Optional[int] = None) -> None:
     """Train every pending job, in cohorts of at most `max_cohort` runs (None: as
     many as memory allows); each job's `result` is set."""
-    groups: dict[tuple, list[PendingJob]] = defaultdict(list)
+    progress = CohortProgress({id(job): job.cfg.epochs for job in jobs})
+    try:
+        for job in jobs:
+            job.file_log = job_file_log(job.out_dir)
+        for turn in turns(jobs):
+            run_turn(turn, max_cohort, progress)
+    finally:
+        for job in jobs:
+            if job.file_log is not None:
+                job.file_log.close()
+
+
+def turns(jobs: list[PendingJob]) -> list[list[PendingJob]]:
+    """The jobs in turns in which no two share a dir (by its resolved path): the
+    basic launcher runs them one after another, so a later job of a dir sees what
+    an earlier one left there (a finished run of its config, or another config's)."""
+    rounds: list[list[PendingJob]] = []
+    seen: dict[Path, int] = defaultdict(int)
     for job in jobs:
+        key = job.out_dir.resolve()
+        if seen[key] == len(rounds):
+            rounds.append([])
+        rounds[seen[key]].append(job)
+        seen[key] += 1
+    return rounds
+
+
+def run_turn(
+    jobs: list[PendingJob], max_cohort: Optional[int], progress: "CohortProgress"
+) -> None:
+    """Group one turn's jobs into cohorts and train them; then the jobs that run
+    alone, through the single-run path."""
+    groups: dict[tuple, list[PendingJob]] = defaultdict(list)
+    alone = []
+    for job in jobs:
+        if job.alone:
+            alone.append(job)
+            continue
         try:
             check_config(job.cfg)
             device = resolve_device(job.cfg.device, batched=True)
         except FashionbnError as err:
-            job.result = err
+            job_failed(job, err, progress)
             continue
         # where the data is read from is no part of a run's identity, but one cohort
         # trains on one copy of it: jobs pointed at different copies train apart
@@ -84,7 +131,15 @@ def run_cohorts(jobs: list[PendingJob], max_cohort: Optional[int] = None) -> Non
     for (device, _, _), members in groups.items():
         limit = max_cohort or cohort_limit(members[0].cfg, torch.device(device))
         for start in range(0, len(members), limit):
-            train_group(members[start : start + limit], torch.device(device))
+            cohort = members[start : start + limit]
+            try:
+                train_group(cohort, torch.device(device), progress)
+            except Exception as err:  # noqa: BLE001 - a bug fails its cohort only
+                for job in cohort:
+                    if job.result is None:
+                        job_failed(job, err, progress)
+    for job in alone:
+        run_alone(job, progress)
 
 
 def cohort_limit(cfg, device: torch.device) -> int:
@@ -100,68 +155,91 @@ def cohort_limit(cfg, device: torch.device) -> int:
     return max(1, int(free * 0.5 // per_run))
 
 
-def train_group(jobs: list[PendingJob], device: torch.device) -> None:
-    """One cohort: lock every job's dir, settle what each holds, train the rest."""
+def train_group(
+    jobs: list[PendingJob], device: torch.device, progress: "CohortProgress"
+) -> None:
+    """One cohort: its data checked first (nothing is touched when it is missing or
+    cannot train these runs), then every job's dir locked and settled, its loggers
+    started, and what is left trained."""
     cfg = jobs[0].cfg
     with torch_threads(cfg.threads), ExitStack() as locks:
+        try:
+            data = checked_data(cfg, None, device)
+            digest = data_digest(cfg.data)
+        except FashionbnError as err:
+            for job in jobs:
+                job_failed(job, err, progress)
+            return
         ready = []
         for job in jobs:
             try:
                 locks.enter_context(job_lock(job.out_dir))
             except JobBusy as busy:
-                log.warning("%s", busy)
+                job_log(job, logging.WARNING, str(busy))
+                progress.done(job, "skipped")
                 continue  # result None: skipped, as the other launchers do
-            try:
-                if settle(job, device):
-                    ready.append(job)
             except FashionbnError as err:
-                log.error("error: %s: %s", job.out_dir.name, err)
-                job.result = err
-        if not ready:
-            return
-        try:
-            data = checked_data(cfg, None, device)
-        except FashionbnError as err:
-            for job in ready:
-                job.result = err
-            return
+                job_failed(job, err, progress)
+                continue
+            try:
+                if settle(job, device, digest, progress):
+                    ready.append(job)
+            except Exception as err:  # noqa: BLE001 - one bad dir fails one job
+                job_failed(job, err, progress)
+        for job in list(ready):
+            try:
+                job.loggers = start_loggers(job)
+            except FashionbnError as err:
+                job_failed(job, err, progress)
+                ready.remove(job)
         by_epoch: dict[int, list[PendingJob]] = defaultdict(list)
         for job in ready:
-            job.files.data_sha256 = data_digest(job.cfg.data)
+            job.files.data_sha256 = digest
             by_epoch[len(job.records)].append(job)
         for members in by_epoch.values():
-            train_members(members, data, device)
+            train_members(members, data, device, progress)
 
 
-def settle(job: PendingJob, device: torch.device) -> bool:
+def settle(
+    job: PendingJob, device: torch.device, digest: str, progress: "CohortProgress"
+) -> bool:
     """prepare_job_dir for one job: False when it is finished (result set), True
     when it is to be trained (from epoch 1 or its checkpoint)."""
     cfg = job.cfg
     identity = run_identity(cfg)
-    previous = prepare_job_dir(job.out_dir, identity, cfg.force, cfg.get("extend"))
+    previous = prepare_job_dir(job.out_dir, identity, cfg.force, cfg.extend, digest)
     if previous.action == DONE:
-        log.info("%s is %s already; skipping it", job.out_dir.name, previous.status)
+        job_log(job, logging.INFO, f"{job.out_dir.name} is {previous.status} already;"
+                " skipping it")  # fmt: skip
         job.result = previous.records[-1]["test_acc"]
+        progress.done(job, "skipped")
         return False
     execution = with_execution(previous, device, {"launcher": "batched"})
     job.files = JobFiles(job.out_dir, identity, execution)
     job.files.extensions = previous.extensions
+    job.files.extending = previous.extending
     job.records = list(previous.records)
+    progress.starts_at(job, len(job.records))
     job.training = start_training(cfg, device)
     if previous.action == RESUME:
-        restore_training(job.training, previous.state)
-        log.info("resuming %s after epoch %d", job.out_dir.name, len(job.records))
+        restored_from(job.training, previous.state, job.out_dir)
+        job_log(job, logging.INFO, f"resuming after epoch {len(job.records)}")
     job.rng = global_rng_state()  # this run's, as the single-run path leaves them
-    job.loggers = make_loggers(
-        cfg.logger, job.out_dir, job.log_root, identity, execution[-1],
-        previous.action == FRESH, job.name,
-    )  # fmt: skip
-    job.file_log = logging.FileHandler(job.out_dir / "run.log")
-    job.file_log.setFormatter(logging.Formatter(LOG_FORMAT))
+    job.fresh = previous.action == FRESH
     return True
 
 
-def train_members(jobs: list[PendingJob], data, device: torch.device) -> None:
+def start_loggers(job: PendingJob):
+    """The job's loggers, once its input and dir are checked."""
+    return make_loggers(
+        job.cfg.logger, job.out_dir, job.log_root, job.files.identity,
+        job.files.execution[-1], job.fresh, job.name,
+    )  # fmt: skip
+
+
+def train_members(
+    jobs: list[PendingJob], data, device: torch.device, progress: "CohortProgress"
+) -> None:
     """Train jobs that stand at the same epoch as one cohort, writing each job's
     files after every epoch; a failure fails the jobs still training."""
     log.info(
@@ -169,44 +247,120 @@ def train_members(jobs: list[PendingJob], data, device: torch.device) -> None:
         len(jobs[0].records) + 1, ", ".join(job.name for job in jobs),
     )  # fmt: skip
     for job in jobs:
+        progress.started(job)
         job.files.execution[-1]["cohort"] = len(jobs)  # the runs trained together
         job.files.start(job.records)
         if job.loggers is not None:
             job.loggers.log(job.records, [])
+    first = jobs[0]
+    bar = EpochBar(steps_per_run_epoch(first.cfg, first.training, data),
+                   len(first.records))  # fmt: skip
 
     def on_epoch(k: int, records: list[dict], diverged: bool) -> None:
         job = jobs[k]
+        bar.end_epoch(len(records))
         job.files.save_epoch(job.training, records, diverged, job.cfg.epochs, job.rng)
         if job.loggers is not None:
             job.loggers.log(records, [])
         summary = epoch_summary(records[-1], job.cfg.epochs)
         job_log(job, logging.INFO, f"{summary}  (in a cohort of {len(jobs)})")
+        progress.epoch(job)
         if diverged:
             message = divergence_message(records[-1], job.cfg.divergence_loss)
             job_log(job, logging.WARNING, message)
+        if diverged or len(records) == job.cfg.epochs:
+            job.result = records[-1]["test_acc"]
+            progress.done(job)
 
     try:
         statuses = train_cohort(
             [job.cfg for job in jobs], [job.training for job in jobs], data,
             [job.records for job in jobs], on_epoch, device.type == "cpu",
+            bar.step if bar.enabled else None,
         )  # fmt: skip
     except Exception as err:  # the finished epochs stay; a re-run continues
         for job in jobs:
+            if job.result is not None and not isinstance(job.result, BaseException):
+                continue  # it finished before the failure
             job.files.fail(err, not job.records)
             if job.loggers is not None:
                 job.loggers.finish(FAILED, job.out_dir)
-            job.result = err
-            job.file_log.close()
+            job_failed(job, err, progress)
         return
     for job, status in zip(jobs, statuses):
         if job.loggers is not None:
             job.loggers.finish(status, job.out_dir)
         job.result = job.records[-1]["test_acc"]
-        job.file_log.close()
 
 
-def job_log(job: PendingJob, level: int, message: str) -> None:
-    """A line in the job's own run.log (and the console)."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
-    job.file_log.handle(record)
-    log.log(level, "%s: %s", job.name, message)
+def run_alone(job: PendingJob, progress: "CohortProgress") -> None:
+    """A job the batched path does not train (its `alone` says why), through the
+    single-run path, its lines in its run.log as any job's."""
+    job_log(job, logging.INFO, f"this job runs alone, not in a cohort: {job.alone}")
+    progress.started(job)
+    failure: Optional[BaseException] = None
+    with job_lines(job):
+        try:
+            records = run_job(job.cfg, job.out_dir, log_root=job.log_root,
+                              run_name=job.name)  # fmt: skip
+        except JobBusy as busy:
+            log.warning("%s", busy)
+            progress.done(job, "skipped")
+            return
+        except Exception as err:  # noqa: BLE001 - fails this job only
+            failure = err
+    if failure is not None:
+        job_failed(job, failure, progress)
+        return
+    job.result = records[-1]["test_acc"]
+    progress.done(job)
+
+
+def job_failed(job: PendingJob, err: BaseException, progress: "CohortProgress") -> None:
+    """Record a job's failure: one `error:` line for a problem with its input or
+    dir (as the other launchers print), a traceback for anything else; in the
+    console and in its run.log."""
+    job.result = err
+    if isinstance(err, FashionbnError):
+        job_log(job, logging.ERROR, f"error: {err}")
+    else:
+        job_log(job, logging.ERROR, f"{type(err).__name__}: {err}", err)
+    progress.done(job, "failed")
+
+
+def job_file_log(out_dir: Path) -> Optional[logging.Handler]:
+    """A handler appending to the job's run.log, as Hydra's own (None when run.log is
+    not a file: nothing is written through a symbolic link)."""
+    if entry_problem(out_dir, "run.log"):
+        return None
+    handler = logging.FileHandler(out_dir / "run.log")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return handler
+
+
+@contextmanager
+def job_lines(job: PendingJob) -> Iterator[None]:
+    """fashionbn's log lines also go to the job's run.log within the block."""
+    root = logging.getLogger("fashionbn")
+    if job.file_log is not None:
+        root.addHandler(job.file_log)
+    try:
+        yield
+    finally:
+        if job.file_log is not None:
+            root.removeHandler(job.file_log)
+
+
+def job_log(
+    job: PendingJob,
+    level: int,
+    message: str,
+    error: Optional[BaseException] = None,
+) -> None:
+    """A line in the job's own run.log (and the console); `error`'s traceback with
+    it."""
+    exc_info = (type(error), error, error.__traceback__) if error else None
+    if job.file_log is not None:
+        record = log.makeRecord(log.name, level, __file__, 0, message, None, exc_info)
+        job.file_log.handle(record)
+    log.log(level, "%s: %s", job.name, message, exc_info=exc_info)

@@ -9,11 +9,12 @@ epoch the checkpoint is written first, then metrics.csv (and diagnostics.csv), t
 status.json, each atomically, so status.json never claims more than the files hold.
 """
 
+import errno
 import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -40,12 +41,18 @@ from fashionbn.core.train import (
 )
 from fashionbn.jobs.checkpoint import Checkpoint, save_checkpoint
 from fashionbn.jobs.files import (
+    CHECKPOINT_FILE,
     COMPLETE,
     DIVERGED,
     FAILED,
+    FINISHED_CHECKPOINT_FILE,
     LOCK_FILE,
     RUNNING,
     WriteError,
+    atomic_write,
+    diagnostics_digest,
+    metrics_digest,
+    sync_directory,
     write_diagnostics,
     write_metrics,
     write_status,
@@ -54,12 +61,16 @@ from fashionbn.jobs.loggers import Loggers, make_loggers
 from fashionbn.jobs.progress import EpochBar
 from fashionbn.jobs.resume import (  # noqa: F401 - JobDirError: raised by run_job
     DONE,
+    FORCE_HINT,
     FRESH,
     RESUME,
     JobDirError,
     Previous,
     prepare_job_dir,
+    remove_entry,
+    settle_extension,
 )
+from fashionbn.jobs.untrusted import read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +91,16 @@ def run_identity(cfg) -> dict:
 
 @contextmanager
 def job_lock(job_dir: Path) -> Iterator[None]:
-    """Hold job_dir's exclusive lock, or raise JobBusy naming its holder."""
-    fd = os.open(job_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold job_dir's exclusive lock, or raise JobBusy naming its holder (JobDirError
+    when `.lock` is not a file: a symbolic link is never written through)."""
+    try:
+        fd = os.open(job_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        what = "a symbolic link" if err.errno == errno.ELOOP else err.strerror
+        raise JobDirError(
+            f"{job_dir}: {LOCK_FILE} cannot be used as the dir's lock ({what}); "
+            "move it away"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -131,10 +150,16 @@ class JobFiles:
         self.epochs_on_disk = 0
         self.started = False
         self.extensions: list[dict] = []  # continued to more epochs: from, to
+        # a finished run continued to more epochs: its dir keeps describing the
+        # finished run until the first new epoch is saved (save_epoch)
+        self.extending = False
 
     def start(self, records: list[dict]) -> None:
         """Rewrite metrics.csv (and diagnostics.csv) from resumed records (a kill may
-        have come before they were written) and mark the run as running."""
+        have come before they were written) and mark the run as running. An
+        extension writes nothing here: its dir still holds the finished run."""
+        if self.extending:
+            return
         self.started = True
         self._status(RUNNING, **self._write_files(records))
 
@@ -147,15 +172,38 @@ class JobFiles:
         rng: Optional[dict] = None,
     ) -> None:
         """Checkpoint, metrics.csv (and diagnostics.csv), then status.json; `rng`:
-        the run's own global RNG states when it trained beside others."""
+        the run's own global RNG states when it trained beside others. The first
+        epoch of an extension is saved as resume.settle_extension expects."""
         finished = COMPLETE if len(records) == epochs else RUNNING
         status = DIVERGED if diverged else finished
         # checkpoint first: a resume rewrites the other files from it
         state = training_state(training, rng)
         if self.diagnostics is not None:
             state["diagnostics"] = self.diagnostics.state()
-        save_checkpoint(self.job_dir, Checkpoint(self.identity, status, records, state))
+        checkpoint = Checkpoint(self.identity, status, records, state,
+                                self.data_sha256, self.extensions)  # fmt: skip
+        if self.extending:
+            self._save_first_extended_epoch(checkpoint)
+            return
+        save_checkpoint(self.job_dir, checkpoint)
         self._status(status, **self._write_files(records))
+
+    def _save_first_extended_epoch(self, checkpoint: Checkpoint) -> None:
+        """The finished checkpoint kept aside, the new checkpoint, status.json (the
+        dir now holds the extension), the csv files, the kept checkpoint removed: a
+        kill at any instant leaves the finished run or the extended one."""
+        finished = self.job_dir / FINISHED_CHECKPOINT_FILE
+        if (self.job_dir / CHECKPOINT_FILE).exists():
+            keep_aside(self.job_dir / CHECKPOINT_FILE, finished)
+        save_checkpoint(self.job_dir, checkpoint)
+        self.started, self.extending = True, False
+        digests = {"metrics_sha256": metrics_digest(checkpoint.records)}
+        if self.diagnostics is not None:
+            digests["diagnostics_sha256"] = diagnostics_digest(self.diagnostics.rows)
+        self.epochs_on_disk = len(checkpoint.records)
+        self._status(checkpoint.status, **digests)
+        self._write_files(checkpoint.records)
+        remove_entry(finished)
 
     def _write_files(self, records: list[dict]) -> dict:
         digests = {}
@@ -170,9 +218,17 @@ class JobFiles:
     def fail(self, error: BaseException, fresh: bool) -> None:
         """Mark the run failed, with what is safely on disk; never raises. Before it
         started writing, bad input leaves the dir as it was, and so does anything
-        that stops a run being resumed (its files still describe it)."""
-        if not self.started and (isinstance(error, FashionbnError) or not fresh):
-            return
+        that stops a run being resumed (its files still describe it); an extension
+        that did not get to save its first epoch puts the finished run's checkpoint
+        back."""
+        if not self.started:
+            if (self.job_dir / FINISHED_CHECKPOINT_FILE).exists():
+                try:
+                    settle_extension(self.job_dir)
+                except OSError:
+                    pass  # the next command in the dir settles it
+            if isinstance(error, FashionbnError) or not fresh:
+                return
         try:
             self._status(FAILED, error=f"{type(error).__name__}: {error}")
         except (WriteError, OSError):
@@ -189,51 +245,72 @@ class JobFiles:
         )  # fmt: skip
 
 
+def keep_aside(path: Path, kept: Path) -> None:
+    """`kept` becomes a second name of the file at `path` (a hard link; a durable
+    copy where the filesystem has none), synced before anything replaces `path`."""
+    kept.unlink(missing_ok=True)
+    try:
+        os.link(path, kept)
+        sync_directory(kept.parent)
+    except OSError:
+        data = read_bytes(path.parent, path.name)
+        atomic_write(kept, lambda f: f.write(data), mode="wb")
+
+
 def run_job(
     cfg,
     job_dir: Path,
     data: Optional[FashionData] = None,
     log_root: Optional[Path] = None,
     run_name: Optional[str] = None,
+    on_ready: Optional[Callable[[], None]] = None,
 ) -> list[dict]:
     """Train cfg into job_dir, continue what it holds, or skip it if finished;
     return one record per epoch. Raises FashionbnError (one line) for bad input,
     a busy, foreign or damaged job dir, or a disk that cannot take the files.
     `log_root` is where loggers keep what is shared by a sweep (its MLflow store);
     by default the job dir; `run_name` what the loggers call the run (by default
-    the job dir's name)."""
+    the job dir's name); `on_ready` is called once the dir is accepted, before a
+    run is trained or continued into it."""
     check_config(cfg)
+    device = resolve_device(cfg.device)
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    with torch_threads(cfg.threads), job_lock(job_dir):
-        return run_locked(cfg, job_dir, data, log_root, run_name)
+    with torch_threads(cfg.threads):
+        # the input is checked before the dir is touched: a bad data.train_size or
+        # a missing dataset leaves it as it was
+        data = checked_data(cfg, data, device)
+        with job_lock(job_dir):
+            return run_locked(cfg, job_dir, data, device, log_root, run_name,
+                              on_ready)  # fmt: skip
 
 
 def run_locked(
     cfg,
     job_dir: Path,
-    data: Optional[FashionData],
+    data: FashionData,
+    device: torch.device,
     log_root: Optional[Path],
     run_name: Optional[str],
+    on_ready: Optional[Callable[[], None]] = None,
 ) -> list[dict]:
-    """run_job's work once the dir is locked: settle what the dir holds, then train
-    what is left with the loggers; every epoch's record."""
-    device = resolve_device(cfg.device)
+    """run_job's work once the input is checked and the dir is locked: settle what
+    the dir holds, then train what is left with the loggers; every epoch's record."""
     identity = run_identity(cfg)
-    previous = prepare_job_dir(job_dir, identity, cfg.force, cfg.get("extend", False))
+    digest = data_digest(cfg.data)
+    previous = prepare_job_dir(job_dir, identity, cfg.force, cfg.extend, digest)
     if previous.action == DONE:
         log.info(
             "%s is %s already; skipping it (force=true re-runs)",
             job_dir, previous.status,
         )  # fmt: skip
         return previous.records
+    if on_ready is not None:
+        on_ready()
     job = JobFiles(job_dir, identity, with_execution(previous, device))
-    job.extensions = previous.extensions
+    job.extensions, job.extending = previous.extensions, previous.extending
+    job.data_sha256 = digest
     previous.records = list(previous.records)
-    # the data is checked before the dir is touched: a bad data.train_size or a
-    # missing dataset leaves it as it was
-    data = checked_data(cfg, data, device)
-    job.data_sha256 = data_digest(cfg.data)
     fresh = previous.action == FRESH
     loggers = make_loggers(
         cfg.logger, job_dir, Path(log_root or job_dir), identity,
@@ -270,7 +347,7 @@ def train_job(
     training = start_training(cfg, device)
     state = previous.state or {}
     if previous.action == RESUME:
-        restore_training(training, state)
+        restored_from(training, state, job.job_dir)
         log.info("resuming %s after epoch %d", job.job_dir, len(records))
     if cfg.diagnostics.enabled:
         probe = probe_indices(len(data.train_labels), cfg.diagnostics.probe_size)
@@ -305,6 +382,18 @@ def train_job(
     )  # fmt: skip
 
 
+def restored_from(training: Training, state: dict, job_dir: Path) -> None:
+    """restore_training, or JobDirError when the verified checkpoint's state does not
+    fit this run's model or optimizer (a checkpoint made to pass its own digest)."""
+    try:
+        restore_training(training, state)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise JobDirError(
+            f"{job_dir}: {CHECKPOINT_FILE} holds a training state that does not fit "
+            f"this run ({type(err).__name__}: {str(err)[:200]}); {FORCE_HINT}"
+        ) from None
+
+
 def finish(loggers: Optional[Loggers], status: str, job_dir: Path) -> None:
     if loggers is not None:
         loggers.finish(status, job_dir)
@@ -313,7 +402,7 @@ def finish(loggers: Optional[Loggers], status: str, job_dir: Path) -> None:
 def steps_per_run_epoch(cfg, training: Training, data: FashionData) -> int:
     return steps_per_epoch(
         len(data.train_labels), cfg.batch_size, has_batch_norm(training.model),
-        bool(cfg.data.get("drop_last", False)),
+        cfg.data.drop_last,
     )  # fmt: skip
 
 

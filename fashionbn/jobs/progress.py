@@ -64,21 +64,74 @@ def duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def sweep_line(job_index: int, finished: bool, now: Optional[float] = None) -> str:
+def sweep_line(
+    job_index: int,
+    finished: bool,
+    now: Optional[float] = None,
+    left: Optional[float] = None,
+    word: str = "done",
+) -> str:
     """`job k/N` (k counts from 1), the sweep's elapsed time and, once a job has
-    finished, about how long the rest take at the rate so far; '' outside a sweep
-    (or one whose jobs could not be counted: then just `job k`)."""
+    finished (`word`: done, skipped, failed), about how long the rest take: `left`
+    seconds when the caller knows better (cohorts), else at the rate of jobs so far;
+    '' outside a sweep (or one whose jobs could not be counted: then just `job
+    k`)."""
     start = os.environ.get(START_VAR)
     if start is None:
         return ""
     k, total = job_index + 1, os.environ.get(JOBS_VAR)
     elapsed = (now if now is not None else time.time()) - float(start)
     line = f"job {k}/{total}" if total else f"job {k}"
-    line += f"{' done' if finished else ''}, {duration(elapsed)} elapsed"
-    if finished and total and k < int(total):
+    line += f"{' ' + word if finished else ''}, {duration(elapsed)} elapsed"
+    if finished and left is not None:
+        line += f", about {duration(left)} left" if left > 0 else ""
+    elif finished and total and k < int(total):
         # jobs finish in about their order, also in parallel: the rate so far holds
         line += f", about {duration(elapsed / k * (int(total) - k))} left"
     return line
+
+
+class CohortProgress:
+    """`job k/N` lines for the jobs of a batched sweep (hydra/launcher=batched): a
+    job's line when its cohort starts, and when it ends (done, skipped, failed)
+    with the time left, estimated from the run-epochs still to train (cohorts to
+    come included) at the rate of those trained so far."""
+
+    def __init__(self, epochs: dict[int, int]):
+        self.left = dict(epochs)  # id(job) -> its run-epochs still to train
+        self.trained = 0  # run-epochs trained so far
+        self.since: Optional[float] = None  # when the first cohort started
+
+    def starts_at(self, job: Any, epochs_done: int) -> None:
+        """The job resumes after `epochs_done` epochs: less is left."""
+        self.left[id(job)] = max(0, job.cfg.epochs - epochs_done)
+
+    def started(self, job: Any) -> None:
+        if self.since is None:
+            self.since = time.time()
+        line = sweep_line(job.job_num, False)
+        if line:
+            log.info("%s: %s", line, job.name)
+
+    def epoch(self, job: Any) -> None:
+        self.trained += 1
+        self.left[id(job)] = max(0, self.left.get(id(job), 1) - 1)
+
+    def done(self, job: Any, word: str = "done") -> None:
+        self.left[id(job)] = 0
+        line = sweep_line(job.job_num, True, left=self.time_left(), word=word)
+        if line:
+            log.info("%s: %s", line, job.name)
+
+    def time_left(self) -> Optional[float]:
+        """Seconds the run-epochs still to train take at the rate so far (None
+        before any was trained; 0 when none is left)."""
+        left = sum(self.left.values())
+        if not left:
+            return 0.0
+        if not self.trained or self.since is None:
+            return None
+        return (time.time() - self.since) / self.trained * left
 
 
 def run_name(overrides: list[str], swept: Optional[list[str]] = None) -> str:

@@ -25,9 +25,9 @@ from fashionbn.jobs.files import (
     METRICS_FILE,
     RESULTS_FORMAT,
     RUNNING,
+    parse_diagnostics,
+    parse_metrics,
     read_checked,
-    read_diagnostics,
-    read_metrics,
     read_status,
 )
 
@@ -130,7 +130,7 @@ def read_job(job_dir: Path) -> Job:
         return job
     hint = f"; {RERUN_HINT}" if status else ""
     digest = status.get("metrics_sha256") if status else None
-    records, problem = read_checked(job_dir, METRICS_FILE, read_metrics, digest, done)
+    records, problem = read_checked(job_dir, METRICS_FILE, parse_metrics, digest, done)
     if problem:
         job.problem = problem + hint
         return job
@@ -149,7 +149,7 @@ def read_job(job_dir: Path) -> Job:
     if status and status.get("diagnostics_sha256"):
         digest = status["diagnostics_sha256"]
         rows, problem = read_checked(
-            job_dir, DIAGNOSTICS_FILE, read_diagnostics, digest
+            job_dir, DIAGNOSTICS_FILE, parse_diagnostics, digest
         )
         if problem:
             job.problem = problem + hint

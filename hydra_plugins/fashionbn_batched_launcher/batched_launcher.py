@@ -21,6 +21,7 @@ from hydra.core.utils import (
     run_job,
     setup_globals,
 )
+from hydra.errors import CompactHydraException
 from omegaconf import open_dict
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,23 @@ def stderr_logging(name: str) -> Iterator[None]:
         logger.propagate, logger.level = before
 
 
+class LauncherSettingError(CompactHydraException):
+    """A hydra.launcher.* value this launcher cannot work with (one line)."""
+
+
+def max_cohort_problem(value: object) -> Optional[str]:
+    """Why hydra.launcher.max_cohort cannot be used, or None (an int >= 1, or null
+    for as many runs as fit)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)
+                         and value >= 1):  # fmt: skip
+        return None
+    return (
+        f"error: hydra.launcher.max_cohort={value}: must be >= 1 (runs per cohort at "
+        "most) or null (as many as fit: all on the CPU, as many as half the free "
+        "memory holds on CUDA)"
+    )
+
+
 class BatchedLauncher(BasicLauncher):
     def __init__(self, max_cohort: Optional[int] = None) -> None:
         super().__init__()
@@ -74,6 +92,9 @@ class BatchedLauncher(BasicLauncher):
         join = getattr(self.task_function, "fashionbn_cohort", None)
         if join is None:  # not fashionbn: the basic launcher's behaviour
             return super().launch(job_overrides, initial_job_idx)
+        problem = max_cohort_problem(self.max_cohort)
+        if problem:  # before anything is set up or written
+            raise LauncherSettingError(problem)
         from fashionbn.config import FashionbnError
         from fashionbn.jobs.cohort import PendingJob, run_cohorts
         from fashionbn.run import JobFailed
@@ -114,7 +135,7 @@ class BatchedLauncher(BasicLauncher):
         for ret in runs:
             job = ret._return_value
             if ret.status != JobStatus.COMPLETED or not isinstance(job, PendingJob):
-                continue  # failed while set up, or trained alone
+                continue  # failed while set up
             if isinstance(job.result, FashionbnError):  # one line, as the others
                 ret.status = JobStatus.FAILED
                 ret._return_value = JobFailed(f"error: {job.result}")

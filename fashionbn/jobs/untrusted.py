@@ -1,0 +1,147 @@
+"""A job or sweep dir is untrusted input; this module is the one place that opens it.
+
+People copy sweep dirs from colleagues, clusters and archives, so a dir may hold
+anything: symbolic links to files elsewhere, directories where files belong, JSON of
+the wrong shape. The rule (README, "Reliability"):
+- nothing read from a dir names a path outside it: a path taken from a file is
+  resolved, and one that is not inside the dir it belongs to is refused (`inside`);
+- a file fashionbn reads, replaces or removes must be a regular file below the dir,
+  reached without a symbolic link on the way: a link, a directory or a device where a
+  file belongs makes the dir damaged, with that reason (`entry_problem`), and nothing
+  is written, replaced or removed through a link;
+- nothing from it is executed or unpickled (checkpoints load with weights_only=True,
+  YAML with safe_load);
+- every field read from its JSON, CSV and YAML files is type-checked by the reader of
+  that file (fashionbn.jobs.files, .checkpoint, .reading), and a bad one makes the dir
+  "damaged, with the reason", never a traceback.
+Readers call `read_bytes`/`read_text`/`read_json` here, never `open` on a job-dir path.
+"""
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any, Optional
+
+from fashionbn.config import FashionbnError
+
+
+class UnsafeEntry(FashionbnError):
+    """An entry of a job or sweep dir that fashionbn must not read or write through."""
+
+
+def inside(base: Path, path: Path) -> bool:
+    """Whether `path`, resolved (every symbolic link followed), is `base` resolved or
+    lies below it."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(base).resolve())
+    except (OSError, RuntimeError):  # unreadable, or a symbolic link loop
+        return False
+
+
+def entry_problem(directory: Path, name: str) -> Optional[str]:
+    """Why directory/name (name may have several parts, e.g. `.hydra/config.yaml`)
+    cannot be read or replaced as a file fashionbn wrote — a symbolic link on the way
+    or at the end, a directory, a device — or None when it is a regular file or
+    absent."""
+    path = Path(directory)
+    parts = Path(name).parts
+    for depth, part in enumerate(parts):
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            return f"{name} cannot be examined ({err.strerror})"
+        last = depth == len(parts) - 1
+        where = name if last else "/".join(parts[: depth + 1])
+        if stat.S_ISLNK(mode):
+            return (
+                f"{where} is a symbolic link (fashionbn writes none, and reads or "
+                "writes nothing through one)"
+            )
+        if not last and not stat.S_ISDIR(mode):
+            return f"{where} is not a directory"
+        if last and stat.S_ISDIR(mode):
+            return f"{name} is a directory, not a file"
+        if last and not stat.S_ISREG(mode):
+            return f"{name} is not a regular file"
+    return None
+
+
+def is_file(directory: Path, name: str) -> bool:
+    """Whether directory/name is a regular file reached without a symbolic link."""
+    return entry_problem(directory, name) is None and (Path(directory) / name).exists()
+
+
+def read_bytes(directory: Path, name: str) -> bytes:
+    """directory/name's bytes. FileNotFoundError when absent; UnsafeEntry when it is
+    not a regular file reached without a symbolic link; OSError when unreadable."""
+    problem = entry_problem(directory, name)
+    if problem:
+        raise UnsafeEntry(problem)
+    # O_NOFOLLOW: a link swapped in after the check is refused too; O_NONBLOCK: a
+    # FIFO swapped in never blocks the reader
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(Path(directory) / name, flags)
+    except OSError as err:
+        if err.errno in (getattr(os, "ELOOP", 40),):
+            raise UnsafeEntry(f"{name} is a symbolic link") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise UnsafeEntry(f"{name} is not a regular file")
+        return f.read()
+
+
+def read_text(directory: Path, name: str) -> str:
+    """directory/name as UTF-8 text (as read_bytes; ValueError when not UTF-8)."""
+    data = read_bytes(directory, name)
+    try:
+        return data.decode()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{name} is not UTF-8 text ({err.reason})") from None
+
+
+def read_json(directory: Path, name: str) -> Any:
+    """directory/name parsed as JSON (as read_text; ValueError when it is not JSON)."""
+    return json.loads(read_text(directory, name))
+
+
+def unreadable(name: str, err: BaseException) -> str:
+    """One reason for a file that read_* refused or could not read."""
+    if isinstance(err, UnsafeEntry):
+        return str(err)
+    if isinstance(err, OSError):
+        return f"{name} is unreadable ({err.strerror or err})"
+    return f"{name} is unreadable ({type(err).__name__}: {err})"
+
+
+def job_dirs(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every dir at or below `sweep_dir` that Hydra ran a job in (it holds
+    `.hydra/config.yaml`), found without following a symbolic link; and (path, why
+    not read) for the entries that looked like job dirs but are not read: symbolic
+    links to directories (the aggregate reads nothing through a link: copy the dir in
+    instead) and job dirs whose `.hydra/config.yaml` is not a regular file. Copies of
+    a job's files elsewhere (MLflow's artifacts: no `.hydra/`) are not jobs."""
+    found, refused = [], []
+    for root, dirs, _ in os.walk(sweep_dir, followlinks=False):
+        here = Path(root)
+        for name in list(dirs):
+            path = here / name
+            if path.is_symlink():
+                dirs.remove(name)
+                if path.is_dir() and name != ".hydra":
+                    refused.append((str(path), "a symbolic link to a directory: "
+                                    "not read (copy the dir in instead)"))  # fmt: skip
+        if ".hydra" in dirs or (here / ".hydra").is_symlink():
+            problem = entry_problem(here, ".hydra/config.yaml")
+            if problem:
+                refused.append((str(here), problem))
+            elif (here / ".hydra" / "config.yaml").exists():
+                found.append(here)
+        if ".hydra" in dirs:
+            dirs.remove(".hydra")
+    return sorted(found), refused
