@@ -71,6 +71,9 @@ def aggregate(
         print(f"skipped {run}: {reason}", file=sys.stderr)
     for run, kept in sweep.duplicates:
         print(f"duplicate {run}: same run as {kept}; counted once", file=sys.stderr)
+    for run, longer in sweep.extended:
+        print(f"shorter {run}: its epochs are the first epochs of {longer}; counted "
+              "once, as that run", file=sys.stderr)  # fmt: skip
     for names in sweep.same_models:
         print(f"warning: {same_network_warning(names, sweep)}", file=sys.stderr)
     keys = sweep.group_keys

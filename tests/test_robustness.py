@@ -163,7 +163,7 @@ def test_at_epoch_cuts_longer_runs_and_counts_each_run_once(tmp_path, capsys) ->
     assert "at epoch 5: 2 runs ended earlier and are left out" in report
     five = sweep / "model=baseline,seed=0,epochs=5"
     eight = sweep / "model=baseline,seed=0,epochs=8"
-    assert f"- `{eight}`: same run as `{five}`" in report  # counted once
+    assert f"- `{five}`: the first epochs of `{eight}`" in report  # counted once
     assert main([str(sweep), "--at-epoch", "9"]) == 2
     assert "--at-epoch 9: no run lasted 9 epochs" in capsys.readouterr().err
 

@@ -8,15 +8,23 @@ file the aggregate wrote: an output name that exists but is not recorded there, 
 changed since (a user's own `comparisons.csv`, an edited `report.md`), is never
 replaced or removed — the aggregate refuses instead. Folders written by a fashionbn
 before the record existed are recognised by their `report.md`.
+
+The record may come from someone else's folder (a copied sweep, whose dir is the
+default --out): only names the aggregate writes (OUTPUTS) with a SHA-256 are taken
+from it, never a path, and only a regular file is taken as an output — a symbolic
+link or a directory under an output's name is "not ours", so nothing is written,
+replaced or removed through or at it (fashionbn.jobs.untrusted).
 """
 
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
-from fashionbn.jobs.files import partial_name
+from fashionbn.jobs.files import create_new, partial_name
+from fashionbn.jobs.untrusted import UnsafeEntry, entry_problem, read_bytes, read_json
 
 
 class OutputError(Exception):
@@ -52,28 +60,41 @@ def digest(data: bytes) -> str:
 
 def ours(out_dir: Path) -> dict[str, Optional[str]]:
     """name -> SHA-256 of each output the aggregate wrote into out_dir (None: written
-    by a fashionbn that kept no record; then only the outputs beside its report)."""
+    by a fashionbn that kept no record; then only the outputs beside its report).
+    Entries of the record that are not an output's name with a SHA-256 are ignored."""
     try:
-        record = json.loads((out_dir / MANIFEST).read_text())
-        return {str(k): v for k, v in dict(record["written"]).items()}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+        written = read_json(out_dir, MANIFEST)["written"]
+    except (OSError, ValueError, KeyError, TypeError, UnsafeEntry):
+        written = None
+    if isinstance(written, dict):
+        return {
+            name: value
+            for name, value in written.items()
+            if name in OUTPUTS
+            and isinstance(value, str)
+            and re.fullmatch("[0-9a-f]{64}", value)
+        }
     try:
-        legacy = (out_dir / "report.md").read_bytes().startswith(REPORT_TITLE)
-    except OSError:
+        legacy = read_bytes(out_dir, "report.md").startswith(REPORT_TITLE)
+    except (OSError, UnsafeEntry):
         legacy = False
-    return {name: None for name in OUTPUTS if legacy and (out_dir / name).is_file()}
+    return {name: None for name in OUTPUTS if legacy and is_plain_file(out_dir, name)}
+
+
+def is_plain_file(out_dir: Path, name: str) -> bool:
+    return entry_problem(out_dir, name) is None and (out_dir / name).exists()
 
 
 def is_ours(out_dir: Path, name: str, written: dict[str, Optional[str]]) -> bool:
-    """Whether out_dir/name is the file the aggregate wrote, unchanged."""
-    if name not in written:
+    """Whether out_dir/name is the file the aggregate wrote, unchanged (a regular
+    file: never a symbolic link)."""
+    if name not in written or not is_plain_file(out_dir, name):
         return False
     if written[name] is None:
         return True
     try:
-        return digest((out_dir / name).read_bytes()) == written[name]
-    except OSError:
+        return digest(read_bytes(out_dir, name)) == written[name]
+    except (OSError, UnsafeEntry):
         return False
 
 
@@ -83,10 +104,15 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
     if an output name is taken by a file the aggregate did not write (or that was
     changed since), or if the folder cannot take the files."""
     written = ours(out_dir)
+    if os.path.lexists(out_dir / MANIFEST) and not is_plain_file(out_dir, MANIFEST):
+        raise OutputError(
+            f"refusing to write into {out_dir}: {entry_problem(out_dir, MANIFEST)}; "
+            "move it away or choose another --out"
+        )
     foreign = [
         name
         for name in files
-        if (out_dir / name).exists() and not is_ours(out_dir, name, written)
+        if os.path.lexists(out_dir / name) and not is_ours(out_dir, name, written)
     ]
     if foreign:
         raise OutputError(
@@ -105,7 +131,8 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
         for name, data in files.items():
             target = out_dir / name
             started.append(partials[name])
-            partials[name].write_bytes(data)
+            with os.fdopen(create_new(partials[name]), "wb") as f:
+                f.write(data)
     except OSError as err:
         for partial in started:
             try:

@@ -61,7 +61,12 @@ def header(sweep: Sweep, sweep_dirs: list[Path]) -> list[str]:
     counts += [f"{len(sweep.skipped)} skipped"] if sweep.skipped else []
     if sweep.duplicates:
         counts.append(f"{plural(len(sweep.duplicates), 'duplicate')} counted once")
-    listed = sweep.diverged or sweep.skipped or sweep.duplicates
+    if sweep.extended:
+        counts.append(
+            f"{plural(len(sweep.extended), 'shorter run')} counted as the longer run "
+            "it is the start of"
+        )
+    listed = sweep.diverged or sweep.skipped or sweep.duplicates or sweep.extended
     models = sorted(results["model"].unique())
     lines = [
         f"Sweep: {', '.join(f'`{d}`' for d in sweep_dirs)}. "
@@ -257,6 +262,11 @@ def write_report(
         ("Skipped runs (left out of every number above)", sweep.skipped),
         ("Duplicates (the same run in two dirs, same numbers: counted once)",
          [(dup, f"same run as `{kept}`") for dup, kept in sweep.duplicates]),
+        ("Shorter runs of longer ones (their epochs are the first epochs of a "
+         "longer run of the same config, e.g. the run it was extended from: counted "
+         "once, as the longer run; `--at-epoch E` reads a shorter budget)",
+         [(run, f"the first epochs of `{longer}`")
+          for run, longer in sweep.extended]),
     ]  # fmt: skip
     for title, entries in sections:
         if entries:

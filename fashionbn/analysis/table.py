@@ -6,6 +6,7 @@ spelt. A run is one identity (configuration and seed): two job dirs holding the 
 run with the same numbers count once; with different numbers they are refused.
 """
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -20,6 +21,7 @@ from fashionbn.jobs.files import (
     RESULTS_FORMAT,
 )
 from fashionbn.jobs.reading import CHOICES, Job, read_job
+from fashionbn.jobs.untrusted import job_dirs
 
 
 class AggregateError(Exception):
@@ -36,6 +38,9 @@ class Sweep:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run dir, reason)
     diverged: list[tuple[str, str]] = field(default_factory=list)  # (run dir, how)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (dir, same as)
+    # (dir, dir of the longer run): a run whose epochs are the first epochs of a
+    # longer run of the same config (extended with extend=true): counted once
+    extended: list[tuple[str, str]] = field(default_factory=list)
     older: list[str] = field(default_factory=list)  # used runs of an older format
     fixed: dict[str, tuple] = field(default_factory=dict)  # key -> (kept, others)
     # model -> {key: value}: what each model is (its model.* keys that are the same in
@@ -52,9 +57,10 @@ class Sweep:
 
 
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
-    """Every dir at or below `sweep_dir` that Hydra ran a job in (.hydra/config.yaml);
+    """Every dir at or below `sweep_dir` that Hydra ran a job in (.hydra/config.yaml),
+    found without following a symbolic link (fashionbn.jobs.untrusted job_dirs);
     copies of a job's files elsewhere (e.g. MLflow's artifacts) are not jobs."""
-    return sorted(p.parent.parent for p in sweep_dir.glob("**/.hydra/config.yaml"))
+    return job_dirs(sweep_dir)[0]
 
 
 def _same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> Optional[str]:
@@ -77,9 +83,18 @@ def _same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> Optional[str]:
             if not same:
                 return (
                     f"{column} at epoch {int(row_a['epoch'])}: "
-                    f"{row_a[column]:.6g} vs {row_b[column]:.6g}"
+                    f"{exact(row_a[column])} vs {exact(row_b[column])}"
                 )
     return f"{len(a)} vs {len(b)} epochs"
+
+
+def exact(value) -> str:
+    """A number with every digit it needs to tell it from its neighbours (Python's
+    shortest round-trip form): 2.3086700439453125, not 2.30867."""
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def measured_precisely(job: Job) -> bool:
@@ -88,10 +103,16 @@ def measured_precisely(job: Job) -> bool:
 
 
 def _describe_execution(job: Job) -> str:
-    runs = [
-        f"{e.get('device')} with {plural(e.get('torch_threads'), 'torch thread')}"
-        for e in job.execution
-    ]
+    """'cpu with 1 torch thread, batched launcher in a cohort of 4', for every
+    process that trained the run."""
+    runs = []
+    for e in job.execution:
+        how = f"{e.get('device')} with {plural(e.get('torch_threads'), 'torch thread')}"
+        if e.get("launcher"):
+            how += f", {e['launcher']} launcher"
+            if e.get("cohort"):
+                how += f" in a cohort of {e['cohort']}"
+        runs.append(how)
     return " then ".join(runs) or "an unrecorded device"
 
 
@@ -141,7 +162,9 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     diverged_jobs, diverged_duplicates = deduplicate(
         [j for j in jobs if j.diverged], ["model", "seed"]
     )
+    refuse_mixed_data([*complete, *diverged_jobs])
     refuse_complete_and_diverged(complete, diverged_jobs)
+    complete, extended = count_extended_once(complete)
     results = tidy(complete, params)
     group_keys = grouping_keys(results, params)
     readable = pd.DataFrame([j.params for j in jobs if j.params])
@@ -158,6 +181,7 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
         skipped=[(j.job_dir, j.problem) for j in jobs if j.problem],
         diverged=[(j.job_dir, j.diverged) for j in diverged_jobs],
         duplicates=duplicates + diverged_duplicates,
+        extended=extended,
         older=[j.job_dir for j in complete if j.format < RESULTS_FORMAT],
         fixed=_fixed_keys(results, readable, params),
         model_options=describe_models(results, group_keys),
@@ -176,11 +200,75 @@ def read_jobs(sweep_dirs: list[Path]) -> tuple[list[Job], list[str]]:
             notes.append(f"{sweep_dir} was given more than once; read once")
             continue
         seen_dirs.add(Path(sweep_dir).resolve())
-        for job_dir in find_job_dirs(Path(sweep_dir)):
+        found, refused = job_dirs(Path(sweep_dir))
+        jobs += [Job(path, problem=why) for path, why in refused]
+        for job_dir in found:
             if job_dir.resolve() not in seen_jobs:
                 seen_jobs.add(job_dir.resolve())
                 jobs.append(read_job(job_dir))
     return jobs, notes
+
+
+def refuse_mixed_data(jobs: list[Job]) -> None:
+    """Runs of one dataset (data.name) that trained on different copies of its files
+    (by content: their data_sha256) are not comparable; runs of a fashionbn that did
+    not record it cannot be checked and are taken as they are."""
+    first: dict[str, Job] = {}
+    for job in jobs:
+        if job.data_sha256 is None:
+            continue
+        name = str(job.params.get("data.name"))
+        seen = first.setdefault(name, job)
+        if seen.data_sha256 != job.data_sha256:
+            raise AggregateError(
+                f"{seen.job_dir} and {job.job_dir} trained on different data, both "
+                f"data.name={name} (data_sha256 {seen.data_sha256[:12]}... vs "
+                f"{job.data_sha256[:12]}...: another copy or version of the dataset's "
+                "files): their numbers are not comparable; aggregate the runs of one "
+                "copy"
+            )
+
+
+def without_epochs(job: Job) -> str:
+    """A job's identity key with its number of epochs left out."""
+    key = json.loads(job.identity_key)
+    key.pop("epochs", None)
+    return json.dumps(key, sort_keys=True)
+
+
+def count_extended_once(jobs: list[Job]) -> tuple[list[Job], list[tuple[str, str]]]:
+    """A run whose metrics are the first epochs of a longer run of the same config
+    (the run it was extended from, or the same run asked for fewer epochs: the
+    learning rate is constant) is that run at a shorter budget: counted once, as the
+    longer run. Runs whose shared epochs differ are different runs and both count.
+    Also returns (shorter run, longer run) pairs."""
+    by_config: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_config.setdefault(without_epochs(job), []).append(job)
+    kept, extended = [], []
+    for group in by_config.values():
+        group.sort(key=lambda j: (-len(j.metrics), j.job_dir))
+        longer = []
+        for job in group:
+            prefix_of = next(
+                (
+                    other
+                    for other in longer
+                    if _same_numbers(
+                        other.metrics.iloc[: len(job.metrics)].reset_index(drop=True),
+                        job.metrics.reset_index(drop=True),
+                    )
+                    is None
+                ),
+                None,
+            )
+            if prefix_of is None:
+                longer.append(job)
+            else:
+                extended.append((job.job_dir, prefix_of.job_dir))
+        kept += longer
+    order = {id(job): i for i, job in enumerate(jobs)}
+    return sorted(kept, key=lambda j: order[id(j)]), extended
 
 
 def refuse_complete_and_diverged(complete: list[Job], diverged: list[Job]) -> None:

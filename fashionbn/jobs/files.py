@@ -27,6 +27,7 @@ from fashionbn.config import identity_problem
 from fashionbn.core.atomic import (  # noqa: F401 - part of the job-dir format
     WriteError,
     atomic_write,
+    create_new,
     partial_debris,
     partial_name,
     sync_directory,

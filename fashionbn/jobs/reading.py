@@ -14,7 +14,12 @@ from typing import Any, Optional
 import pandas as pd
 import yaml
 
-from fashionbn.config import MEASUREMENT_PREFIXES, flatten, normalise_identity
+from fashionbn.config import (
+    MEASUREMENT_PREFIXES,
+    flatten,
+    identity_problem,
+    normalise_identity,
+)
 from fashionbn.jobs.files import (
     COMPLETE,
     DIAGNOSTICS_FILE,
@@ -24,12 +29,14 @@ from fashionbn.jobs.files import (
     METRIC_COLUMNS,
     METRICS_FILE,
     RESULTS_FORMAT,
+    RUN_FILES,
     RUNNING,
     parse_diagnostics,
     parse_metrics,
     read_checked,
     read_status,
 )
+from fashionbn.jobs.untrusted import UnsafeEntry, entry_problem, read_text, unreadable
 
 RERUN_HINT = "re-run the same command to restore it from checkpoint.pt"
 # group choices whose sub-keys they stand for, e.g. model=batchnorm -> model.norm
@@ -45,6 +52,7 @@ class Job:
     identity_key: str = ""
     format: int = RESULTS_FORMAT
     execution: list = field(default_factory=list)
+    data_sha256: Optional[str] = None  # what it trained on (None: not recorded)
     metrics: Optional[pd.DataFrame] = None  # set when the run is complete
     diagnostics: Optional[list] = None  # diagnostics.csv's rows, where it has one
     diverged: Optional[str] = None  # how it diverged
@@ -71,19 +79,28 @@ def parameters(identity: dict) -> dict[str, Any]:
 
 
 def _identity_from_hydra(job_dir: Path) -> dict:
+    """The identity of a dir older than status.json, from its .hydra/config.yaml
+    (read as untrusted input: safe_load, types checked); ValueError saying why not."""
+    name = ".hydra/config.yaml"
     try:
-        config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"unreadable .hydra files ({err})") from err
+        config = yaml.safe_load(read_text(job_dir, name))
+    except (OSError, UnsafeEntry, ValueError, yaml.YAMLError) as err:
+        raise ValueError(unreadable(name, err)) from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ValueError("malformed .hydra/config.yaml")
+    problem = identity_problem(config)
+    if problem:
+        raise ValueError(f".hydra/config.yaml: {problem}")
     return normalise_identity(config)
 
 
 def being_trained(job_dir: Path) -> Optional[str]:
-    """Who holds the job dir's lock right now ('pid N on host since ...'), or None."""
+    """Who holds the job dir's lock right now ('pid N on host since ...'), or None.
+    A `.lock` that is not a file (a symbolic link) is not opened."""
+    if entry_problem(job_dir, LOCK_FILE):
+        return None
     try:
-        fd = os.open(job_dir / LOCK_FILE, os.O_RDONLY)
+        fd = os.open(job_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
@@ -98,6 +115,13 @@ def being_trained(job_dir: Path) -> Optional[str]:
 def read_job(job_dir: Path) -> Job:
     """Read one job dir; a Job with `problem` set says why it cannot be used."""
     job = Job(str(job_dir))
+    foreign = [p for name in RUN_FILES if (p := entry_problem(job_dir, name))]
+    if foreign:
+        job.problem = (
+            f"{'; '.join(foreign)}: not a job dir as fashionbn leaves it (nothing is "
+            "read through such an entry); move the entry away"
+        )
+        return job
     status, status_problem = read_status(job_dir)
     if status_problem:
         job.problem = f"{status_problem}; re-run the same command to repair the dir"
@@ -115,7 +139,14 @@ def read_job(job_dir: Path) -> Job:
     numbers = {k: v for k, v in flatten(identity).items() if not measured_only(k)}
     job.identity_key = json.dumps(numbers, sort_keys=True, default=str)
     job.format = status["format"] if status else 1
+    if job.format > RESULTS_FORMAT:
+        job.problem = (
+            f"written by a newer fashionbn (results format {job.format}; this version "
+            f"reads formats up to {RESULTS_FORMAT}): aggregate it with that version"
+        )
+        return job
     job.execution = status.get("execution", []) if status else []
+    job.data_sha256 = status.get("data_sha256") if status else None
     epochs = identity["epochs"]
     state = status["status"] if status else COMPLETE  # dirs older than status.json
     done = status["epochs_done"] if status else None
