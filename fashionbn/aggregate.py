@@ -17,12 +17,12 @@ from typing import Optional
 import pandas as pd
 
 from fashionbn.analysis.markdown import summary_markdown
+from fashionbn.analysis.options import SELECT_CHOICES, check_baseline, checked
 from fashionbn.analysis.outputs import OutputError, write_outputs
 from fashionbn.analysis.pairing import BASELINE, PairingError
 from fashionbn.analysis.protocol import EVALUATIONS, at_budget
 from fashionbn.analysis.report import same_network_warning, write_report
 from fashionbn.analysis.robustness import robustness, verdict
-from fashionbn.analysis.selection import SELECT_BY
 from fashionbn.analysis.summary import analyse
 from fashionbn.analysis.table import AggregateError, load_sweep, read_sweep
 from fashionbn.config import FashionbnError
@@ -55,15 +55,13 @@ def aggregate(
     robustness section's cells (default: 5 and the runs' last)."""
     from fashionbn.analysis import plot  # matplotlib is only needed here
 
+    options = checked(threshold, precision, select_by, baseline, metric, at_epoch,
+                      budgets)  # fmt: skip
     full = read_sweep(sweep_dirs)
     sweep = at_budget(full, at_epoch) if at_epoch is not None else full
     out_dir = Path(out_dir or sweep_dirs[0])
-    models = sorted(sweep.results["model"].unique())
-    if baseline is not None and baseline not in models:
-        raise AggregateError(
-            f"--baseline {baseline}: no complete run has model={baseline} (models: "
-            f"{', '.join(models)})"
-        )
+    check_baseline(sweep, baseline)
+    budgets = list(options.budgets) if options.budgets else None
     reference = baseline or BASELINE
     for run, how in sweep.diverged:
         print(f"diverged {run}: {how}", file=sys.stderr)
@@ -220,7 +218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "(0, 1] or a percentage with %% (default: 0.7)",
     )  # fmt: skip
     parser.add_argument(
-        "--select-by", choices=[*SELECT_BY, "none"], default="val_acc",
+        "--select-by", choices=SELECT_CHOICES, default="val_acc",
         help="validation metric that picks each model's best setting of the swept "
         "hyperparameters (default: val_acc, the highest mean); none: no selection",
     )  # fmt: skip

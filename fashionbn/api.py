@@ -10,7 +10,7 @@ Nothing here changes process-wide state behind the caller's back: train() puts t
 thread count back as it found it.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,12 +19,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fashionbn.config import FashionbnError, register_configs
+from fashionbn.config import FashionbnError, normalise_identity, register_configs
 from fashionbn.config.validation import check_config
+from fashionbn.core.atomic import atomic_write
 from fashionbn.core.model import build_model
-from fashionbn.jobs.checkpoint import load_checkpoint
+from fashionbn.jobs.untrusted import entry_problem
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+HYDRA_CONFIG = ".hydra/config.yaml"  # what the aggregate finds a job dir by
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -49,19 +51,28 @@ def train(cfg: DictConfig, job_dir: Optional[str | Path] = None) -> list[dict]:
     """Train `cfg`: in memory (job_dir None: nothing is written), or into `job_dir`
     with every rule of a job dir (resume, skip when finished, refuse another config);
     the dir gets `.hydra/config.yaml` as under the CLI, so load_sweep and the
-    aggregate find it. Returns one record per epoch (the columns of metrics.csv).
+    aggregate find it — written only once the dir is accepted, so a refused dir is
+    left as it was. Returns one record per epoch (the columns of metrics.csv).
     torch's thread count is put back afterwards, whatever cfg.threads says."""
     from fashionbn.core.train import train_and_evaluate
-    from fashionbn.jobs.job import run_job
+    from fashionbn.jobs.job import JobDirError, run_job
 
     if job_dir is None:
         return train_and_evaluate(cfg)
-    hydra_config = Path(job_dir) / ".hydra" / "config.yaml"
-    if not hydra_config.exists():  # what Hydra writes for a job of the CLI
-        hydra_config.parent.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, hydra_config)
-    records = run_job(cfg, Path(job_dir))
-    OmegaConf.save(cfg, hydra_config)  # the dir holds this config's run (extended)
+    job_dir = Path(job_dir)
+    hydra_config = HYDRA_CONFIG
+    problem = entry_problem(job_dir, hydra_config)
+    if problem:
+        raise JobDirError(f"{job_dir}: {problem}; move it away")
+
+    def write_hydra_config() -> None:  # what Hydra writes for a job of the CLI
+        (job_dir / ".hydra").mkdir(exist_ok=True)
+        text = OmegaConf.to_yaml(cfg)
+        atomic_write(job_dir / hydra_config, lambda f: f.write(text))
+
+    records = run_job(cfg, job_dir, on_ready=write_hydra_config)
+    if not (job_dir / hydra_config).exists():  # a finished run of an older api
+        write_hydra_config()
     return records
 
 
@@ -75,6 +86,10 @@ class LoadedSweep:
     selection: Optional[pd.DataFrame]  # selection.csv, when there is a selection
     diagnostics: Optional[pd.DataFrame]  # diagnostics_summary.csv, with diagnostics
     group_keys: list[str]  # what the groups differ in ("model" first)
+    # every job dir left out of the tables and why: run, kind (skipped, diverged,
+    # duplicate, shorter: the start of a longer run), reason
+    skipped: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: list[str] = field(default_factory=list)  # what else the report would say
 
 
 def load_sweep(
@@ -86,15 +101,28 @@ def load_sweep(
     precision: float = 0.01,
 ) -> LoadedSweep:
     """Read the job dirs under `sweep_dirs` (nothing is written) into the tables of
-    `python -m fashionbn.aggregate` with the same options."""
+    `python -m fashionbn.aggregate` with the same options, checked as the command
+    checks them (fashionbn.analysis.options: a value it refuses is an error here
+    too). `skipped` lists every dir left out and why."""
+    from fashionbn.analysis.options import check_baseline, checked
     from fashionbn.analysis.protocol import at_budget
     from fashionbn.analysis.summary import analyse
     from fashionbn.analysis.table import read_sweep
 
+    options = checked(0.7, precision, select_by, baseline, metric, at_epoch)
     sweep = read_sweep([Path(d) for d in sweep_dirs])
     if at_epoch is not None:
         sweep = at_budget(sweep, at_epoch)
-    analysis = analyse(sweep, 0.7, precision, select_by, baseline, metric)
+    check_baseline(sweep, None if baseline == "baseline" else baseline)
+    analysis = analyse(sweep, options.threshold, options.precision, select_by,
+                       baseline, metric)  # fmt: skip
+    left_out = [
+        *[(run, "skipped", why) for run, why in sweep.skipped],
+        *[(run, "diverged", how) for run, how in sweep.diverged],
+        *[(run, "duplicate", f"same run as {kept}") for run, kept in sweep.duplicates],
+        *[(run, "shorter", f"the first epochs of {longer}")
+          for run, longer in sweep.extended],
+    ]  # fmt: skip
     return LoadedSweep(
         results=sweep.results,
         summary=analysis.summary,
@@ -102,16 +130,53 @@ def load_sweep(
         selection=analysis.selection.table if analysis.selection else None,
         diagnostics=analysis.diagnostics,
         group_keys=sweep.group_keys,
+        skipped=pd.DataFrame(left_out, columns=["run", "kind", "reason"]),
+        notes=list(sweep.notes),
     )
 
 
-def load_model(job_dir: str | Path) -> nn.Module:
+def load_model(
+    job_dir: str | Path, allow_unfinished: bool = False, allow_diverged: bool = False
+) -> nn.Module:
     """The trained network of a job dir, in evaluation mode, with the weights (and
     BatchNorm statistics) of its last finished epoch, from its verified checkpoint
-    (digest checked, loaded without pickle). Raises FashionbnError saying why not."""
-    checkpoint, problem = load_checkpoint(Path(job_dir))
+    (digest checked, loaded without pickle). A run that is not complete is refused
+    unless asked for: `allow_unfinished=True` for a running, failed or interrupted
+    run (its last saved epoch), `allow_diverged=True` for a diverged one (its
+    weights may be huge or NaN). Raises FashionbnError saying why not."""
+    from fashionbn.jobs.files import COMPLETE, DIVERGED, read_status
+    from fashionbn.jobs.resume import trusted_checkpoint
+
+    job_dir = Path(job_dir)
+    status, problem = read_status(job_dir)
+    if status is None:
+        raise FashionbnError(
+            f"{job_dir}: {problem or 'there is no status.json'}: no run to load"
+        )
+    epochs, done = status["config"].get("epochs"), status["epochs_done"]
+    if status["status"] == DIVERGED and not allow_diverged:
+        raise FashionbnError(
+            f"{job_dir}: its run diverged at epoch {done} (its weights may be huge "
+            "or NaN); allow_diverged=True loads them anyway"
+        )
+    if status["status"] not in (COMPLETE, DIVERGED) and not allow_unfinished:
+        raise FashionbnError(
+            f"{job_dir}: its run is not finished ({status['status']} after {done} of "
+            f"{epochs} epochs); allow_unfinished=True loads its last saved epoch"
+        )
+    identity = normalise_identity(status["config"])
+    try:
+        checkpoint, problem = trusted_checkpoint(job_dir, identity, status)
+    except FashionbnError as err:
+        raise FashionbnError(f"{job_dir}: {err}") from None
     if checkpoint is None:
         raise FashionbnError(f"{job_dir}: {problem}")
-    model = build_model(OmegaConf.create(checkpoint.identity["model"]))
-    model.load_state_dict(checkpoint.state["model"])
+    try:
+        model = build_model(OmegaConf.create(checkpoint.identity["model"]))
+        model.load_state_dict(checkpoint.state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise FashionbnError(
+            f"{job_dir}: checkpoint.pt does not hold a network this fashionbn can "
+            f"build ({type(err).__name__}: {str(err)[:200]})"
+        ) from None
     return model.eval()

@@ -26,6 +26,7 @@ from fashionbn.analysis.stats import compare, holm, tuned_comparisons
 from fashionbn.analysis.table import Sweep, grouping_keys
 
 PROTOCOL_KEYS = ["data.drop_last"]  # data.* keys that change the protocol, not the data
+MIN_PAIRS = 2  # seed pairs a cell needs before the verdict counts its sign
 FACTORS = {"data.drop_last": "the last incomplete batch (data.drop_last)",
            "evaluation": "BatchNorm's evaluation statistics",
            "budget": "the budget (epochs)"}  # fmt: skip
@@ -86,9 +87,14 @@ def robustness(
     asked = budgets or default_budgets(sweep)
     budgets = [b for b in asked if b <= longest]
     if len(budgets) < len(asked) and notes is not None:
+        uses = (
+            f"the protocol section uses {','.join(map(str, budgets))}"
+            if budgets
+            else f"there is no protocol section (give budgets up to {longest})"
+        )
         notes.append(
             f"--budgets {','.join(map(str, asked))}: the runs last {longest} epochs "
-            f"at most, so the protocol section uses {','.join(map(str, budgets))}"
+            f"at most, so {uses}"
         )
     every = cells(sweep, budgets)
     if len(every) < 2:
@@ -169,7 +175,21 @@ def verdict(table: pd.DataFrame) -> list[str]:
     """Per comparison, one sentence: is the sign of the tuned gap the same in every
     cell, and if not, which choice flips it."""
     sentences = []
-    for comparison, part in table.groupby("comparison", sort=False):
+    for comparison, whole in table.groupby("comparison", sort=False):
+        part = whole[whole["n"] >= MIN_PAIRS]  # a sign needs a spread to judge it by
+        lone = len(whole) - len(part)
+        unjudged = (
+            f" ({plural(lone, 'cell')} with fewer than {MIN_PAIRS} seed pairs "
+            f"{'is' if lone == 1 else 'are'} not counted)"
+            if lone
+            else ""
+        )
+        if part.empty:
+            sentences.append(
+                f"{comparison}: no cell has {MIN_PAIRS} or more seed pairs, too few "
+                "to say whether the sign of the gap depends on the protocol."
+            )
+            continue
         signs = np.sign(part["mean"])
         as_run = "model_setting" in part and (part["model_setting"] == "as run").all()
         gap = "gap" if as_run else "tuned gap"
@@ -182,7 +202,7 @@ def verdict(table: pd.DataFrame) -> list[str]:
             direction = "positive" if (signs > 0).all() else "negative"
             sentences.append(
                 f"{comparison}: the sign of the {gap} is the same in every cell "
-                f"({direction} in all {plural(len(part), 'cell')}); {held}."
+                f"({direction} in all {plural(len(part), 'cell')}){unjudged}; {held}."
             )
             continue
         flip = flipping_factor(part)
@@ -203,7 +223,7 @@ def verdict(table: pd.DataFrame) -> list[str]:
             how = f", and no single choice explains the flips ({cells_signs}{but})"
         sentences.append(
             f"{comparison}: the sign of the {gap} is not the same in every "
-            f"cell{how}; {held}."
+            f"cell{how}{unjudged}; {held}."
         )
     return sentences
 

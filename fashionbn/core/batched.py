@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import stack_module_state
+from torch.func import functional_call, stack_module_state
 
 from fashionbn.config import flatten, option_value
 from fashionbn.core.data import FashionData, epoch_order
@@ -243,6 +243,8 @@ class Cohort:
         self, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward and the SGD update of every run; (loss per run, logits)."""
+        if x.shape[1] == 1:
+            return self._step_per_run(x, y)
         logits = self.forward(x)  # (K, B, 10)
         k, b, classes = logits.shape
         per_sample = F.cross_entropy(
@@ -257,6 +259,30 @@ class Cohort:
                 losses = torch.stack([F.cross_entropy(detached[i], y[i])
                                       for i in range(k)])  # fmt: skip
             return losses.detach(), logits.detach()
+
+    def _step_per_run(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """step() for a batch of one sample (an epoch's last, e.g. 2001 samples in
+        batches of 50), each run through its own module's forward and backward: with
+        one sample torch.mm and torch.bmm round differently (a matrix-vector
+        product), so the batched form would differ from the run alone in the last
+        digits. BatchNorm never trains on one sample; these models have no buffers
+        to update."""
+        template = self.trainings[0].model
+        losses, logits, grads = [], [], []
+        for k in range(len(self)):
+            params = {
+                n: self.params[n][k].detach().requires_grad_() for n in self.names
+            }
+            buffers = {n: b[k] for n, b in self.buffers.items()}
+            out = functional_call(template, {**params, **buffers}, (x[k],))  # (1, 10)
+            loss = F.cross_entropy(out, y[k])
+            grads.append(torch.autograd.grad(loss, [params[n] for n in self.names]))
+            losses.append(loss.detach())
+            logits.append(out.detach())
+        self._update([torch.stack(per_run) for per_run in zip(*grads)])
+        return torch.stack(losses), torch.stack(logits)
 
     @torch.no_grad()
     def _update(self, grads) -> None:

@@ -13,7 +13,7 @@ the network that is evaluated. It costs one forward pass over the training sampl
 
 Measuring never changes training: the running statistics are swapped for the
 evaluation and put back bit for bit, nothing else of the model is written, and no
-random number is drawn (tests/test_precise_bn.py).
+random number is drawn (tests/test_protocol.py: the precise-statistics tests).
 """
 
 from collections.abc import Callable, Iterator

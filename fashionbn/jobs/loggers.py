@@ -33,10 +33,12 @@ from fashionbn.jobs.files import (
     partial_debris,
     partial_name,
 )
+from fashionbn.jobs.untrusted import UnsafeEntry, inside, read_json
 
 log = logging.getLogger(__name__)
 
 LOGGERS_FILE = "loggers.json"  # which MLflow run is this job's
+JOB_TAG = "fashionbn.job_dir"  # an MLflow run's tag: the job dir it logs
 EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's files (events_dir)
 SCALARS = [c for c in METRIC_COLUMNS if c != "epoch"]
 EXTRAS = "pip install -e '.[loggers]' (make setup installs it)"
@@ -61,13 +63,32 @@ def events_dir(job_dir: Path, log_root: Path, run_name: str) -> Path:
     TensorBoard lists each run by what tells it apart (its dir name starts with the
     sweep's fixed overrides). Kept in the job dir's loggers.json (relative to the job
     dir, so a moved sweep keeps it); a job dir of an older fashionbn that holds events
-    itself keeps them there."""
+    itself keeps them there. loggers.json is untrusted input: a recorded dir that is
+    not inside the sweep (log_root), e.g. absolute or `../..`, is not used, since a
+    fresh start removes the events in it. UnsafeEntry when the dir the events would
+    go to is reached through a symbolic link (the sink then does not start)."""
     state = read_state(job_dir / LOGGERS_FILE)
-    if "tensorboard_dir" in state:
-        return (job_dir / state["tensorboard_dir"]).resolve()
-    if any(job_dir.glob(EVENTS_GLOB)):
+    recorded = state.get("tensorboard_dir")
+    if isinstance(recorded, str) and recorded:
+        directory = (job_dir / recorded).resolve()
+        if inside(log_root, directory):
+            return directory
+        log.warning(
+            "%s: %s records tensorboard_dir=%r, which is not a dir inside %s; not "
+            "used (events go to the sweep's own tensorboard/ dir)",
+            job_dir, LOGGERS_FILE, recorded, log_root,
+        )  # fmt: skip
+    elif any(job_dir.glob(EVENTS_GLOB)):
         return job_dir
-    directory = (log_root / "tensorboard" / run_name).resolve()
+    directory = log_root / "tensorboard" / run_name
+    if not inside(log_root, directory) or any(
+        p.is_symlink() for p in (log_root / "tensorboard", directory)
+    ):
+        raise UnsafeEntry(
+            f"{log_root / 'tensorboard'}: a symbolic link where TensorBoard's events "
+            "go; nothing is written through one"
+        )
+    directory = directory.resolve()
     relative = os.path.relpath(directory, job_dir.resolve())
     write_state(job_dir / LOGGERS_FILE, {**state, "tensorboard_dir": relative})
     return directory
@@ -94,7 +115,8 @@ class TensorBoardSink:
         directory.mkdir(parents=True, exist_ok=True)
         if fresh:  # a run that starts again from epoch 1 is a new TensorBoard run
             for old in directory.glob(EVENTS_GLOB):
-                old.unlink()
+                if old.is_file() and not old.is_symlink():
+                    old.unlink()
         accumulator = EventAccumulator(str(directory))
         accumulator.Reload()
         # per tag, the last step already on disk: a kill can come between two tags
@@ -163,16 +185,19 @@ class MLflowSink:
         self.Metric = Metric
         self.lock_path = sqlite_lock(tracking_uri)
         self.state_path = job_dir / LOGGERS_FILE
+        self.job_dir = str(job_dir.resolve())
         state = read_state(self.state_path)
         with self.turn():
             create_sqlite_store(tracking_uri, MlflowClient)
             self.client = MlflowClient(tracking_uri=tracking_uri)
+            # loggers.json may come with a copied dir: a run is this job's only when
+            # the run says so (its tag), never deleted or continued otherwise
             old_run = state.get("mlflow_run_id")
+            old_run = old_run if self._owned(old_run) else None
             if fresh and old_run:  # the job starts again: its old run goes
-                if self._exists(old_run):
-                    self.client.delete_run(old_run)
+                self.client.delete_run(old_run)
                 old_run = None
-            self.run_id = old_run if old_run and self._exists(old_run) else None
+            self.run_id = old_run
             if self.run_id is None:
                 found = self.client.get_experiment_by_name(experiment)
                 experiment_id = (
@@ -182,7 +207,9 @@ class MLflowSink:
                         experiment, artifact_location=str(artifact_root)
                     )
                 )
-                run = self.client.create_run(experiment_id, run_name=run_name)
+                run = self.client.create_run(
+                    experiment_id, run_name=run_name, tags={JOB_TAG: self.job_dir}
+                )
                 self.run_id = run.info.run_id
                 params_ = [Param(k, str(v)) for k, v in params.items()]
                 for start in range(0, len(params_), 100):
@@ -193,6 +220,19 @@ class MLflowSink:
                 self.client.update_run(self.run_id, status="RUNNING")
             history = self.client.get_metric_history(self.run_id, "test_acc")
         self.epochs = max((m.step for m in history), default=0)
+
+    def _owned(self, run_id) -> bool:
+        """Whether `run_id` is an active run of this store made for this job dir."""
+        if not isinstance(run_id, str) or not run_id:
+            return False
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - gone, or another store's
+            return False
+        return (
+            run.info.lifecycle_stage == "active"
+            and run.data.tags.get(JOB_TAG) == self.job_dir
+        )
 
     def _exists(self, run_id: str) -> bool:
         try:
@@ -206,9 +246,13 @@ class MLflowSink:
         if self.lock_path is None:
             yield
             return
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW  # never through a link
+        fd = os.open(self.lock_path, flags, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
+        finally:
+            os.close(fd)
 
     def log(self, records: list[dict], diagnostics: list[dict]) -> None:
         now = int(time.time() * 1000)
@@ -296,10 +340,11 @@ def unreachable(tracking_uri: str) -> Optional[str]:
 
 
 def read_state(path: Path) -> dict:
+    """loggers.json as a dict ({} when missing, damaged or not a regular file)."""
     try:
-        state = json.loads(path.read_text())
+        state = read_json(path.parent, path.name)
         return state if isinstance(state, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, UnsafeEntry):
         return {}
 
 
@@ -374,6 +419,16 @@ def make_loggers(
     elif why:
         log.info("logger mlflow stays off: %s did not answer earlier (%s)", uri, why)
     elif logger_cfg.mlflow:
+        if logger_cfg.tracking_uri is None:  # the sweep's own store: no links
+            for name in ("mlflow.db", "mlflow.db.lock", "mlartifacts"):
+                if (log_root / name).is_symlink():
+                    log.warning(
+                        "logger mlflow could not start (%s is a symbolic link: "
+                        "nothing is written through one); training goes on and the "
+                        "csv files are written, without mlflow",
+                        log_root / name,
+                    )  # fmt: skip
+                    return _started(loggers, starts)
         experiment = logger_cfg.experiment or str(log_root.resolve())
         artifacts = log_root.resolve() / "mlartifacts"
         starts.append(
@@ -384,6 +439,12 @@ def make_loggers(
                 ),
             )  # fmt: skip
         )
+    return _started(loggers, starts)
+
+
+def _started(loggers: Loggers, starts: list) -> Loggers:
+    """`loggers` with each sink of `starts` that could start (a missing package is
+    an error; any other failure a warning)."""
     for name, start in starts:
         try:
             loggers.sinks.append(start())
