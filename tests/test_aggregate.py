@@ -232,6 +232,31 @@ def test_the_same_run_with_different_numbers_is_refused(tmp_path, capsys) -> Non
     assert not (tmp_path / "o").exists()
 
 
+def test_a_refusal_shows_every_digit_and_how_each_run_was_trained(tmp_path) -> None:
+    """The issue's case read '2.30867 vs 2.30867; cpu with 1 torch thread vs cpu
+    with 1 torch thread': neither the difference nor the launcher."""
+    one = [{"device": "cpu", "torch_threads": 1, "torch": "t"}]
+    first = make_job(
+        tmp_path / "a",
+        ["model=baseline", "seed=0"],
+        [0.5, 0.6],
+        execution=one,
+        columns={"train_loss": [2.3, 2.308670043945]},
+    )
+    second = make_job(tmp_path / "b", ["model=baseline", "seed=0"], [0.5, 0.6],
+                      execution=[{**one[0], "launcher": "batched", "cohort": 4}],
+                      columns={"train_loss": [2.3, 2.3086702823]})  # fmt: skip
+    with pytest.raises(AggregateError) as info:
+        read_sweep([tmp_path / "a", tmp_path / "b"])
+    message = str(info.value)
+    assert str(first) in message and str(second) in message
+    assert "train_loss at epoch 2: 2.308670043945 vs 2.3086702823" in message
+    assert (
+        "ran on cpu with 1 torch thread vs cpu with 1 torch thread, batched launcher "
+        "in a cohort of 4"
+    ) in message
+
+
 def test_parameters_come_from_the_config_not_the_command_line(tmp_path) -> None:
     default_lr, swept = tmp_path / "default", tmp_path / "swept"
     for seed in range(3):  # optim.lr left at its default, 0.001

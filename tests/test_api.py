@@ -57,7 +57,7 @@ def test_a_loaded_model_gives_the_recorded_test_accuracy(small, tmp_path) -> Non
 
 
 def test_load_model_says_why_it_cannot(tmp_path) -> None:
-    with pytest.raises(FashionbnError, match="there is no checkpoint.pt"):
+    with pytest.raises(FashionbnError, match="there is no status.json: no run"):
         api.load_model(tmp_path)
 
 
@@ -76,3 +76,95 @@ def test_the_readme_example_runs_as_written(real_data_root, tmp_path, monkeypatc
     assert sweep.summary["n"].tolist() == [2, 2, 2, 2]
     assert sweep.comparisons["comparison"].tolist() == ["batchnorm − baseline"] * 2
     assert not namespace["model"].training
+
+
+# --- issue 22: the API validates like the command and says what it left out -----------
+
+
+@pytest.fixture
+def hand_made_sweep(tmp_path):
+    """Both models x seeds 0, 1 (hand-made job dirs), plus a diverged run, a
+    damaged one and a copy of a run."""
+    import shutil
+
+    from tests.conftest import make_job_dir
+
+    sweep = tmp_path / "sweep"
+    for model, accuracy in (("baseline", 0.6), ("batchnorm", 0.8)):
+        for seed in (0, 1):
+            name = f"model={model},seed={seed}"
+            make_job_dir(sweep / name, [f"model={model}", f"seed={seed}"],
+                         [accuracy - 0.1, accuracy + seed / 100])  # fmt: skip
+    make_job_dir(sweep / "diverged", ["model=batchnorm", "seed=5", "optim.lr=9"],
+                 [0.1, 0.1], status="diverged")  # fmt: skip
+    damaged = make_job_dir(sweep / "damaged", ["model=baseline", "seed=7"], [0.5, 0.6])
+    (damaged / "metrics.csv").write_text("epoch,train_loss\n")
+    shutil.copytree(sweep / "model=baseline,seed=0", tmp_path / "copy")
+    return sweep
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        ({"metric": "running"}, "metric='running': choose default or precise"),
+        ({"metric": "Default"}, "metric='Default'"),
+        ({"baseline": "groupnorm"}, "no complete run has model=groupnorm"),
+        ({"select_by": "accuracy"}, "select_by='accuracy': choose one of"),
+        ({"at_epoch": "2"}, "at_epoch='2': give an epoch number >= 1"),
+        ({"at_epoch": 0}, "at_epoch=0"),
+        ({"at_epoch": True}, "at_epoch=True"),
+        ({"precision": 0}, "precision=0: give the wanted 95 % interval"),
+        ({"precision": float("nan")}, "precision=nan"),
+    ],
+)
+def test_load_sweep_refuses_what_the_command_refuses(option, says, hand_made_sweep):
+    from fashionbn.analysis.options import OptionError
+
+    with pytest.raises(OptionError) as refused:
+        api.load_sweep(hand_made_sweep, **option)
+    assert says in str(refused.value)
+
+
+def test_load_sweep_lists_every_run_it_left_out(hand_made_sweep, tmp_path):
+    loaded = api.load_sweep(hand_made_sweep, tmp_path / "copy")
+    left_out = loaded.skipped.set_index("run")
+    assert sorted(loaded.skipped["kind"]) == ["diverged", "duplicate", "skipped"]
+    assert "metrics.csv has columns" in left_out.loc[
+        str(hand_made_sweep / "damaged"), "reason"]  # fmt: skip
+    original = hand_made_sweep / "model=baseline,seed=0"
+    assert left_out.loc[str(original), "reason"] == f"same run as {tmp_path / 'copy'}"
+    assert loaded.results["run"].nunique() == 4
+    # the reference by name works as the command's --baseline does
+    flipped = api.load_sweep(hand_made_sweep, baseline="batchnorm")
+    assert set(flipped.comparisons["comparison"]) == {"baseline − batchnorm"}
+
+
+@pytest.mark.slow
+def test_load_model_refuses_diverged_and_unfinished_runs_unless_asked(
+    small, tmp_path, monkeypatch
+):
+    from tests.conftest import kill_run
+
+    diverged = tmp_path / "diverged"
+    api.train(api.config([*small, "optim.lr=10000"]), diverged)
+    with pytest.raises(FashionbnError, match="diverged at epoch 1"):
+        api.load_model(diverged)
+    assert not api.load_model(diverged, allow_diverged=True).training
+    unfinished = tmp_path / "unfinished"
+    kill_run(api.config([*small, "epochs=3"]), unfinished, monkeypatch, epochs=1)
+    with pytest.raises(FashionbnError, match=r"not finished \(running after 1 of 3"):
+        api.load_model(unfinished)
+    assert not api.load_model(unfinished, allow_unfinished=True).training
+
+
+@pytest.mark.slow
+def test_train_into_a_refused_dir_leaves_it_as_it_was(small, tmp_path):
+    from fashionbn.jobs.job import JobDirError
+
+    job = tmp_path / "job"
+    run_job(api.config([*small, "epochs=1"]), job)  # a run, without .hydra
+    before = {p.name: p.read_bytes() for p in job.iterdir() if p.is_file()}
+    with pytest.raises(JobDirError, match="another config"):
+        api.train(api.config([*small, "epochs=1", "optim.lr=0.5"]), job)
+    assert not (job / ".hydra").exists()
+    assert {p.name: p.read_bytes() for p in job.iterdir() if p.is_file()} == before

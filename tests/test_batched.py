@@ -239,7 +239,7 @@ runpy.run_module("fashionbn.run", run_name="__main__", alter_sys=True)
 def test_a_cohort_killed_mid_run_resumes_to_the_uninterrupted_numbers(
     real_data_root, tmp_path
 ):
-    args = ["-m", "model=batchnorm", "seed=0,1,2", "epochs=4",
+    args = ["-m", "model=batchnorm", "seed=0,1,2", "epochs=4", "optim.momentum=0.9",
             f"data.root={real_data_root}", *TINY, "hydra/launcher=batched"]  # fmt: skip
     killed = tmp_path / "killed"
     process = subprocess.Popen(
@@ -355,3 +355,227 @@ def test_a_cohort_logs_each_run_to_tensorboard_and_mlflow(real_data_root, tmp_pa
         assert sorted((m.step, m.value) for m in history) == expected
         assert [step for step, _ in tensorboard_scalars(job)] == [1, 2]
         assert run.data.params["execution.launcher"] == "batched"
+
+
+# --- issue 22: what the cohort tests let through, and failures like the others -------
+
+
+def test_an_epoch_ending_on_one_sample_is_bit_for_bit_as_alone(real_data_root):
+    """2001 samples in batches of 50 end every epoch on one sample: the baseline
+    trains on it (BatchNorm skips it); torch.bmm rounds a one-sample product
+    unlike one run's torch.mm, so that step runs per run."""
+    extra = ["data.train_size=2001", "batch_size=50", "optim.lr=0.1"]
+    for kind in (["model=baseline"], ["model=layernorm", "optim.momentum=0.9"],
+                 ["model=batchnorm"]):  # fmt: skip
+        cfgs = [
+            compose_config(
+                [
+                    f"data.root={real_data_root}",
+                    "data.test_size=300",
+                    "device=cpu",
+                    "threads=1",
+                    "epochs=2",
+                    f"seed={seed}",
+                    *extra,
+                    *kind,
+                ]
+            )  # fmt: skip
+            for seed in (0, 1)
+        ]
+        with torch_threads(1):
+            alone = [without_seconds(train_and_evaluate(cfg)) for cfg in cfgs]
+            together, _ = cohort_records(cfgs)
+        assert [without_seconds(r) for r in together] == alone, kind
+
+
+def test_a_batchnorm_cohort_skips_an_epochs_one_sample_batch_as_alone(real_data_root):
+    """1025 = 16 x 64 + 1: the last batch has one sample, which BatchNorm cannot
+    train on; alone it is skipped, so in a cohort too."""
+    cfgs = [
+        compose_config(
+            [
+                f"data.root={real_data_root}",
+                "data.train_size=1025",
+                "data.test_size=300",
+                "device=cpu",
+                "threads=1",
+                "epochs=2",
+                "model=batchnorm",
+                f"seed={seed}",
+            ]
+        )  # fmt: skip
+        for seed in (0, 1)
+    ]
+    with torch_threads(1):
+        alone = [without_seconds(train_and_evaluate(cfg)) for cfg in cfgs]
+        together, statuses = cohort_records(cfgs)
+    assert statuses == ["complete", "complete"]
+    assert [without_seconds(r) for r in together] == alone
+
+
+def test_runs_leaving_at_different_epochs_leave_the_others_as_alone(
+    real_data_root, monkeypatch
+):
+    """Run 1 stops (diverged) after epoch 1 and run 2 after epoch 2: the cohort
+    goes on with the runs by their positions in it, not their first indices."""
+    import fashionbn.core.batched as batched
+
+    leaves = {1001.0: 1, 1002.0: 2}  # divergence_loss -> the epoch it stops after
+    seen: dict = {}
+
+    def scheduled(train_loss: float, divergence_loss: float) -> bool:
+        seen[divergence_loss] = seen.get(divergence_loss, 0) + 1
+        return leaves.get(divergence_loss) == seen[divergence_loss]
+
+    cfgs = configs(real_data_root, ["model=batchnorm", "optim.momentum=0.5"],
+                   lrs=(0.05,), seeds=(0, 1, 2, 3), epochs=3)  # fmt: skip
+    cfgs[1].divergence_loss, cfgs[2].divergence_loss = 1001.0, 1002.0
+    with torch_threads(1):
+        alone = [without_seconds(train_and_evaluate(cfgs[k])) for k in (0, 3)]
+        monkeypatch.setattr(batched, "is_diverged", scheduled)
+        together, statuses = cohort_records(cfgs)
+    assert statuses == ["complete", "diverged", "diverged", "complete"]
+    assert [len(r) for r in together] == [3, 1, 2, 3]
+    assert [without_seconds(together[k]) for k in (0, 3)] == alone
+
+
+def test_after_two_epochs_each_run_holds_what_it_holds_alone(real_data_root):
+    """write_back after every epoch, not only the first: the momentum buffers of
+    epoch 2 are those of the run alone."""
+    from fashionbn.core.train import train_epochs, training_state
+
+    cfgs = configs(real_data_root, ["model=batchnorm", "optim.momentum=0.9"], epochs=2)
+    with torch_threads(1):
+        data = checked_data(cfgs[0], None, CPU)
+        trainings = [start_training(cfg, CPU) for cfg in cfgs]
+        train_cohort(cfgs, trainings, data, [[] for _ in cfgs])
+        for cfg, together in zip(cfgs, trainings):
+            alone = start_training(cfg, CPU)
+            train_epochs(cfg, alone, data, [])
+            a, b = training_state(alone), training_state(together)
+            for key in ("model", "optimizer", "generator"):
+                assert_same(b[key], a[key], key)
+
+
+def test_the_time_left_counts_the_run_epochs_still_to_come(monkeypatch):
+    """Two cohorts of two 3-epoch runs: when the first cohort's runs end, 6 of 12
+    run-epochs are trained in 60 s, so the other 6 take about 60 s more."""
+    from types import SimpleNamespace
+
+    from fashionbn.jobs import progress
+
+    monkeypatch.setenv(progress.START_VAR, "0.0")
+    monkeypatch.setenv(progress.JOBS_VAR, "4")
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "time", lambda: clock[0])
+    jobs = [SimpleNamespace(cfg=SimpleNamespace(epochs=3), job_num=k, name=f"j{k}")
+            for k in range(4)]  # fmt: skip
+    tracker = progress.CohortProgress({id(job): 3 for job in jobs})
+    lines = []
+    monkeypatch.setattr(progress.log, "info", lambda fmt, *a: lines.append(fmt % a))
+    for job in jobs[:2]:
+        tracker.started(job)
+    for _ in range(3):
+        clock[0] += 20.0
+        for job in jobs[:2]:
+            tracker.epoch(job)
+    tracker.done(jobs[0])
+    assert lines[-1] == "job 1/4 done, 1:00 elapsed, about 1:00 left: j0"
+    tracker.starts_at(jobs[3], 2)  # resumed after 2 of its 3 epochs: less is left
+    tracker.done(jobs[1])
+    assert lines[-1] == "job 2/4 done, 1:00 elapsed, about 0:40 left: j1"
+    tracker.done(jobs[2], "failed")
+    tracker.done(jobs[3], "skipped")
+    assert lines[-1] == "job 4/4 skipped, 1:00 elapsed: j3"
+
+
+def batched_sweep(tmp_path: Path, root, directory: str, *more: str, launcher=True):
+    return run_module(
+        ["fashionbn.run", "-m", f"data.root={root}", *TINY,
+         f"hydra.sweep.dir={tmp_path / directory}", *more,
+         *(["hydra/launcher=batched"] if launcher else [])],
+        tmp_path,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["batched", "basic"])
+def test_one_bad_job_dir_fails_only_its_job(launcher, real_data_root, tmp_path):
+    """The issue's case: one job dir whose metrics.csv is a directory took the
+    batched sweep down (0 of 4 trained)."""
+    bad = tmp_path / "s" / "0"  # job 0: model=baseline, seed=0
+    (bad / "metrics.csv").mkdir(parents=True)
+    result = batched_sweep(
+        tmp_path, real_data_root, "s", "model=baseline,batchnorm", "seed=0,1",
+        "epochs=1", "hydra.sweep.subdir=${hydra.job.num}",
+        launcher=launcher == "batched",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "metrics.csv is a directory" in result.stderr
+    assert "metrics.csv is a directory" in (bad / "run.log").read_text()
+    for k in (1, 2, 3):
+        assert read_status(tmp_path / "s" / str(k))[0]["status"] == "complete"
+    if launcher == "batched":  # progress: every job's line, the ETA, the end
+        for k in (1, 2, 3, 4):
+            assert f"job {k}/4" in result.stderr
+        assert "job 1/4 failed" in result.stderr
+        assert "left" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_batched_jobs_bad_input_is_its_error_line_and_its_run_log(
+    real_data_root, tmp_path
+):
+    result = batched_sweep(
+        tmp_path, real_data_root, "s", "optim.lr=0.1,nan", "epochs=1",
+        "hydra.sweep.subdir=${hydra.job.num}",
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: optim.lr=nan" in result.stderr
+    assert "error: optim.lr=nan" in (tmp_path / "s" / "1" / "run.log").read_text()
+    assert read_status(tmp_path / "s" / "0")[0]["status"] == "complete"
+    # missing data: every job says so, in its run.log too, and no logger started
+    missing = batched_sweep(
+        tmp_path, tmp_path / "empty", "m", "seed=0,1", "epochs=1", "logger=all",
+        f"data.system_dir={tmp_path / 'nothing'}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+    )  # fmt: skip
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    for k in (0, 1):
+        assert (
+            "error: FashionMNIST not found"
+            in (tmp_path / "m" / str(k) / "run.log").read_text()
+        )
+    assert not (tmp_path / "m" / "mlflow.db").exists()
+    assert not (tmp_path / "m" / "tensorboard").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["batched", "basic"])
+def test_jobs_sharing_a_dir_take_turns_as_under_the_basic_launcher(
+    launcher, real_data_root, tmp_path
+):
+    """hydra.sweep.subdir=x puts both jobs in one dir: the first trains, the second
+    finds another config's run there (not 'being trained by another process')."""
+    result = batched_sweep(tmp_path, real_data_root, "s", "seed=0,1", "epochs=1",
+                           "hydra.sweep.subdir=x",
+                           launcher=launcher == "batched")  # fmt: skip
+    assert result.returncode == 1
+    assert "holds a run of another config (seed: 0 -> 1)" in result.stderr
+    assert "being trained by another process" not in result.stderr
+    status = read_status(tmp_path / "s" / "x")[0]
+    assert (status["status"], status["config"]["seed"]) == ("complete", 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_max_cohort_below_one_is_refused_before_anything_runs(
+    value, real_data_root, tmp_path
+):
+    result = batched_sweep(tmp_path, real_data_root, "s", "seed=0,1", "epochs=1",
+                           f"hydra.launcher.max_cohort={value}")  # fmt: skip
+    assert result.returncode != 0
+    assert f"hydra.launcher.max_cohort={value}: must be >= 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any((tmp_path / "s").glob("*/status.json"))

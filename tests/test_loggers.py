@@ -334,3 +334,55 @@ def test_a_silent_tracking_server_costs_a_sweep_one_short_probe(
         "answer within 0.5 s"
     )
     assert "training goes on and the csv files are written" in warning
+
+
+# --- issue 22: what a copied job dir's loggers.json may say -------------------------
+
+
+@pytest.mark.slow
+def test_a_copied_job_dir_never_touches_the_originals_mlflow_run(overrides, tmp_path):
+    """`cp -r A B` in a sweep with one MLflow store, then force=true on B: A's run
+    stays (B's loggers.json names it, but the run is not B's)."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    cfg = compose_config([*overrides, "epochs=1", "logger=mlflow"])
+    run_job(cfg, sweep / "A", log_root=sweep)
+    (original,) = mlflow_runs(sweep / "mlflow.db")
+    shutil.copytree(sweep / "A", sweep / "B")
+    run_job(compose_config([*overrides, "epochs=1", "logger=mlflow", "force=true"]),
+            sweep / "B", log_root=sweep)  # fmt: skip
+    runs = {r.info.run_id: r for r in mlflow_runs(sweep / "mlflow.db")}
+    assert original.info.run_id in runs  # active (search_runs lists active runs)
+    assert_logged_like_metrics_csv_mlflow(sweep / "A", sweep / "mlflow.db",
+                                          original.info.run_id)  # fmt: skip
+    (new,) = [r for r in runs if r != original.info.run_id]
+    assert json.loads((sweep / "B" / LOGGERS_FILE).read_text())["mlflow_run_id"] == new
+    assert runs[new].data.tags["fashionbn.job_dir"] == str((sweep / "B").resolve())
+
+
+def assert_logged_like_metrics_csv_mlflow(job_dir: Path, store: Path, run_id: str):
+    expected = [(r["epoch"], r["test_acc"]) for r in read_metrics(job_dir)]
+    history = mlflow_client(store).get_metric_history(run_id, "test_acc")
+    assert sorted((m.step, m.value) for m in history) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["absolute", "up"])
+def test_loggers_json_never_sends_events_out_of_the_sweep(where, overrides, tmp_path):
+    """A tensorboard_dir outside the sweep is not used: force=true would remove the
+    events.out.tfevents.* there."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "events.out.tfevents.1").write_text("someone's events")
+    sweep = tmp_path / "sweep"
+    job = sweep / "A"
+    job.mkdir(parents=True)
+    recorded = str(outside) if where == "absolute" else "../../outside"
+    (job / LOGGERS_FILE).write_text(json.dumps({"tensorboard_dir": recorded}))
+    cfg = compose_config([*overrides, "epochs=1", "logger=tensorboard", "force=true"])
+    run_job(cfg, job, log_root=sweep)
+    assert (outside / "events.out.tfevents.1").read_text() == "someone's events"
+    assert [p.name for p in outside.iterdir()] == ["events.out.tfevents.1"]
+    assert events_of(job).is_relative_to(sweep / "tensorboard")
+    assert [step for step, _ in tensorboard_scalars(job)] == [1]

@@ -183,12 +183,11 @@ def other_copy(directory: Path) -> Path:
 def tiny_cfg(system_dir: Path, tmp_path: Path, *more: str):
     root = tmp_path / f"root-{system_dir.name}"
     return compose_config([f"data.system_dir={system_dir}", f"data.root={root}",
-                           "device=cpu", "threads=1", "batch_size=16", *more])  # fmt: skip
+                           "device=cpu", "threads=1", "batch_size=16",
+                           *more])  # fmt: skip
 
 
-def test_a_run_is_never_continued_or_taken_as_done_on_other_data(
-    tmp_path, monkeypatch
-):
+def test_a_run_is_never_continued_or_taken_as_done_on_other_data(tmp_path, monkeypatch):
     real = tmp_path / "real"
     make_tiny_system_dir(real)
     shuffled = other_copy(tmp_path / "shuffled")

@@ -325,7 +325,7 @@ def test_a_verdict_without_one_flipping_choice_names_the_uniform_ones() -> None:
         {"comparison": "batchnorm − baseline", "data.drop_last": False,
          "evaluation": ["default", "precise", "default", "precise"],
          "budget": [5, 5, 20, 20], "mean": [-0.01, 0.02, 0.01, 0.03],
-         "p_holm": [0.5, 0.01, 0.3, 0.2]}
+         "p_holm": [0.5, 0.01, 0.3, 0.2], "n": 3}
     )  # fmt: skip
     (sentence,) = verdict(table)
     assert sentence == (
@@ -343,6 +343,41 @@ def test_a_verdict_without_one_flipping_choice_names_the_uniform_ones() -> None:
         "batchnorm − baseline: the sign of the tuned gap is the same in every cell "
         "(positive in all 4 cells); 1 of 4"
     )
+
+
+def test_a_cell_of_one_seed_pair_does_not_count_in_the_verdict() -> None:
+    """A partly finished protocol sweep: a cell whose gap rests on one pair has no
+    spread to judge its sign by; it is left out of the verdict, and said so."""
+    from fashionbn.analysis.robustness import verdict
+
+    table = pd.DataFrame(
+        {"comparison": "batchnorm − baseline", "data.drop_last": False,
+         "evaluation": ["default", "precise", "default", "precise"],
+         "budget": [5, 5, 20, 20], "mean": [0.01, 0.02, -0.01, 0.03],
+         "p_holm": [0.5, 0.01, 1.0, 0.2], "n": [3, 3, 1, 3]}
+    )  # fmt: skip
+    assert verdict(table) == [
+        "batchnorm − baseline: the sign of the tuned gap is the same in every cell "
+        "(positive in all 3 cells) (1 cell with fewer than 2 seed pairs is not "
+        "counted); 1 of 3 cells' gaps differ from zero after Holm's correction "
+        "(p < 0.05)."
+    ]
+    assert verdict(table.assign(n=1)) == [
+        "batchnorm − baseline: no cell has 2 or more seed pairs, too few to say "
+        "whether the sign of the gap depends on the protocol."
+    ]
+
+
+def test_budgets_beyond_the_runs_say_there_is_no_protocol_section(tmp_path):
+    sweep = tmp_path / "sweep"
+    robust_sweep(sweep)
+    assert main([str(sweep), "--budgets", "99"]) == 0
+    report = report_of(sweep)
+    assert (
+        "--budgets 99: the runs last 6 epochs at most, so there is no protocol "
+        "section (give budgets up to 6)"
+    ) in report
+    assert "## Does the answer depend on the protocol?" not in report
 
 
 def test_a_protocol_sweep_without_tuning_compares_the_models_as_they_ran(tmp_path):

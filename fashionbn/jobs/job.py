@@ -275,6 +275,7 @@ def run_job(
     check_config(cfg)
     device = resolve_device(cfg.device)
     job_dir = Path(job_dir)
+    refuse_linked_dir(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     with torch_threads(cfg.threads):
         # the input is checked before the dir is touched: a bad data.train_size or
@@ -283,6 +284,17 @@ def run_job(
         with job_lock(job_dir):
             return run_locked(cfg, job_dir, data, device, log_root, run_name,
                               on_ready)  # fmt: skip
+
+
+def refuse_linked_dir(job_dir: Path) -> None:
+    """A job dir must be a directory of its own: never written through a symbolic
+    link (the aggregate does not read one either)."""
+    if job_dir.is_symlink() or (os.path.lexists(job_dir) and not job_dir.is_dir()):
+        what = "a symbolic link" if job_dir.is_symlink() else "not a directory"
+        raise JobDirError(
+            f"{job_dir} is {what}: a job dir is written only as a directory of its "
+            "own; move it away or use another hydra.sweep.dir/hydra.run.dir"
+        )
 
 
 def run_locked(
