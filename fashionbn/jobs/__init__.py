@@ -3,6 +3,7 @@ checkpoint, the run's identity check, and the loggers derived from metrics.csv.
 
 `files` is the job-dir format, the interface between training and analysis (what
 fashionbn.analysis may import from here, with `reading`, which reads and verifies one
-job dir); `job` runs one job into its dir. May import fashionbn.config and
+job dir, and `untrusted`, the one place a job dir is opened: a dir is untrusted
+input); `job` runs one job into its dir. May import fashionbn.config and
 fashionbn.core.
 """
