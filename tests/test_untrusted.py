@@ -318,9 +318,10 @@ def test_a_hostile_job_dir_file_costs_nothing_outside_it(
     name, variant, pristine, tmp_path
 ):
     """Every operation on a sweep with one hostile entry: the same command (resume
-    or skip), an extension in place and by extend=true, the aggregate. No
-    traceback; nothing outside the sweep changes; job B is left as it was (and
-    counted, when the aggregate answers)."""
+    or skip), an extension in place and by extend=true, the aggregate's reading
+    (load_sweep; the whole aggregate, which writes its outputs, where the entry is
+    one of the sweep's own). No traceback; nothing outside the sweep changes; job B
+    is left as it was (and counted, when the aggregate answers)."""
     root = tmp_path / "root"
     shutil.copytree(pristine, root, symlinks=True)
     outside = tmp_path / "outside"
@@ -344,7 +345,8 @@ def test_a_hostile_job_dir_file_costs_nothing_outside_it(
         attempt(lambda: run_job(tiny(root, 0, 3, "extend=true"), sweep / "A3")),
         attempt(lambda: api.load_sweep(sweep)),
     ]
-    assert aggregate_main([str(sweep)]) in (0, 2)
+    if "/" not in name and name != "A":  # the aggregate's outputs: written for real
+        assert aggregate_main([str(sweep)]) in (0, 2)
     assert snapshot(tmp_path / "outside") == before_outside, outcomes
     assert snapshot(sweep / "B") == before_b, outcomes
     assert not list(root.rglob("PWNED")) and not Path("PWNED").exists()

@@ -56,13 +56,6 @@ class Sweep:
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def find_job_dirs(sweep_dir: Path) -> list[Path]:
-    """Every dir at or below `sweep_dir` that Hydra ran a job in (.hydra/config.yaml),
-    found without following a symbolic link (fashionbn.jobs.untrusted job_dirs);
-    copies of a job's files elsewhere (e.g. MLflow's artifacts) are not jobs."""
-    return job_dirs(sweep_dir)[0]
-
-
 def _same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> Optional[str]:
     """None if two runs' metrics agree (timings aside, and what only one of them
     measured: precise statistics), else the first difference."""
