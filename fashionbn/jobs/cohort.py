@@ -333,7 +333,9 @@ def job_file_log(out_dir: Path) -> Optional[logging.Handler]:
     not a file: nothing is written through a symbolic link)."""
     if entry_problem(out_dir, "run.log"):
         return None
-    handler = logging.FileHandler(out_dir / "run.log")
+    # opened when written to and closed after each line (job_log): a sweep of
+    # thousands of jobs holds no thousands of open files
+    handler = logging.FileHandler(out_dir / "run.log", delay=True)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     return handler
 
@@ -349,6 +351,7 @@ def job_lines(job: PendingJob) -> Iterator[None]:
     finally:
         if job.file_log is not None:
             root.removeHandler(job.file_log)
+            job.file_log.close()
 
 
 def job_log(
@@ -363,4 +366,5 @@ def job_log(
     if job.file_log is not None:
         record = log.makeRecord(log.name, level, __file__, 0, message, None, exc_info)
         job.file_log.handle(record)
+        job.file_log.close()
     log.log(level, "%s: %s", job.name, message, exc_info=exc_info)
