@@ -57,7 +57,7 @@ def aggregate(
 
     options = checked(threshold, precision, select_by, baseline, metric, at_epoch,
                       budgets)  # fmt: skip
-    full = read_sweep(sweep_dirs)
+    full = read_sweep(sweep_dirs, at_epoch)
     sweep = at_budget(full, at_epoch) if at_epoch is not None else full
     out_dir = Path(out_dir or sweep_dirs[0])
     check_baseline(sweep, baseline)
@@ -77,9 +77,10 @@ def aggregate(
     keys = sweep.group_keys
     analysis = analyse(sweep, threshold, precision, select_by, reference, metric)
     analysis.at_epoch = at_epoch
-    analysis.robustness = robustness(
-        full, precision, reference, select_by, budgets, sweep.notes
-    )
+    analysis.robustness = robustness(  # at --at-epoch E, every budget is <= E
+        sweep if at_epoch is not None else full, precision, reference, select_by,
+        budgets, sweep.notes,
+    )  # fmt: skip
     for _, row in analysis.collapses.iterrows():
         print(f"collapsed {row.run}: train {row.train_acc:.4f}, test "
               f"{row.test_acc:.4f} at epoch {int(row.epoch)}",

@@ -104,13 +104,18 @@ def load_sweep(
     `python -m fashionbn.aggregate` with the same options, checked as the command
     checks them (fashionbn.analysis.options: a value it refuses is an error here
     too). `skipped` lists every dir left out and why."""
-    from fashionbn.analysis.options import check_baseline, checked
+    from fashionbn.analysis.options import OptionError, check_baseline, checked
     from fashionbn.analysis.protocol import at_budget
     from fashionbn.analysis.summary import analyse
     from fashionbn.analysis.table import read_sweep
 
     options = checked(0.7, precision, select_by, baseline, metric, at_epoch)
-    sweep = read_sweep([Path(d) for d in sweep_dirs])
+    if len(sweep_dirs) == 1 and isinstance(sweep_dirs[0], (list, tuple)):
+        sweep_dirs = tuple(sweep_dirs[0])  # load_sweep([a, b]) as load_sweep(a, b)
+    if not sweep_dirs:
+        raise OptionError("load_sweep(): give one or more sweep dirs")
+    at_epoch = options.at_epoch
+    sweep = read_sweep([Path(d) for d in sweep_dirs], at_epoch)
     if at_epoch is not None:
         sweep = at_budget(sweep, at_epoch)
     check_baseline(sweep, None if baseline == "baseline" else baseline)

@@ -579,3 +579,40 @@ def test_max_cohort_below_one_is_refused_before_anything_runs(
     assert f"hydra.launcher.max_cohort={value}: must be >= 1" in result.stderr
     assert "Traceback" not in result.stderr
     assert not any((tmp_path / "s").glob("*/status.json"))
+
+
+def test_a_run_whose_epoch_cannot_be_saved_fails_alone(real_data_root, tmp_path,
+                                                        monkeypatch):  # fmt: skip
+    """One job's metrics.csv turned into a directory after its first epoch: that job
+    fails with its own dir named; the others of its cohort go on, to the numbers
+    they have alone."""
+    from fashionbn.jobs.cohort import PendingJob, run_cohorts
+    from fashionbn.jobs.job import JobFiles
+
+    cfgs = configs(real_data_root, ["model=baseline"], lrs=(0.05,), seeds=(0, 1, 2),
+                   epochs=3)  # fmt: skip
+    jobs = [PendingJob(cfg, tmp_path / str(k), tmp_path, str(k), k)
+            for k, cfg in enumerate(cfgs)]  # fmt: skip
+    for job in jobs:
+        job.out_dir.mkdir()
+    real_save = JobFiles.save_epoch
+
+    def save_epoch(self, training, records, *args, **kwargs):
+        if self.job_dir.name == "0" and len(records) == 2:
+            (self.job_dir / "metrics.csv").unlink()
+            (self.job_dir / "metrics.csv").mkdir()
+        return real_save(self, training, records, *args, **kwargs)
+
+    monkeypatch.setattr(JobFiles, "save_epoch", save_epoch)
+    with torch_threads(1):
+        run_cohorts(jobs)
+        alone = [without_seconds(train_and_evaluate(cfg)) for cfg in cfgs[1:]]
+    assert isinstance(jobs[0].result, Exception)
+    assert str(tmp_path / "0" / "metrics.csv") in str(jobs[0].result)
+    assert "is a directory" in (tmp_path / "0" / "run.log").read_text()
+    assert (read_status(tmp_path / "0")[0]["status"],
+            read_status(tmp_path / "0")[0]["epochs_done"]) == ("failed", 1)  # fmt: skip
+    for k in (1, 2):
+        assert read_status(tmp_path / str(k))[0]["status"] == "complete"
+        assert without_seconds(read_metrics(tmp_path / str(k))) == alone[k - 1]
+        assert jobs[k].result == read_metrics(tmp_path / str(k))[-1]["test_acc"]

@@ -386,3 +386,42 @@ def test_loggers_json_never_sends_events_out_of_the_sweep(where, overrides, tmp_
     assert [p.name for p in outside.iterdir()] == ["events.out.tfevents.1"]
     assert events_of(job).is_relative_to(sweep / "tensorboard")
     assert [step for step, _ in tensorboard_scalars(job)] == [1]
+
+
+@pytest.mark.slow
+def test_a_copied_mlflow_store_never_writes_into_the_originals_artifacts(
+    overrides, tmp_path, caplog
+):
+    """`cp -r alice bob`: bob's mlflow.db names alice's artifact dir for the
+    experiment; a job of bob's logs no artifact there (mlflow stays off, with a
+    warning; the run's files are written)."""
+    import shutil
+
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    mlflow = ["logger=mlflow", "logger.experiment=bn", "epochs=1"]
+    run_job(compose_config([*overrides, *mlflow]), alice / "A", log_root=alice)
+    shutil.copytree(alice, bob)
+    before = sorted(p for p in (alice / "mlartifacts").rglob("*"))
+    with caplog.at_level(logging.WARNING):
+        records = run_job(compose_config([*overrides, *mlflow, "seed=1"]),
+                          bob / "B", log_root=bob)  # fmt: skip
+    assert len(records) == 1
+    assert sorted(p for p in (alice / "mlartifacts").rglob("*")) == before
+    assert "outside the sweep dir (a copied mlflow.db?)" in caplog.text
+
+
+@pytest.mark.slow
+def test_loggers_json_naming_another_jobs_events_is_not_used(overrides, tmp_path):
+    sweep = tmp_path / "sweep"
+    tensorboard = [*overrides, "epochs=1", "logger=tensorboard"]
+    for seed in (0, 1):
+        run_job(compose_config([*tensorboard, f"seed={seed}"]), sweep / str(seed),
+                log_root=sweep, run_name=f"seed={seed}")  # fmt: skip
+    others = {p: p.read_bytes() for p in events_of(sweep / "1").iterdir()}
+    state = json.loads((sweep / "0" / LOGGERS_FILE).read_text())
+    state["tensorboard_dir"] = "../tensorboard/seed=1"
+    (sweep / "0" / LOGGERS_FILE).write_text(json.dumps(state))
+    run_job(compose_config([*tensorboard, "seed=0", "force=true"]), sweep / "0",
+            log_root=sweep, run_name="seed=0")  # fmt: skip
+    assert {p: p.read_bytes() for p in events_of(sweep / "1").iterdir()} == others
+    assert events_of(sweep / "0") == (sweep / "tensorboard" / "seed=0").resolve()

@@ -249,3 +249,46 @@ def test_a_sweep_extended_into_its_own_dir_counts_each_run_once(tmp_path):
     report = (sweep / "report.md").read_text()
     assert "4 complete runs" in report
     assert "4 shorter runs counted as the longer run it is the start of" in report
+    assert "none of those runs is complete" not in report  # they are, and counted
+
+
+def test_an_extension_under_way_counts_at_the_budget_it_had_finished(
+    real_data_root, tmp_path, monkeypatch
+):
+    """A finished 1-epoch run extended in place to 3 and killed after epoch 2: the
+    dir holds the unfinished extension, whose first epoch is the finished run
+    (constant learning rate): `--at-epoch 1` counts it."""
+    job, finished = finished_run(tmp_path / "sweep", real_data_root)
+    base = [f"data.root={real_data_root}", *TINY]
+    kill_run(compose_config([*base, "epochs=3"]), job, monkeypatch, epochs=1)
+    status = read_status(job)[0]
+    assert (status["status"], status["epochs_done"]) == ("running", 2)
+    with pytest.raises(AggregateError, match="incomplete: 2 of 3 epochs"):
+        read_sweep([job.parent])  # whole: an unfinished run is not counted
+    at_one = api.load_sweep(job.parent, at_epoch=1)
+    columns = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
+    assert at_one.results[columns].to_dict("records") == [
+        {k: finished[0][k] for k in columns}
+    ]
+    assert any("1 unfinished run" in note for note in at_one.notes)
+    assert at_one.skipped.empty
+    assert aggregate_main([str(job.parent), "--at-epoch", "1"]) == 0
+
+
+def test_the_same_run_at_two_budgets_with_other_numbers_is_refused(tmp_path):
+    """Two budgets of one run whose shared epochs differ (another thread count, say)
+    are not two runs: counted as two, the same seeds would count twice."""
+    from tests.conftest import make_job_dir
+
+    sweep = tmp_path / "sweep"
+    one = [{"device": "cpu", "torch_threads": 1, "torch": "t"}]
+    two = [{"device": "cpu", "torch_threads": 2, "torch": "t"}]
+    make_job_dir(sweep / "short", ["seed=0", "epochs=2"], [0.5, 0.6], execution=one)
+    make_job_dir(sweep / "long", ["seed=0", "epochs=4"], [0.5, 0.6000001, 0.7, 0.8],
+                 execution=two)  # fmt: skip
+    with pytest.raises(AggregateError) as refused:
+        read_sweep([sweep])
+    message = str(refused.value)
+    assert f"{sweep / 'short'} and {sweep / 'long'} hold the same run" in message
+    assert "test_acc at epoch 2: 0.6000001 vs 0.6" in message
+    assert "ran on cpu with 1 torch thread vs cpu with 2 torch threads" in message

@@ -18,7 +18,7 @@ from fashionbn.aggregate import main as aggregate_main
 from fashionbn.config import FashionbnError, identity_problem
 from fashionbn.jobs.files import read_status, status_problem
 from fashionbn.jobs.job import JobDirError, run_identity, run_job
-from fashionbn.jobs.preflight import LinkedDir, hydra_links, refuse_links
+from fashionbn.jobs.preflight import LinkedDir, hydra_problems, refuse_links
 from fashionbn.jobs.untrusted import entry_problem, inside, job_dirs, read_bytes
 from tests.conftest import compose_config, make_tiny_system_dir, run_module
 
@@ -81,11 +81,15 @@ def test_job_dirs_are_found_without_following_a_link(tmp_path):
         ({"data_sha256": 5}, "damaged data_sha256"),
         ({"metrics_sha256": None}, "damaged metrics_sha256"),
         ({"error": 3}, "damaged error"),
+        ({"epochs_done": 0}, "says complete after 0 epochs, but its config asks for 5"),
+        ({"status": "running", "epochs_done": 6}, "6 epochs are done, of the 5"),
+        ({"status": "diverged", "epochs_done": 0}, "says diverged after 0 epochs"),
+        ({"config": "[" * 5000 + "]" * 5000}, "holds no config"),
     ],
 )
 def test_every_field_of_status_json_is_type_checked(change, problem):
     cfg = compose_config([])
-    status = {"status": "complete", "epochs_done": 1, "format": 3,
+    status = {"status": "complete", "epochs_done": 5, "format": 3,
               "config": run_identity(cfg), "metrics_sha256": "0" * 64}  # fmt: skip
     assert status_problem(status) is None
     assert problem in status_problem({**status, **change})
@@ -249,6 +253,7 @@ VARIANTS = {
         "execution-number": json_edit(execution=5),
         "data_sha256-number": json_edit(data_sha256=5),
         "metrics_sha256-null": json_edit(metrics_sha256=None),
+        "nested-too-deeply": text("[" * 100000 + "]" * 100000),
     },
     "A/metrics.csv": {**COMMON, "extra-cells": text("epoch,x\n1,2,3,4\n")},
     "A/checkpoint.pt": {
@@ -257,8 +262,13 @@ VARIANTS = {
         "header-identity-damaged": checkpoint_header(identity={"epochs": "3"}),
         "header-bytes-negative": checkpoint_header(bytes=-1),
         "header-status-unknown": checkpoint_header(status=["complete"]),
+        "header-nested-too-deeply": lambda path, outside: path.write_bytes(
+            b"fashionbn checkpoint\n" + b"[" * 100000 + b"]" * 100000 + b"\n"
+        ),
     },
-    "A/.lock": {"link": link_out(False), "directory": as_directory},
+    "A/.lock": {"link": link_out(False), "directory": as_directory,
+                "hard-link": lambda path, outside: (remove(path),
+                                                    os.link(outside / ".lock", path))},
     "A/loggers.json": {
         "link": link_out(False),
         "directory": as_directory,
@@ -285,6 +295,7 @@ VARIANTS = {
             }
         ),
         "digest-not-hex": manifest({"report.md": 5, "results.csv": ["x"]}),
+        "nested-too-deeply": text("[" * 100000 + "]" * 100000),
     },  # fmt: skip
     "report.md": {"link": link_out(False), "directory": as_directory},
     "A": {
@@ -447,23 +458,44 @@ def test_no_output_is_written_through_a_link_at_its_name(pristine, tmp_path, cap
 # --- where Hydra itself writes -------------------------------------------------------
 
 
-def test_links_where_hydra_writes_are_found(tmp_path):
+def test_entries_where_hydra_writes_are_found(tmp_path):
     sweep, outside = tmp_path / "sweep", tmp_path / "outside"
     outside.mkdir()
     (outside / "f").write_text("x")
-    (sweep / "a" / ".hydra").mkdir(parents=True)
-    (sweep / "a" / "run.log").symlink_to(outside / "f")
-    (sweep / "a" / ".hydra" / "config.yaml").symlink_to(outside / "f")
-    (sweep / "b").symlink_to(outside)  # a job dir by a link
+    (sweep / "a=1" / ".hydra").mkdir(parents=True)
+    (sweep / "a=1" / "run.log").symlink_to(outside / "f")
+    (sweep / "a=1" / ".hydra" / "config.yaml").symlink_to(outside / "f")
+    os.link(outside / "f", sweep / "a=1" / ".hydra" / "hydra.yaml")  # a hard link
+    os.mkfifo(sweep / "a=1" / ".hydra" / "overrides.yaml")
+    (sweep / "seed=1").symlink_to(outside)  # a job dir by a link
+    (sweep / "seed=2").write_text("a file where a job's dir belongs")
     (sweep / "multirun.yaml").symlink_to(outside / "f")
-    (sweep / "c" / ".hydra").mkdir(parents=True)
-    (sweep / "c" / "notes.txt").symlink_to(outside / "f")  # not written by Hydra
-    found = hydra_links(sweep, "run.log", sweep=True)
-    assert [p.relative_to(sweep).as_posix() for p in found] == [
-        "a/.hydra/config.yaml", "a/run.log", "b", "multirun.yaml"]  # fmt: skip
-    with pytest.raises(LinkedDir, match="are symbolic links"):
+    (sweep / "b=2" / "run.log").mkdir(parents=True)
+    (sweep / "b=2" / ".hydra").write_text("a file where Hydra's dir belongs")
+    (sweep / "notes").symlink_to(outside)  # no job's name: Hydra writes nothing
+    (sweep / "c=3" / ".hydra").mkdir(parents=True)
+    (sweep / "c=3" / "notes.txt").symlink_to(outside / "f")  # not written by Hydra
+    found = hydra_problems(sweep, "run.log", sweep=True)
+    assert [p.removeprefix(f"{sweep}/") for p in found] == [
+        "a=1/.hydra/config.yaml is a symbolic link",
+        "a=1/.hydra/hydra.yaml has other names (hard links) that writing it would "
+        "change",
+        "a=1/.hydra/overrides.yaml is not a regular file (a FIFO or a device)",
+        "a=1/run.log is a symbolic link",
+        "b=2/.hydra is not a directory",
+        "b=2/run.log is a directory",
+        "multirun.yaml is a symbolic link",
+        "seed=1 is a symbolic link",
+        "seed=2 is not a directory",
+    ]
+    with pytest.raises(LinkedDir, match="and 4 more"):
         refuse_links(sweep, "run.log", sweep=True)
     refuse_links(tmp_path / "no-such-dir", "run.log", sweep=True)  # nothing to check
+    # a run dir: itself, its .hydra and its log
+    (tmp_path / "run").symlink_to(outside)
+    assert hydra_problems(tmp_path / "run", "run.log", sweep=False) == [
+        f"{tmp_path / 'run'} is a symbolic link"
+    ]
 
 
 @pytest.mark.slow
@@ -486,5 +518,81 @@ def test_a_sweep_dir_where_hydra_would_write_through_a_link_is_refused(
     assert result.returncode == 2
     assert f"{sweep / 'seed=0' / 'run.log'} is a symbolic link" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr
     assert target.read_text() == "mine\n"
     assert not (sweep / "seed=1").exists()  # refused before any job started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["fifo-at-run.log", "run-dir-is-a-link"])
+def test_hydras_own_writes_never_hang_nor_go_through_a_link(case, tmp_path):
+    """A FIFO where Hydra appends a job's log hung the command; a single run's dir
+    that is a link got Hydra's files in its target before fashionbn refused it."""
+    make_tiny_system_dir(tmp_path / "system")
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    common = ["epochs=1", "threads=1", f"data.system_dir={tmp_path / 'system'}",
+              f"data.root={tmp_path / 'data'}"]  # fmt: skip
+    if case == "fifo-at-run.log":
+        (tmp_path / "sweep" / "epochs=1,seed=0").mkdir(parents=True)
+        os.mkfifo(tmp_path / "sweep" / "epochs=1,seed=0" / "run.log")
+        args = ["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    else:
+        (tmp_path / "run").symlink_to(target)
+        args = [f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_module(["fashionbn.run", *args, *common], tmp_path, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "refusing to run in" in result.stderr
+    assert list(target.iterdir()) == []
+
+
+def test_an_aggregate_killed_while_renaming_its_outputs_leaves_them_its_own(
+    pristine, tmp_path, monkeypatch
+):
+    """A kill between two renames left results.csv new and the rest old: the next
+    aggregate refused its own file. Now the record names the new set first."""
+    import fashionbn.analysis.outputs as outputs
+
+    root = tmp_path / "root"
+    shutil.copytree(pristine, root, symlinks=True)
+    sweep = root / "sweep"
+    api.train(tiny(root, 2, 1), sweep / "C")  # something new to write
+    real_replace, renames = os.replace, []
+
+    def killed_after_two(src, dst):
+        if len(renames) == 2:
+            raise KeyboardInterrupt
+        renames.append(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        aggregate_main([str(sweep)])
+    monkeypatch.undo()
+    assert len(renames) == 2  # the pending record and one output were renamed
+    assert aggregate_main([str(sweep)]) == 0
+    assert not list(sweep.glob(".*.partial-*"))  # the killed one's debris is gone
+    assert "3 complete runs" in (sweep / "report.md").read_text()
+
+
+def test_a_finished_job_dir_without_its_hydra_files_is_still_found(
+    pristine, tmp_path
+):
+    root = tmp_path / "root"
+    shutil.copytree(pristine, root, symlinks=True)
+    shutil.rmtree(root / "sweep" / "A" / ".hydra")  # `cp job/* new/` skips it
+    runs = set(api.load_sweep(root / "sweep").results["run"])
+    assert runs == {str(root / "sweep" / "A"), str(root / "sweep" / "B")}
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    """A 'billion laughs' in .hydra/config.yaml of a dir without status.json (read
+    as an old fashionbn's): refused at once, not expanded."""
+    from fashionbn.jobs.reading import read_job
+
+    job = tmp_path / "job"
+    (job / ".hydra").mkdir(parents=True)
+    laughs = ["model: {name: baseline}", "l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    laughs += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    (job / ".hydra" / "config.yaml").write_text("\n".join(laughs) + "\n")
+    assert "aliases (*name) are not allowed" in read_job(job).problem

@@ -4,6 +4,7 @@ the same values with the same words, and nothing answers a question other than t
 one asked (a misspelt `metric` is an error, never another evaluation)."""
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -36,7 +37,9 @@ def _number(value: Any) -> bool:
 
 
 def _epoch(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    """An epoch number: any integer type (numpy's too) >= 1, not a bool."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and value >= 1)  # fmt: skip
 
 
 def checked(
@@ -72,12 +75,13 @@ def checked(
         )
     if at_epoch is not None and not _epoch(at_epoch):
         raise OptionError(f"at_epoch={at_epoch!r}: give an epoch number >= 1, e.g. 5")
+    at_epoch = None if at_epoch is None else int(at_epoch)
     if budgets is not None:
         if isinstance(budgets, (str, bytes)) or not all(map(_epoch, budgets)):
             raise OptionError(
                 f"budgets={budgets!r}: give epoch numbers >= 1, e.g. [5, 20]"
             )
-        budgets = tuple(sorted(set(budgets)))
+        budgets = tuple(sorted({int(b) for b in budgets}))
         if not budgets:
             raise OptionError("budgets=[]: give at least one epoch, e.g. [5, 20]")
     return Options(float(threshold), float(precision), select_by, baseline, metric,

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from fashionbn.jobs.files import create_new, partial_name
+from fashionbn.jobs.files import create_new, partial_debris, partial_name
 from fashionbn.jobs.untrusted import UnsafeEntry, entry_problem, read_bytes, read_json
 
 
@@ -58,22 +58,33 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def ours(out_dir: Path) -> dict[str, Optional[str]]:
-    """name -> SHA-256 of each output the aggregate wrote into out_dir (None: written
-    by a fashionbn that kept no record; then only the outputs beside its report).
-    Entries of the record that are not an output's name with a SHA-256 are ignored."""
+def _digests(entries) -> dict[str, str]:
+    """The entries of a record that are an output's name with a SHA-256."""
+    if not isinstance(entries, dict):
+        return {}
+    return {
+        name: value
+        for name, value in entries.items()
+        if name in OUTPUTS and isinstance(value, str)
+        and re.fullmatch("[0-9a-f]{64}", value)
+    }  # fmt: skip
+
+
+def ours(out_dir: Path) -> dict[str, Optional[set[str]]]:
+    """name -> the SHA-256s a file of that name the aggregate wrote into out_dir may
+    have (None: written by a fashionbn that kept no record; then only the outputs
+    beside its report). A record left by an aggregate killed while it renamed its
+    outputs lists the new set as `pending`: each file is then the old or the new.
+    Entries that are not an output's name with a SHA-256 are ignored."""
     try:
-        written = read_json(out_dir, MANIFEST)["written"]
-    except (OSError, ValueError, KeyError, TypeError, UnsafeEntry):
-        written = None
-    if isinstance(written, dict):
-        return {
-            name: value
-            for name, value in written.items()
-            if name in OUTPUTS
-            and isinstance(value, str)
-            and re.fullmatch("[0-9a-f]{64}", value)
-        }
+        record = read_json(out_dir, MANIFEST)
+    except (OSError, ValueError, UnsafeEntry):
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("written"), dict):
+        written = _digests(record["written"])
+        pending = _digests(record.get("pending"))
+        return {name: {written.get(name), pending.get(name)} - {None}
+                for name in {*written, *pending}}  # fmt: skip
     try:
         legacy = read_bytes(out_dir, "report.md").startswith(REPORT_TITLE)
     except (OSError, UnsafeEntry):
@@ -85,15 +96,15 @@ def is_plain_file(out_dir: Path, name: str) -> bool:
     return entry_problem(out_dir, name) is None and (out_dir / name).exists()
 
 
-def is_ours(out_dir: Path, name: str, written: dict[str, Optional[str]]) -> bool:
-    """Whether out_dir/name is the file the aggregate wrote, unchanged (a regular
+def is_ours(out_dir: Path, name: str, written: dict[str, Optional[set[str]]]) -> bool:
+    """Whether out_dir/name is a file the aggregate wrote, unchanged (a regular
     file: never a symbolic link)."""
     if name not in written or not is_plain_file(out_dir, name):
         return False
     if written[name] is None:
         return True
     try:
-        return digest(read_bytes(out_dir, name)) == written[name]
+        return digest(read_bytes(out_dir, name)) in written[name]
     except (OSError, UnsafeEntry):
         return False
 
@@ -102,7 +113,9 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
     """Write `files` into out_dir as one set, remove the aggregate's own outputs that
     are not in it, and record what was written. Raise OutputError, changing nothing,
     if an output name is taken by a file the aggregate did not write (or that was
-    changed since), or if the folder cannot take the files."""
+    changed since), or if the folder cannot take the files. The record names the
+    new set as pending before the first output is renamed into place, so a kill
+    while they are renamed leaves a folder the next aggregate takes as its own."""
     written = ours(out_dir)
     if os.path.lexists(out_dir / MANIFEST) and not is_plain_file(out_dir, MANIFEST):
         raise OutputError(
@@ -121,20 +134,21 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
             f"{'it' if len(foreign) == 1 else 'them'} (or it was changed since); "
             "move it away or choose another --out"
         )
-    record = {"written": {name: digest(data) for name, data in sorted(files.items())}}
-    # the record travels with the set: written with it, renamed into place last
-    files = {**files, MANIFEST: (json.dumps(record, indent=2) + "\n").encode()}
+    new = {name: digest(data) for name, data in sorted(files.items())}
+    old = {name: digest(read_bytes(out_dir, name)) for name in written
+           if is_ours(out_dir, name, written)}  # fmt: skip
     partials = {name: partial_name(out_dir / name) for name in files}
-    target, started = out_dir, []
+    target = out_dir
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_debris(out_dir)
         for name, data in files.items():
             target = out_dir / name
-            started.append(partials[name])
-            with os.fdopen(create_new(partials[name]), "wb") as f:
-                f.write(data)
+            write_new(partials[name], data)
+        target = out_dir / MANIFEST
+        record(out_dir, {"written": old, "pending": new})
     except OSError as err:
-        for partial in started:
+        for partial in partials.values():
             try:
                 partial.unlink(missing_ok=True)
             except OSError:
@@ -144,9 +158,30 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
             f"cannot write {target}: {reason}; nothing in {out_dir} was changed"
         ) from err
     for name, partial in partials.items():
-        if name != MANIFEST:
-            os.replace(partial, out_dir / name)
+        os.replace(partial, out_dir / name)
     for stale in set(written) - set(files):
         if is_ours(out_dir, stale, written):
             (out_dir / stale).unlink(missing_ok=True)
-    os.replace(partials[MANIFEST], out_dir / MANIFEST)
+    record(out_dir, {"written": new})
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """`path` created anew (never through a link) holding `data`."""
+    with os.fdopen(create_new(path), "wb") as f:
+        f.write(data)
+
+
+def record(out_dir: Path, entries: dict) -> None:
+    """The outputs record, replaced as a whole."""
+    partial = partial_name(out_dir / MANIFEST)
+    write_new(partial, (json.dumps(entries, indent=2) + "\n").encode())
+    os.replace(partial, out_dir / MANIFEST)
+
+
+def remove_debris(out_dir: Path) -> None:
+    """Temporary files of killed aggregates (`.report.md.partial-<pid>`, ...):
+    regular files only, never a link's target."""
+    for name in (*OUTPUTS, MANIFEST):
+        for debris in partial_debris(out_dir, name):
+            if debris.is_file() and not debris.is_symlink():
+                debris.unlink(missing_ok=True)

@@ -138,10 +138,16 @@ def varying_keys(frame: pd.DataFrame, keys: list[str]) -> list[str]:
     return [k for k in keys if frame[k].nunique(dropna=False) > 1]
 
 
-def read_sweep(sweep_dirs: list[Path]) -> Sweep:
+def read_sweep(sweep_dirs: list[Path], at_epoch: Optional[int] = None) -> Sweep:
     """Read every job of the given sweep dirs into one table; unusable runs are
-    listed (skipped / diverged), duplicates counted once."""
+    listed (skipped / diverged), duplicates counted once. With `at_epoch`, an
+    unfinished run (running, failed, an extension under way) whose verified
+    metrics.csv holds that many epochs counts with them: with a constant learning
+    rate they are the run at that budget (fashionbn.analysis.protocol at_budget
+    then cuts every run there)."""
     jobs, notes = read_jobs(sweep_dirs)
+    if at_epoch is not None:
+        notes += with_unfinished_runs(jobs, at_epoch)
     # of two dirs holding the same run, keep the one that measured most
     complete = sorted(
         (j for j in jobs if j.metrics is not None),
@@ -158,9 +164,12 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     refuse_mixed_data([*complete, *diverged_jobs])
     refuse_complete_and_diverged(complete, diverged_jobs)
     complete, extended = count_extended_once(complete)
+    shorter = {run for run, _ in extended}
     results = tidy(complete, params)
     group_keys = grouping_keys(results, params)
-    readable = pd.DataFrame([j.params for j in jobs if j.params])
+    readable = pd.DataFrame(
+        [j.params for j in jobs if j.params and j.job_dir not in shorter]
+    )
     return Sweep(
         same_models=same_networks(results),
         diverged_params=pd.DataFrame(
@@ -182,13 +191,34 @@ def read_sweep(sweep_dirs: list[Path]) -> Sweep:
     )
 
 
+def with_unfinished_runs(jobs: list[Job], at_epoch: int) -> list[str]:
+    """Let the unfinished runs that reached `at_epoch` count (their verified epochs as
+    their metrics); a note saying which."""
+    counted = []
+    for job in jobs:
+        if job.partial_metrics is not None and len(job.partial_metrics) >= at_epoch:
+            job.metrics, job.problem = job.partial_metrics, None
+            counted.append(job.job_dir)
+    if not counted:
+        return []
+    return [
+        f"at epoch {at_epoch}: {plural(len(counted), 'unfinished run')} (e.g. "
+        f"{counted[0]}: an extension under way, or an interrupted run) "
+        f"{'counts' if len(counted) == 1 else 'count'} with its first {at_epoch} "
+        "epochs"
+    ]
+
+
 def read_jobs(sweep_dirs: list[Path]) -> tuple[list[Job], list[str]]:
     """Every job dir under the sweep dirs, read once (nested or repeated sweep dirs
     share jobs), and notes on what was given twice."""
     notes, seen_dirs, seen_jobs, jobs = [], set(), set(), []
     for sweep_dir in sweep_dirs:
         if not Path(sweep_dir).is_dir():
-            raise AggregateError(f"{sweep_dir}: no such directory")
+            what = (
+                "not a directory" if Path(sweep_dir).exists() else "no such directory"
+            )
+            raise AggregateError(f"{sweep_dir}: {what}")
         if Path(sweep_dir).resolve() in seen_dirs:
             notes.append(f"{sweep_dir} was given more than once; read once")
             continue
@@ -233,35 +263,31 @@ def count_extended_once(jobs: list[Job]) -> tuple[list[Job], list[tuple[str, str
     """A run whose metrics are the first epochs of a longer run of the same config
     (the run it was extended from, or the same run asked for fewer epochs: the
     learning rate is constant) is that run at a shorter budget: counted once, as the
-    longer run. Runs whose shared epochs differ are different runs and both count.
+    longer run. The same run with other numbers in their shared epochs (trained with
+    another thread count, say) is refused, as duplicates with other numbers are.
     Also returns (shorter run, longer run) pairs."""
     by_config: dict[str, list[Job]] = {}
     for job in jobs:
         by_config.setdefault(without_epochs(job), []).append(job)
-    kept, extended = [], []
+    folded: dict[int, str] = {}
     for group in by_config.values():
-        group.sort(key=lambda j: (-len(j.metrics), j.job_dir))
-        longer = []
-        for job in group:
-            prefix_of = next(
-                (
-                    other
-                    for other in longer
-                    if _same_numbers(
-                        other.metrics.iloc[: len(job.metrics)].reset_index(drop=True),
-                        job.metrics.reset_index(drop=True),
-                    )
-                    is None
-                ),
-                None,
-            )
-            if prefix_of is None:
-                longer.append(job)
-            else:
-                extended.append((job.job_dir, prefix_of.job_dir))
-        kept += longer
-    order = {id(job): i for i, job in enumerate(jobs)}
-    return sorted(kept, key=lambda j: order[id(j)]), extended
+        group = sorted(group, key=lambda j: (-len(j.metrics), j.job_dir))
+        longest = group[0]
+        for job in group[1:]:
+            shared = longest.metrics.iloc[: len(job.metrics)].reset_index(drop=True)
+            difference = _same_numbers(shared, job.metrics.reset_index(drop=True))
+            if difference:
+                raise AggregateError(
+                    f"{job.job_dir} and {longest.job_dir} hold the same run (a "
+                    f"{len(job.metrics)}-epoch run and the first epochs of a "
+                    f"{len(longest.metrics)}-epoch one: the learning rate is "
+                    f"constant) with different numbers ({difference}; ran on "
+                    f"{_describe_execution(job)} vs {_describe_execution(longest)}): "
+                    "refusing to count either; aggregate only one of them"
+                )
+            folded[id(job)] = longest.job_dir
+    kept = [job for job in jobs if id(job) not in folded]
+    return kept, [(job.job_dir, folded[id(job)]) for job in jobs if id(job) in folded]
 
 
 def refuse_complete_and_diverged(complete: list[Job], diverged: list[Job]) -> None:

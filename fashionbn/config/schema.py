@@ -212,6 +212,16 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver(
             "fashionbn_dirname_exclude", dirname_exclude_keys
         )
+    if not OmegaConf.has_resolver("fashionbn_job_dirname"):
+        OmegaConf.register_new_resolver("fashionbn_job_dirname", job_dirname)
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A job dir's name from its overrides, one path component whatever a value
+    holds: a '/' in a value ('model.name=../../x') would put the dir elsewhere, so
+    it is written %2F (the only change: overrides without '/' name dirs as
+    before)."""
+    return str(override_dirname).replace("/", "%2F")
 
 
 # --- a run's identity: what determines its numbers ------------------------------
@@ -335,8 +345,8 @@ def identity_problem(config: Any) -> Optional[str]:
         return "it holds no config"
     try:
         identity = normalise_identity(config)
-    except (TypeError, ValueError, AttributeError) as err:
-        return f"its config is damaged ({err})"
+    except (TypeError, ValueError, AttributeError, RecursionError) as err:
+        return f"its config is damaged ({type(err).__name__})"
     flat = flatten(identity)
     for prefix, schema in _schemas(flat):
         hints = typing.get_type_hints(schema)
@@ -355,7 +365,9 @@ def identity_problem(config: Any) -> Optional[str]:
                 continue
             if not _fits(value, hints[f.name]):
                 expected = _type_name(hints[f.name])
-                return f"its config has {key}={value!r}, not {expected}"
+                return f"its config has {key}={value!r:.60}, not {expected}"
+            if isinstance(value, float) and value != value:  # NaN: no run has it
+                return f"its config has {key}=nan"
     return None
 
 

@@ -35,7 +35,7 @@ from fashionbn.config import flatten, option_value
 from fashionbn.core.data import FashionData, epoch_order
 from fashionbn.core.evaluation import evaluate_epoch
 from fashionbn.core.model import ACTIVATIONS, has_batch_norm
-from fashionbn.core.records import COMPLETE, DIVERGED
+from fashionbn.core.records import COMPLETE, DIVERGED, STOPPED
 from fashionbn.core.train import Training, is_diverged
 
 # what may differ between the runs of one cohort: per-run numbers and random streams
@@ -363,14 +363,15 @@ def train_cohort(
     trainings: list[Training],
     data: FashionData,
     records: list[list[dict]],
-    on_epoch: Optional[Callable[[int, list[dict], bool], None]] = None,
+    on_epoch: Optional[Callable[[int, list[dict], bool], Optional[bool]]] = None,
     exact_losses: bool = True,
     on_step: Optional[Callable[[], None]] = None,
 ) -> list[str]:
     """train_epochs for K runs at the same epoch: each epoch trained at once, then
     every run evaluated by the single-run path's own evaluate_epoch; records[k] grows
     by one record per epoch and on_epoch(k, records[k], diverged) is called. A run
-    that diverges stops there and leaves the cohort; the others go on unchanged.
+    that diverges stops there and leaves the cohort, and so does one for which
+    on_epoch returns False (STOPPED); the others go on unchanged.
     Each run's `seconds` is its share of the cohort's training time plus its own
     evaluation. on_step() is called after every step of the cohort. Returns
     COMPLETE or DIVERGED per run."""
@@ -398,10 +399,11 @@ def train_cohort(
                 "train_acc": accuracies[position], "seconds": seconds, **evaluated,
             })  # fmt: skip
             diverged = is_diverged(train_loss, cfgs[k].divergence_loss)
-            if on_epoch is not None:
-                on_epoch(k, records[k], diverged)
+            go_on = on_epoch(k, records[k], diverged) if on_epoch else None
             if diverged:
                 statuses[k] = DIVERGED
+            elif go_on is False:  # its caller stopped it (e.g. it cannot be saved)
+                statuses[k] = STOPPED
             else:
                 going_on.append(position)
         if len(going_on) < len(active):

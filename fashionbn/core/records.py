@@ -23,3 +23,5 @@ METRIC_COLUMNS = [*REQUIRED_COLUMNS, "val_loss", "val_acc", *PRECISE_COLUMNS]
 DIAGNOSTIC_COLUMNS = ["step", "epoch", "layer", "quantity", "value"]
 # how a training run can end (the job-dir format adds "running" and "failed")
 COMPLETE, DIVERGED = "complete", "diverged"
+# a run of a cohort its caller stopped (its epoch could not be saved): the others go on
+STOPPED = "stopped"

@@ -29,7 +29,7 @@ from fashionbn.jobs.files import (
     STATUS_FIELDS,
     atomic_write,
 )
-from fashionbn.jobs.untrusted import UnsafeEntry, read_bytes, unreadable
+from fashionbn.jobs.untrusted import UnsafeEntry, parse_json, read_bytes, unreadable
 
 CHECKPOINT_MAGIC = b"fashionbn checkpoint\n"
 
@@ -137,7 +137,7 @@ def load_checkpoint(
         )
     header_line, _, payload = raw[len(CHECKPOINT_MAGIC) :].partition(b"\n")
     try:
-        header = json.loads(header_line)
+        header = parse_json(header_line)
     except ValueError:
         return None, f"{name} has a damaged header"
     if isinstance(header, dict) and header.get("format") != RESULTS_FORMAT:

@@ -27,6 +27,7 @@ from fashionbn.config import FashionbnError
 from fashionbn.config.validation import check_config
 from fashionbn.core.batched import cohort_key, train_cohort
 from fashionbn.core.data import data_digest
+from fashionbn.core.records import STOPPED
 from fashionbn.core.train import (
     checked_data,
     divergence_message,
@@ -48,9 +49,9 @@ from fashionbn.jobs.job import (
     with_execution,
 )
 from fashionbn.jobs.loggers import make_loggers
+from fashionbn.jobs.preflight import file_problem
 from fashionbn.jobs.progress import CohortProgress, EpochBar
 from fashionbn.jobs.resume import DONE, FRESH, RESUME, prepare_job_dir
-from fashionbn.jobs.untrusted import entry_problem
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
@@ -256,10 +257,19 @@ def train_members(
     bar = EpochBar(steps_per_run_epoch(first.cfg, first.training, data),
                    len(first.records))  # fmt: skip
 
-    def on_epoch(k: int, records: list[dict], diverged: bool) -> None:
+    def on_epoch(k: int, records: list[dict], diverged: bool) -> bool:
+        """Save run k's epoch; False (it leaves the cohort) when that fails."""
         job = jobs[k]
         bar.end_epoch(len(records))
-        job.files.save_epoch(job.training, records, diverged, job.cfg.epochs, job.rng)
+        try:
+            job.files.save_epoch(job.training, records, diverged, job.cfg.epochs,
+                                 job.rng)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - its dir fails this job only
+            job.files.fail(err, len(records) == 1)
+            if job.loggers is not None:
+                job.loggers.finish(FAILED, job.out_dir)
+            job_failed(job, err, progress)
+            return False
         if job.loggers is not None:
             job.loggers.log(records, [])
         summary = epoch_summary(records[-1], job.cfg.epochs)
@@ -271,6 +281,7 @@ def train_members(
         if diverged or len(records) == job.cfg.epochs:
             job.result = records[-1]["test_acc"]
             progress.done(job)
+        return True
 
     try:
         statuses = train_cohort(
@@ -280,14 +291,16 @@ def train_members(
         )  # fmt: skip
     except Exception as err:  # the finished epochs stay; a re-run continues
         for job in jobs:
-            if job.result is not None and not isinstance(job.result, BaseException):
-                continue  # it finished before the failure
+            if job.result is not None:
+                continue  # it finished, or failed on its own, before the failure
             job.files.fail(err, not job.records)
             if job.loggers is not None:
                 job.loggers.finish(FAILED, job.out_dir)
             job_failed(job, err, progress)
         return
     for job, status in zip(jobs, statuses):
+        if status == STOPPED:
+            continue  # failed, with its error line, when its epoch was not saved
         if job.loggers is not None:
             job.loggers.finish(status, job.out_dir)
         job.result = job.records[-1]["test_acc"]
@@ -331,7 +344,7 @@ def job_failed(job: PendingJob, err: BaseException, progress: "CohortProgress") 
 def job_file_log(out_dir: Path) -> Optional[logging.Handler]:
     """A handler appending to the job's run.log, as Hydra's own (None when run.log is
     not a file: nothing is written through a symbolic link)."""
-    if entry_problem(out_dir, "run.log"):
+    if file_problem(out_dir / "run.log"):  # a link, a hard link, not a file
         return None
     # opened when written to and closed after each line (job_log): a sweep of
     # thousands of jobs holds no thousands of open files

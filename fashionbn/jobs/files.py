@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from fashionbn.config import identity_problem
+from fashionbn.config import identity_problem, normalise_identity
 from fashionbn.core.atomic import (  # noqa: F401 - part of the job-dir format
     WriteError,
     atomic_write,
@@ -40,7 +40,13 @@ from fashionbn.core.records import (  # noqa: F401 - part of the job-dir format
     PRECISE_COLUMNS,
     REQUIRED_COLUMNS,
 )
-from fashionbn.jobs.untrusted import UnsafeEntry, read_bytes, read_text, unreadable
+from fashionbn.jobs.untrusted import (
+    UnsafeEntry,
+    parse_json,
+    read_bytes,
+    read_text,
+    unreadable,
+)
 
 # 1: fashionbn before results formats were recorded (no "format" in status.json);
 # 2: status.json has format, execution and a normalised identity; checkpoint.pt carries
@@ -202,7 +208,7 @@ def read_status(job_dir: Path) -> tuple[Optional[dict], Optional[str]]:
     when there is none. A status is only returned if every field it has is of the
     type fashionbn writes (status_problem); a missing format is 1."""
     try:
-        status = json.loads(read_text(job_dir, STATUS_FILE))
+        status = parse_json(read_text(job_dir, STATUS_FILE))
     except FileNotFoundError:
         return None, None
     except UnsafeEntry as err:
@@ -274,7 +280,16 @@ def status_problem(status: Any) -> Optional[str]:
         if key in status and not check(status[key]):
             return f"has a damaged {key} ({status[key]!r:.60})"
     problem = identity_problem(status["config"])
-    return f"has no usable config: {problem}" if problem else None
+    if problem:
+        return f"has no usable config: {problem}"
+    done, epochs = status["epochs_done"], normalise_identity(status["config"])["epochs"]
+    if status["status"] == COMPLETE and done != epochs:
+        return f"says complete after {done} epochs, but its config asks for {epochs}"
+    if status["status"] == DIVERGED and not 1 <= done <= epochs:
+        return f"says diverged after {done} epochs, of {epochs}"
+    if done > epochs:
+        return f"says {done} epochs are done, of the {epochs} its config asks for"
+    return None
 
 
 def read_metrics(job_dir: Path) -> list[dict]:

@@ -101,6 +101,12 @@ def job_lock(job_dir: Path) -> Iterator[None]:
             f"{job_dir}: {LOCK_FILE} cannot be used as the dir's lock ({what}); "
             "move it away"
         ) from None
+    if os.fstat(fd).st_nlink > 1:  # a hard link: the holder line would change it
+        os.close(fd)
+        raise JobDirError(
+            f"{job_dir}: {LOCK_FILE} has other names (hard links), which writing the "
+            "lock's holder into it would change; move it away"
+        )
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

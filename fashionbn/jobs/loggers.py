@@ -64,26 +64,27 @@ def events_dir(job_dir: Path, log_root: Path, run_name: str) -> Path:
     sweep's fixed overrides). Kept in the job dir's loggers.json (relative to the job
     dir, so a moved sweep keeps it); a job dir of an older fashionbn that holds events
     itself keeps them there. loggers.json is untrusted input: a recorded dir that is
-    not inside the sweep (log_root), e.g. absolute or `../..`, is not used, since a
-    fresh start removes the events in it. UnsafeEntry when the dir the events would
-    go to is reached through a symbolic link (the sink then does not start)."""
+    not this job's (another job's, or outside the sweep: absolute or `../..`) is not
+    used, since a fresh start removes the events in it. UnsafeEntry when the dir the
+    events would go to is reached through a symbolic link (the sink then does not
+    start)."""
     state = read_state(job_dir / LOGGERS_FILE)
     recorded = state.get("tensorboard_dir")
+    directory = log_root / "tensorboard" / run_name.replace("/", "%2F")  # one dir
+    linked = any(p.is_symlink() for p in (log_root / "tensorboard", directory))
+    linked = linked or not inside(log_root, directory)
+    own = [job_dir.resolve()] + ([] if linked else [directory.resolve()])
     if isinstance(recorded, str) and recorded:
-        directory = (job_dir / recorded).resolve()
-        if inside(log_root, directory):
-            return directory
+        if (job_dir / recorded).resolve() in own:
+            return (job_dir / recorded).resolve()
         log.warning(
-            "%s: %s records tensorboard_dir=%r, which is not a dir inside %s; not "
-            "used (events go to the sweep's own tensorboard/ dir)",
-            job_dir, LOGGERS_FILE, recorded, log_root,
+            "%s: %s records tensorboard_dir=%r, which is not this job's dir under "
+            "%s; not used (a fresh start would remove the events there)",
+            job_dir, LOGGERS_FILE, recorded, log_root / "tensorboard",
         )  # fmt: skip
     elif any(job_dir.glob(EVENTS_GLOB)):
         return job_dir
-    directory = log_root / "tensorboard" / run_name
-    if not inside(log_root, directory) or any(
-        p.is_symlink() for p in (log_root / "tensorboard", directory)
-    ):
+    if linked:
         raise UnsafeEntry(
             f"{log_root / 'tensorboard'}: a symbolic link where TensorBoard's events "
             "go; nothing is written through one"
@@ -174,6 +175,7 @@ class MLflowSink:
         experiment: str,
         artifact_root: Path,
         run_name: str,
+        own_store: bool = False,
     ):
         try:
             from mlflow.entities import Metric, Param
@@ -200,6 +202,8 @@ class MLflowSink:
             self.run_id = old_run
             if self.run_id is None:
                 found = self.client.get_experiment_by_name(experiment)
+                if found is not None and own_store:
+                    outside_sweep(found.artifact_location, artifact_root.parent)
                 experiment_id = (
                     found.experiment_id
                     if found is not None
@@ -217,6 +221,9 @@ class MLflowSink:
                     self.client.log_batch(self.run_id, params=batch)
                 write_state(self.state_path, {**state, "mlflow_run_id": self.run_id})
             else:
+                if own_store:
+                    where = self.client.get_run(self.run_id).info.artifact_uri
+                    outside_sweep(where, artifact_root.parent)
                 self.client.update_run(self.run_id, status="RUNNING")
             history = self.client.get_metric_history(self.run_id, "test_acc")
         self.epochs = max((m.step for m in history), default=0)
@@ -278,6 +285,18 @@ class MLflowSink:
             self.client.set_tag(self.run_id, "fashionbn.status", status)
             finished = "FINISHED" if status in (COMPLETE, DIVERGED) else "FAILED"
             self.client.set_terminated(self.run_id, finished)
+
+
+def outside_sweep(location: Optional[str], sweep: Path) -> None:
+    """ValueError when the sweep's own MLflow store keeps artifacts outside the sweep
+    dir (its mlflow.db was copied from another sweep, or made to point elsewhere):
+    nothing is written there."""
+    local = Path((location or "").removeprefix("file://"))
+    if not inside(sweep, local):
+        raise ValueError(
+            f"the sweep's own store keeps artifacts in {location}, outside the sweep "
+            "dir (a copied mlflow.db?); nothing is written there"
+        )
 
 
 SQLITE = "sqlite:///"
@@ -421,11 +440,12 @@ def make_loggers(
     elif logger_cfg.mlflow:
         if logger_cfg.tracking_uri is None:  # the sweep's own store: no links
             for name in ("mlflow.db", "mlflow.db.lock", "mlartifacts"):
-                if (log_root / name).is_symlink():
+                path = log_root / name
+                if path.is_symlink() or (path.is_file() and path.stat().st_nlink > 1):
                     log.warning(
-                        "logger mlflow could not start (%s is a symbolic link: "
-                        "nothing is written through one); training goes on and the "
-                        "csv files are written, without mlflow",
+                        "logger mlflow could not start (%s is a link: nothing is "
+                        "written through one); training goes on and the csv files "
+                        "are written, without mlflow",
                         log_root / name,
                     )  # fmt: skip
                     return _started(loggers, starts)
@@ -435,7 +455,14 @@ def make_loggers(
             (
                 "mlflow",
                 lambda: MLflowSink(
-                    job_dir, params, fresh, uri, experiment, artifacts, run_name
+                    job_dir,
+                    params,
+                    fresh,
+                    uri,
+                    experiment,
+                    artifacts,
+                    run_name,
+                    own_store=logger_cfg.tracking_uri is None,
                 ),
             )  # fmt: skip
         )

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
-import yaml
 
 from fashionbn.config import (
     MEASUREMENT_PREFIXES,
@@ -36,7 +35,7 @@ from fashionbn.jobs.files import (
     read_checked,
     read_status,
 )
-from fashionbn.jobs.untrusted import UnsafeEntry, entry_problem, read_text, unreadable
+from fashionbn.jobs.untrusted import UnsafeEntry, entry_problem, read_yaml, unreadable
 
 RERUN_HINT = "re-run the same command to restore it from checkpoint.pt"
 # group choices whose sub-keys they stand for, e.g. model=batchnorm -> model.norm
@@ -57,6 +56,9 @@ class Job:
     diagnostics: Optional[list] = None  # diagnostics.csv's rows, where it has one
     diverged: Optional[str] = None  # how it diverged
     diverged_metrics: Optional[pd.DataFrame] = None  # the epochs it ran, diverged
+    # an unfinished run's verified epochs (running, failed, an extension under
+    # way): they count at a budget they reach (--at-epoch), nowhere else
+    partial_metrics: Optional[pd.DataFrame] = None
     problem: Optional[str] = None  # why it is skipped
 
 
@@ -83,8 +85,8 @@ def _identity_from_hydra(job_dir: Path) -> dict:
     (read as untrusted input: safe_load, types checked); ValueError saying why not."""
     name = ".hydra/config.yaml"
     try:
-        config = yaml.safe_load(read_text(job_dir, name))
-    except (OSError, UnsafeEntry, ValueError, yaml.YAMLError) as err:
+        config = read_yaml(job_dir, name)
+    except (OSError, UnsafeEntry, ValueError) as err:
         raise ValueError(unreadable(name, err)) from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ValueError("malformed .hydra/config.yaml")
@@ -110,6 +112,12 @@ def being_trained(job_dir: Path) -> Optional[str]:
         return os.pread(fd, 1000, 0).decode(errors="replace").strip() or "a process"
     finally:
         os.close(fd)
+
+
+def as_frame(records: list[dict]) -> pd.DataFrame:
+    """metrics.csv's records as a frame with every column, numbers as floats."""
+    metrics = pd.DataFrame(records).reindex(columns=METRIC_COLUMNS)
+    return metrics.astype({c: float for c in METRIC_COLUMNS if c != "epoch"})
 
 
 def read_job(job_dir: Path) -> Job:
@@ -150,23 +158,28 @@ def read_job(job_dir: Path) -> Job:
     epochs = identity["epochs"]
     state = status["status"] if status else COMPLETE  # dirs older than status.json
     done = status["epochs_done"] if status else None
-    if state == FAILED:
-        job.problem = f"failed after {done} of {epochs} epochs: {status.get('error')}"
-        return job
-    if state == RUNNING:
-        holder = being_trained(job_dir)
-        job.problem = f"incomplete: {done} of {epochs} epochs" + (
-            f" (being trained right now by {holder})" if holder else ""
+    digest = status.get("metrics_sha256") if status else None
+    if state in (FAILED, RUNNING):
+        if state == FAILED:
+            why = f"failed after {done} of {epochs} epochs: {status.get('error')}"
+        else:
+            holder = being_trained(job_dir)
+            why = f"incomplete: {done} of {epochs} epochs" + (
+                f" (being trained right now by {holder})" if holder else ""
+            )
+        job.problem = why
+        records, problem = read_checked(
+            job_dir, METRICS_FILE, parse_metrics, digest, done
         )
+        if problem is None and records:  # its epochs count at a budget it reached
+            job.partial_metrics = as_frame(records)
         return job
     hint = f"; {RERUN_HINT}" if status else ""
-    digest = status.get("metrics_sha256") if status else None
     records, problem = read_checked(job_dir, METRICS_FILE, parse_metrics, digest, done)
     if problem:
         job.problem = problem + hint
         return job
-    metrics = pd.DataFrame(records).reindex(columns=METRIC_COLUMNS)
-    metrics = metrics.astype({c: float for c in METRIC_COLUMNS if c != "epoch"})
+    metrics = as_frame(records)
     if state == DIVERGED:
         job.diverged = (
             f"diverged at epoch {len(metrics)} (train_loss "

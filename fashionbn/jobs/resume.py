@@ -148,7 +148,7 @@ def prepare_job_dir(
         stored = normalise_identity(status["config"])
         refuse_other_data(job_dir, status.get("data_sha256"), data_sha256)
         if stored != identity and only_epochs_differ(stored, identity):
-            return with_more_epochs(job_dir, stored, identity, status)
+            return with_more_epochs(job_dir, stored, identity, status, data_sha256)
         if stored != identity:
             raise another_config(job_dir, stored, identity)
     if status is not None and status["status"] in (COMPLETE, DIVERGED):
@@ -248,15 +248,22 @@ def extension_problem(stored: dict, requested: dict, status: dict) -> Optional[s
 
 
 def with_more_epochs(
-    job_dir: Path, stored: dict, identity: dict, status: dict
+    job_dir: Path,
+    stored: dict,
+    identity: dict,
+    status: dict,
+    data_sha256: Optional[str] = None,
 ) -> Previous:
     """Continue the run in job_dir (only `epochs` differs) from its checkpoint to
-    the epochs asked for now, or refuse with why that would not be the same run."""
+    the epochs asked for now, or refuse with why that would not be the same run
+    (also when its checkpoint says it trained on other data)."""
     problem = extension_problem(stored, identity, status)
     if problem is None:
         checkpoint, problem = trusted_checkpoint(job_dir, stored, status)
         if checkpoint is not None and checkpoint.status != COMPLETE:
             problem = f"its checkpoint says {checkpoint.status}: it cannot go on"
+        if checkpoint is not None:
+            refuse_other_data(job_dir, checkpoint.data_sha256, data_sha256)
     if problem is not None:
         raise JobDirError(
             f"{job_dir} holds a run of this config with epochs={stored['epochs']}; "

@@ -23,6 +23,8 @@ import stat
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 from fashionbn.config import FashionbnError
 
 
@@ -107,7 +109,36 @@ def read_text(directory: Path, name: str) -> str:
 
 def read_json(directory: Path, name: str) -> Any:
     """directory/name parsed as JSON (as read_text; ValueError when it is not JSON)."""
-    return json.loads(read_text(directory, name))
+    return parse_json(read_text(directory, name))
+
+
+def parse_json(text: str | bytes) -> Any:
+    """JSON from an untrusted file; ValueError for anything that is not JSON a
+    program of this size can hold (also arrays nested deeper than Python's
+    recursion allows)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to be read") from None
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors and aliases: Hydra never writes them, and a
+    few nested aliases expand into more data than any config (a 'billion laughs')."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in this file")
+        return super().compose_node(parent, index)
+
+
+def read_yaml(directory: Path, name: str) -> Any:
+    """directory/name parsed as YAML with safe_load's types only, no aliases (as
+    read_text; ValueError when it cannot be parsed)."""
+    try:
+        return yaml.load(read_text(directory, name), Loader=_NoAliasLoader)
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ValueError(f"{name} is not plain YAML ({err})") from None
 
 
 def unreadable(name: str, err: BaseException) -> str:
@@ -119,13 +150,20 @@ def unreadable(name: str, err: BaseException) -> str:
     return f"{name} is unreadable ({type(err).__name__}: {err})"
 
 
+def fashionbns(directory: Path) -> bool:
+    """Whether `directory` holds the files fashionbn leaves in a job dir."""
+    return all(os.path.lexists(directory / n) for n in ("status.json", "checkpoint.pt"))
+
+
 def job_dirs(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Every dir at or below `sweep_dir` that Hydra ran a job in (it holds
     `.hydra/config.yaml`), found without following a symbolic link; and (path, why
     not read) for the entries that looked like job dirs but are not read: symbolic
     links to directories (the aggregate reads nothing through a link: copy the dir in
     instead) and job dirs whose `.hydra/config.yaml` is not a regular file. Copies of
-    a job's files elsewhere (MLflow's artifacts: no `.hydra/`) are not jobs."""
+    a job's files elsewhere (MLflow's artifacts: no `.hydra/`, no checkpoint) are not
+    jobs; a dir with fashionbn's status.json and checkpoint.pt is one, with or
+    without `.hydra/`."""
     found, refused = [], []
     for root, dirs, _ in os.walk(sweep_dir, followlinks=False):
         here = Path(root)
@@ -140,8 +178,10 @@ def job_dirs(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
             problem = entry_problem(here, ".hydra/config.yaml")
             if problem:
                 refused.append((str(here), problem))
-            elif (here / ".hydra" / "config.yaml").exists():
+            elif (here / ".hydra" / "config.yaml").exists() or fashionbns(here):
                 found.append(here)
+        elif fashionbns(here):  # its .hydra/ lost (e.g. `cp job/* new/`)
+            found.append(here)
         if ".hydra" in dirs:
             dirs.remove(".hydra")
     return sorted(found), refused
