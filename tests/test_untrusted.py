@@ -266,9 +266,14 @@ VARIANTS = {
             b"fashionbn checkpoint\n" + b"[" * 100000 + b"]" * 100000 + b"\n"
         ),
     },
-    "A/.lock": {"link": link_out(False), "directory": as_directory,
-                "hard-link": lambda path, outside: (remove(path),
-                                                    os.link(outside / ".lock", path))},
+    "A/.lock": {
+        "link": link_out(False),
+        "directory": as_directory,
+        "hard-link": lambda path, outside: (
+            remove(path),
+            os.link(outside / ".lock", path),
+        ),
+    },
     "A/loggers.json": {
         "link": link_out(False),
         "directory": as_directory,
@@ -575,9 +580,7 @@ def test_an_aggregate_killed_while_renaming_its_outputs_leaves_them_its_own(
     assert "3 complete runs" in (sweep / "report.md").read_text()
 
 
-def test_a_finished_job_dir_without_its_hydra_files_is_still_found(
-    pristine, tmp_path
-):
+def test_a_finished_job_dir_without_its_hydra_files_is_still_found(pristine, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(pristine, root, symlinks=True)
     shutil.rmtree(root / "sweep" / "A" / ".hydra")  # `cp job/* new/` skips it
