@@ -616,3 +616,18 @@ def test_a_run_whose_epoch_cannot_be_saved_fails_alone(real_data_root, tmp_path,
         assert read_status(tmp_path / str(k))[0]["status"] == "complete"
         assert without_seconds(read_metrics(tmp_path / str(k))) == alone[k - 1]
         assert jobs[k].result == read_metrics(tmp_path / str(k))[-1]["test_acc"]
+
+
+@pytest.mark.slow
+def test_a_job_hydra_cannot_set_up_fails_alone(real_data_root, tmp_path):
+    """A file where a job's dir belongs, under a name the preflight cannot know
+    (hydra.sweep.subdir=job<num>): Hydra's own set-up of that job fails; the other
+    job of the batched sweep still trains."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "job0").write_text("not a dir")
+    result = batched_sweep(tmp_path, real_data_root, "s", "seed=0,1", "epochs=1",
+                           "hydra.sweep.subdir=job${hydra.job.num}")  # fmt: skip
+    assert result.returncode == 1
+    assert "error: job #0 could not be set up (FileExistsError" in result.stderr
+    assert read_status(tmp_path / "s" / "job1")[0]["status"] == "complete"
+    assert (tmp_path / "s" / "job0").read_text() == "not a dir"

@@ -33,7 +33,7 @@ from fashionbn.jobs.files import (
     partial_debris,
     partial_name,
 )
-from fashionbn.jobs.untrusted import UnsafeEntry, inside, read_json
+from fashionbn.jobs.untrusted import UnsafeEntry, inside, read_json, read_text
 
 log = logging.getLogger(__name__)
 
@@ -63,35 +63,62 @@ def events_dir(job_dir: Path, log_root: Path, run_name: str) -> Path:
     TensorBoard lists each run by what tells it apart (its dir name starts with the
     sweep's fixed overrides). Kept in the job dir's loggers.json (relative to the job
     dir, so a moved sweep keeps it); a job dir of an older fashionbn that holds events
-    itself keeps them there. loggers.json is untrusted input: a recorded dir that is
-    not this job's (another job's, or outside the sweep: absolute or `../..`) is not
-    used, since a fresh start removes the events in it. UnsafeEntry when the dir the
-    events would go to is reached through a symbolic link (the sink then does not
-    start)."""
+    itself keeps them there. loggers.json is untrusted input and a fresh start
+    removes the events in the dir it names, so a recorded dir is used only when it
+    is this job's: the job dir itself, or a dir of the sweep's tensorboard/ whose
+    OWNER_FILE names this job (one without it only when it is the dir this job would
+    get now). UnsafeEntry when the dir the events would go to is reached through a
+    symbolic link or is another job's (the sink then does not start)."""
     state = read_state(job_dir / LOGGERS_FILE)
     recorded = state.get("tensorboard_dir")
-    directory = log_root / "tensorboard" / run_name.replace("/", "%2F")  # one dir
-    linked = any(p.is_symlink() for p in (log_root / "tensorboard", directory))
-    linked = linked or not inside(log_root, directory)
-    own = [job_dir.resolve()] + ([] if linked else [directory.resolve()])
+    board = log_root / "tensorboard"
+    expected = board / run_name.replace("/", "%2F")  # one dir, whatever the name
+    if board.is_symlink() or expected.is_symlink() or not inside(log_root, expected):
+        raise UnsafeEntry(
+            f"{board}: a symbolic link where TensorBoard's events go; nothing is "
+            "written through one"
+        )
+    me = os.path.relpath(job_dir.resolve(), log_root.resolve())
     if isinstance(recorded, str) and recorded:
-        if (job_dir / recorded).resolve() in own:
-            return (job_dir / recorded).resolve()
+        directory = (job_dir / recorded).resolve()
+        if directory == job_dir.resolve():
+            return directory
+        owner = events_owner(directory)
+        if inside(board, directory) and (
+            owner == me or (owner is None and directory == expected.resolve())
+        ):
+            return claimed(directory, me)
         log.warning(
-            "%s: %s records tensorboard_dir=%r, which is not this job's dir under "
-            "%s; not used (a fresh start would remove the events there)",
-            job_dir, LOGGERS_FILE, recorded, log_root / "tensorboard",
+            "%s: %s records tensorboard_dir=%r, which is not this job's events "
+            "dir; not used (a fresh start would remove the events there)",
+            job_dir, LOGGERS_FILE, recorded,
         )  # fmt: skip
     elif any(job_dir.glob(EVENTS_GLOB)):
         return job_dir
-    if linked:
-        raise UnsafeEntry(
-            f"{log_root / 'tensorboard'}: a symbolic link where TensorBoard's events "
-            "go; nothing is written through one"
-        )
-    directory = directory.resolve()
+    if events_owner(expected) not in (None, me):
+        raise UnsafeEntry(f"{expected} holds another job's TensorBoard events")
+    directory = claimed(expected.resolve(), me)
     relative = os.path.relpath(directory, job_dir.resolve())
     write_state(job_dir / LOGGERS_FILE, {**state, "tensorboard_dir": relative})
+    return directory
+
+
+OWNER_FILE = ".fashionbn-job"  # in an events dir: the job dir (relative to the sweep)
+
+
+def events_owner(directory: Path) -> Optional[str]:
+    """The job an events dir says it belongs to (None: it says nothing)."""
+    try:
+        return read_text(directory, OWNER_FILE).strip() or None
+    except (OSError, ValueError, UnsafeEntry):
+        return None
+
+
+def claimed(directory: Path, me: str) -> Path:
+    """`directory`, made and marked as this job's events dir."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if events_owner(directory) != me:
+        atomic_write(directory / OWNER_FILE, lambda f: f.write(me + "\n"))
     return directory
 
 

@@ -114,15 +114,23 @@ class BatchedLauncher(BasicLauncher):
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
-            runs.append(
-                run_job(
+            try:
+                ret = run_job(
                     hydra_context=self.hydra_context,
                     task_function=join,
                     config=sweep_config,
                     job_dir_key="hydra.sweep.dir",
                     job_subdir_key="hydra.sweep.subdir",
                 )
-            )
+            except Exception as err:  # Hydra could not set the job up (its dir):
+                # that job fails, the others go on, as a job's own failure does
+                ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+                ret._return_value = JobFailed(
+                    f"error: job #{idx} could not be set up ({type(err).__name__}: "
+                    f"{err})"
+                )
+                log.error("%s", ret._return_value)
+            runs.append(ret)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         pending = [
             r._return_value
