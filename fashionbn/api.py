@@ -19,7 +19,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fashionbn.config import FashionbnError, normalise_identity, register_configs
+from fashionbn.config import (
+    FashionbnError,
+    is_plugin,
+    normalise_identity,
+    register_configs,
+)
 from fashionbn.config.validation import check_config
 from fashionbn.core.atomic import atomic_write
 from fashionbn.core.model import build_model
@@ -141,14 +146,20 @@ def load_sweep(
 
 
 def load_model(
-    job_dir: str | Path, allow_unfinished: bool = False, allow_diverged: bool = False
+    job_dir: str | Path,
+    allow_unfinished: bool = False,
+    allow_diverged: bool = False,
+    trust_plugins: bool = False,
 ) -> nn.Module:
     """The trained network of a job dir, in evaluation mode, with the weights (and
     BatchNorm statistics) of its last finished epoch, from its verified checkpoint
     (digest checked, loaded without pickle). A run that is not complete is refused
     unless asked for: `allow_unfinished=True` for a running, failed or interrupted
     run (its last saved epoch), `allow_diverged=True` for a diverged one (its
-    weights may be huge or NaN). Raises FashionbnError saying why not."""
+    weights may be huge or NaN). A plug-in normalisation is built from the
+    `_target_` the job dir names — code a job dir chooses — only when it is under
+    torch.nn, or with `trust_plugins=True` for a dir you trust (your own runs).
+    Raises FashionbnError saying why not."""
     from fashionbn.jobs.files import COMPLETE, DIVERGED, read_status
     from fashionbn.jobs.resume import trusted_checkpoint
 
@@ -176,6 +187,16 @@ def load_model(
         raise FashionbnError(f"{job_dir}: {err}") from None
     if checkpoint is None:
         raise FashionbnError(f"{job_dir}: {problem}")
+    model_cfg = checkpoint.identity.get("model")
+    norm = model_cfg.get("norm") if isinstance(model_cfg, dict) else None
+    if is_plugin(norm) and not trust_plugins:
+        target = str(norm["_target_"])
+        if not target.startswith("torch.nn.") or target.count(".") != 2:
+            raise FashionbnError(
+                f"{job_dir}: its model's normalisation is {target!r:.80}, code a job "
+                "dir names (a sweep dir is untrusted input); trust_plugins=True "
+                "builds it for a dir you trust"
+            )
     try:
         model = build_model(OmegaConf.create(checkpoint.identity["model"]))
         model.load_state_dict(checkpoint.state["model"])

@@ -15,7 +15,7 @@ def test_defaults_match_the_original_experiment() -> None:
     cfg = compose_config([])
     assert (cfg.seed, cfg.epochs, cfg.batch_size, cfg.device) == (0, 5, 64, "auto")
     assert cfg.model.name == "baseline" and list(cfg.model.hidden) == [64, 32]
-    assert cfg.model.norm.value == "none"
+    assert cfg.model.norm == "none"
     assert cfg.model.activation.value == "relu" and cfg.model.init.value == "default"
     assert cfg.diagnostics.enabled is False
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 0.001, 0.0)
@@ -29,7 +29,7 @@ def test_defaults_match_the_original_experiment() -> None:
 
 def test_batchnorm_group_switches_bn_on_before_relu() -> None:
     cfg = compose_config(["model=batchnorm"])
-    assert cfg.model.norm.value == "batchnorm"
+    assert cfg.model.norm == "batchnorm"
     assert cfg.model.norm_placement.value == "before"
 
 
@@ -52,7 +52,6 @@ def test_documented_overrides_compose() -> None:
         "optim.momentum=fast",  # wrong type in a group
         "model.norm_placement=sideways",  # not one of the enum's values
         "model.activation=swish",
-        "model.norm=groupnorm",
         "model.batch_norm=true",  # renamed: model.norm=batchnorm
         "model=foo",  # unknown group option
     ],
@@ -96,7 +95,7 @@ def test_the_papers_experiment_as_a_preset() -> None:
         cfg = compose("config", ["experiment=ioffe_fig1", "model=batchnorm"])
     assert list(cfg.model.hidden) == [100, 100, 100]
     assert (
-        cfg.model.activation.value == "sigmoid" and cfg.model.norm.value == "batchnorm"
+        cfg.model.activation.value == "sigmoid" and cfg.model.norm == "batchnorm"
     )
     assert (cfg.model.init.value, cfg.model.init_std) == ("normal", 0.01)
     assert (cfg.batch_size, cfg.epochs, cfg.optim.name) == (60, 50, "sgd")

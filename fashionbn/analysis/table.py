@@ -378,13 +378,22 @@ def describe_models(results: pd.DataFrame, group_keys: list[str]) -> dict:
     described = {}
     for model, part in runs.groupby("model"):
         described[model] = {
-            key: part[key].iloc[0]
+            key: _plugin_value(key, part[key].iloc[0])
             for key in model_keys(runs)
             if key not in group_keys
             and part[key].nunique(dropna=False) == 1
             and pd.notna(part[key].iloc[0])
         }
     return described
+
+
+def _plugin_value(key: str, value):
+    """A plug-in's argument as written: a column that other models leave empty
+    turns integers into floats (model.norm.num_groups 4 -> 4.0)."""
+    integral = isinstance(value, float) and value.is_integer()
+    if key.startswith("model.norm.") and integral:
+        return int(value)
+    return value
 
 
 def same_networks(results: pd.DataFrame) -> list[list[str]]:

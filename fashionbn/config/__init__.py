@@ -30,6 +30,7 @@ from fashionbn.config.schema import (  # noqa: F401 - the stage's public names
     dirname_exclude_keys,
     flatten,
     identity_problem,
+    is_plugin,
     normalise_identity,
     not_applicable,
     option_value,

@@ -28,7 +28,8 @@ class ConfigError(FashionbnError, ValueError):
 
 
 class Norm(str, Enum):
-    """The normalisation of every hidden layer."""
+    """The built-in normalisations of every hidden layer (model.norm also takes a
+    plug-in: a mapping with a `_target_`, see is_plugin)."""
 
     none = "none"
     batchnorm = "batchnorm"  # BatchNorm1d: per unit, over the batch
@@ -57,7 +58,9 @@ class Init(str, Enum):
 class ModelConfig:
     name: str = MISSING
     hidden: list[int] = field(default_factory=lambda: [64, 32])
-    norm: Norm = Norm.none
+    # a built-in Norm's name, or a plug-in: {_target_: <a module class or factory>,
+    # its arguments...}, called with each hidden layer's width (core/model.py)
+    norm: Any = Norm.none.value
     norm_placement: NormPlacement = NormPlacement.before
     bn_momentum: float = 0.1
     norm_eps: float = 1e-5
@@ -179,9 +182,14 @@ def not_applicable(flat: dict[str, Any]) -> list[str]:
     the validation split's seed without a split. They are not validated, and a run's
     identity holds null for them, so the same computation has one identity whatever
     they were set to."""
-    norm = flat.get("model.norm", Norm.none.value)
+    plugin = any(key.startswith("model.norm.") for key in flat)
+    norm = "plug-in" if plugin else flat.get("model.norm", Norm.none.value)
     keys = []
-    if norm != Norm.batchnorm.value:
+    if plugin:
+        # a plug-in: its own arguments say its eps and momentum; it may hold a
+        # BatchNorm, whose precise statistics precise_bn measures
+        keys += ["model.bn_momentum", "model.norm_eps"]
+    elif norm != Norm.batchnorm.value:
         keys += ["model.bn_momentum", "precise_bn"]
     if norm == Norm.none.value:
         keys += ["model.norm_eps", "model.norm_placement"]
@@ -190,6 +198,12 @@ def not_applicable(flat: dict[str, Any]) -> list[str]:
     if not flat.get("data.val_size"):
         keys.append("data.split_seed")
     return keys
+
+
+def is_plugin(norm: Any) -> bool:
+    """Whether model.norm names a plug-in (a mapping with a `_target_`), not a
+    built-in Norm."""
+    return hasattr(norm, "keys") and "_target_" in norm
 
 
 def dirname_exclude_keys() -> list[str]:
@@ -281,8 +295,10 @@ def normalise_identity(config: dict) -> dict:
         flat.setdefault("model.norm", "batchnorm" if batch_norm else "none")
     for prefix, schema in _schemas(flat):
         for key, value in _schema_defaults(schema).items():
-            if f"{prefix}{key}" not in NON_IDENTITY_KEYS:
-                flat.setdefault(f"{prefix}{key}", value)
+            full = f"{prefix}{key}"
+            given = any(k.startswith(f"{full}.") for k in flat)  # a plug-in's mapping
+            if full not in NON_IDENTITY_KEYS and not given:
+                flat.setdefault(full, value)
     for key in not_applicable(flat):
         flat[key] = None
     return unflatten(flat)

@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 from fashionbn.config import (
     ConfigError,
     DataConfig,
+    Norm,
     flatten,
+    is_plugin,
     not_applicable,
     option_value,
 )
@@ -72,8 +74,31 @@ def hidden_widths_problem(hidden: list[int]) -> Optional[str]:
     return None
 
 
+def norm_problem(norm) -> Optional[str]:
+    """Why model.norm is neither a built-in normalisation nor a plug-in mapping, or
+    None. (Whether a plug-in can be made is core.model.checked_model's to find.)"""
+    built_in = [n.value for n in Norm]
+    if is_plugin(norm):
+        target = norm["_target_"]
+        if isinstance(target, str) and target.strip():
+            return None
+        return (
+            f"model.norm._target_={target!r}: give a class or function by its "
+            "dotted name, e.g. torch.nn.GroupNorm"
+        )
+    if isinstance(norm, str) and norm in built_in:
+        return None
+    return (
+        f"model.norm={norm}: not a built-in normalisation ({', '.join(built_in)}); "
+        "another one is a plug-in: model=groupnorm, model=rmsnorm, or a mapping with "
+        "a _target_ (docs/extending.md)"
+    )
+
+
 def _model_problems(model) -> list[str]:
     problems = []
+    if problem := norm_problem(model.norm):
+        problems.append(problem)
     if problem := hidden_widths_problem(list(model.hidden)):
         problems.append(problem)
     if not (_finite(model.norm_eps) and model.norm_eps > 0):

@@ -19,9 +19,19 @@ fused affine rounds differently) and, on the CPU, the reported loss value (nll_l
 mean sums in its own order). With more threads, torch.mm splits one run's sums across
 threads unlike torch.bmm: last digits differ (README: measured). On CUDA the kernels
 differ from one run's; the loss value is the batched mean there.
+
+That hand-written forward pass is the fast path, chosen by an allowlist (FAST_PATH:
+the built-in MLP's module types, exactly). Any other model — a plug-in normalisation
+(model.norm._target_) — trains through the generic path: the single-run module
+itself, vmapped over the stacked parameters and buffers
+(torch.func.functional_call; BatchNorm's running statistics update per run). Its
+numbers match the runs alone to float32 rounding, not bit for bit (torch.bmm rounds
+unlike torch.mm). Whether a model can be stacked is tried at set-up
+(stacking_problem): one that cannot runs alone, with its reason.
 Nothing here reads or writes files.
 """
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Optional
@@ -31,10 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from fashionbn.config import flatten, option_value
+from fashionbn.config import ConfigError, flatten, option_value
 from fashionbn.core.data import FashionData, epoch_order
 from fashionbn.core.evaluation import evaluate_epoch
-from fashionbn.core.model import ACTIVATIONS, has_batch_norm
+from fashionbn.core.model import ACTIVATIONS, checked_model, has_batch_norm
 from fashionbn.core.records import COMPLETE, DIVERGED, STOPPED
 from fashionbn.core.train import Training, is_diverged
 
@@ -59,16 +69,80 @@ def cohort_key(identity: dict) -> tuple:
     return (*shared, ("uses momentum, weight decay", uses))
 
 
+# the module types the hand-written forward pass (Cohort.forward) computes, exactly
+# (a subclass may compute otherwise): any other model takes the generic path
+FAST_PATH = (nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.LayerNorm,
+             *ACTIVATIONS.values())  # fmt: skip
+
+
+def on_fast_path(model: nn.Module) -> bool:
+    """Whether every layer of `model` is one the hand-written forward pass knows."""
+    return isinstance(model, nn.Sequential) and all(
+        type(module) in FAST_PATH for module in model
+    )
+
+
 def unsupported(cfg) -> Optional[str]:
     """Why a run cannot join a cohort (it then runs through the single-run path),
-    or None."""
+    or None. A model off the fast path is tried on the generic path here, at
+    set-up (stacking_problem), never found wanting mid-sweep."""
     if cfg.optim.name != "sgd":
         return f"optim={cfg.optim.name} (the batched path trains SGD only)"
     if cfg.diagnostics.enabled:
         return "diagnostics=on (the probe measures one model at a time)"
     if option_value(cfg.model.activation) not in ACTIVATIONS:
         return f"model.activation={cfg.model.activation}"
+    try:
+        model = checked_model(cfg.model)
+    except ConfigError:
+        return None  # the job fails with this error where it is checked
+    if on_fast_path(model):
+        return None
+    return stacking_problem(model)
+
+
+def stacking_problem(model: nn.Module) -> Optional[str]:
+    """Why `model` cannot train on the generic path (vmap over stacked copies), or
+    None: two copies of it stacked take one forward and backward pass of a tiny
+    fixed batch, whose logits must equal each copy's own. Works on copies and forks
+    the random stream: nothing of a run is touched."""
+    with torch.random.fork_rng(devices=[]):
+        copies = [copy.deepcopy(model) for _ in range(2)]
+        with torch.no_grad():  # make the two copies differ
+            for p in copies[1].parameters():
+                p.mul_(0.5)
+        if len(copies[0]) < 2 or not isinstance(copies[0][1], nn.Linear):
+            return "its first layers are not Flatten -> Linear"
+        features = copies[0][1].in_features
+        x = torch.linspace(-1.0, 1.0, 2 * 4 * features).view(2, 4, features)
+        alone = [c(x[k]).detach() for k, c in enumerate(copy.deepcopy(copies))]
+        params, buffers = stack_module_state(copies)
+        params = {n: p.detach().requires_grad_() for n, p in params.items()}
+        try:
+            logits = generic_forward(copies[0], params, buffers, x)
+            torch.autograd.grad(logits.sum(), list(params.values()),
+                                allow_unused=True)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - whatever vmap cannot do
+            text = (str(err).strip() or type(err).__name__).splitlines()[0][:200]
+            return f"its model cannot be stacked for a cohort (vmap: {text})"
+        if not all(
+            torch.allclose(logits[k], alone[k], rtol=1e-4, atol=1e-5) for k in range(2)
+        ):
+            return "its model computes otherwise when stacked for a cohort"
     return None
+
+
+def generic_forward(
+    template: nn.Module, params: dict, buffers: dict, x: torch.Tensor
+) -> torch.Tensor:
+    """The template's own forward pass for every run: (K, B, ...) -> (K, B, out),
+    with each run's slice of the stacked params and buffers (buffers updated in
+    place, as each run's module would update its own)."""
+
+    def one(run_params, run_buffers, run_x):
+        return functional_call(template, (run_params, run_buffers), (run_x,))
+
+    return torch.vmap(one)(params, buffers, x)
 
 
 class StackedLinear(torch.autograd.Function):
@@ -95,10 +169,19 @@ class StackedLinear(torch.autograd.Function):
 class Cohort:
     """K runs of one architecture, stacked; trains them one epoch at a time."""
 
-    def __init__(self, trainings: list[Training], cfgs: list, exact_losses: bool):
+    def __init__(
+        self,
+        trainings: list[Training],
+        cfgs: list,
+        exact_losses: bool,
+        generic: Optional[bool] = None,
+    ):
+        """`generic`: None = the fast path when the model is on it (FAST_PATH),
+        True = the generic path whatever the model (tests compare the two)."""
         self.trainings, self.cfgs = trainings, cfgs
         self.exact_losses = exact_losses  # per-run loss values, as alone (CPU)
-        template = trainings[0].model
+        template = self.template = trainings[0].model
+        self.generic = bool(generic) or not on_fast_path(template)
         self.modules = list(template)
         self.batch_norm = has_batch_norm(template)
         params, buffers = stack_module_state([t.model for t in trainings])
@@ -119,7 +202,9 @@ class Cohort:
         self.uses_momentum = bool(cfgs[0].optim.momentum)
         self.uses_decay = bool(cfgs[0].optim.weight_decay)
         self.momentum_buffers = self._stacked_momentum()
-        self.use_graphs = device.type == "cuda" and not exact_losses
+        self.use_graphs = (
+            device.type == "cuda" and not exact_losses and not self.generic
+        )  # the generic path runs eagerly
         self._fresh_program()
 
     def _fresh_program(self) -> None:
@@ -137,6 +222,8 @@ class Cohort:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(K, B, 784) -> logits (K, B, 10); BatchNorm updates the stacked running
         statistics as each run's module would."""
+        if self.generic:
+            return generic_forward(self.template, self.params, self.buffers, x)
         h = x
         for index, module in enumerate(self.modules):
             weight = self.params.get(f"{index}.weight")
@@ -153,8 +240,10 @@ class Cohort:
                                  module.eps)
                     for k in range(len(h))
                 ])  # fmt: skip
-            else:
+            elif isinstance(module, tuple(ACTIVATIONS.values())):
                 h = module(h)  # the activation, elementwise
+            else:  # on_fast_path() keeps other modules off this path
+                raise TypeError(f"the fast path has no stacked {type(module).__name__}")
         return h
 
     def _batch_norm(self, index, module, h, weight, bias) -> torch.Tensor:
@@ -184,6 +273,7 @@ class Cohort:
         accuracy) per run, as train_one_epoch computes them alone."""
         images, labels = data.train_images, data.train_labels
         n, device = len(labels), images.device
+        self.template.train()  # as train_one_epoch: evaluation left it in eval mode
         orders = torch.stack([
             epoch_order(n, batch_size, t.generator, device, drop_last)
             for t in self.trainings
@@ -366,6 +456,7 @@ def train_cohort(
     on_epoch: Optional[Callable[[int, list[dict], bool], Optional[bool]]] = None,
     exact_losses: bool = True,
     on_step: Optional[Callable[[], None]] = None,
+    generic: Optional[bool] = None,
 ) -> list[str]:
     """train_epochs for K runs at the same epoch: each epoch trained at once, then
     every run evaluated by the single-run path's own evaluate_epoch; records[k] grows
@@ -374,13 +465,13 @@ def train_cohort(
     on_epoch returns False (STOPPED); the others go on unchanged.
     Each run's `seconds` is its share of the cohort's training time plus its own
     evaluation. on_step() is called after every step of the cohort. Returns
-    COMPLETE or DIVERGED per run."""
+    COMPLETE or DIVERGED per run. `generic`: see Cohort."""
     cfg = cfgs[0]
     drop_last = cfg.data.drop_last
     statuses = [COMPLETE] * len(cfgs)
     active = list(range(len(cfgs)))
     cohort = Cohort([trainings[k] for k in active], [cfgs[k] for k in active],
-                    exact_losses)  # fmt: skip
+                    exact_losses, generic)  # fmt: skip
     for epoch in range(len(records[0]) + 1, cfg.epochs + 1):
         start = time.perf_counter()
         losses, accuracies = cohort.train_epoch(

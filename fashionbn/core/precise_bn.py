@@ -22,10 +22,12 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def batch_norm_layers(model: nn.Module) -> list[nn.BatchNorm1d]:
-    return [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+def batch_norm_layers(model: nn.Module) -> list[_BatchNorm]:
+    """Every BatchNorm layer (built-in or a plug-in's torch.nn.BatchNorm*d)."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
 
 
 @torch.no_grad()
@@ -38,8 +40,9 @@ def population_statistics(
     x = images.flatten(1)  # (N, 784)
     found = []
     for module in model:
-        if isinstance(module, nn.BatchNorm1d):
-            mean, var = x.mean(dim=0), x.var(dim=0, unbiased=True)  # (width,) each
+        if isinstance(module, _BatchNorm):  # statistics per channel (dim 1)
+            dims = 0 if x.dim() == 2 else [0, *range(2, x.dim())]
+            mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=True)  # (C,) each
             found.append((mean, var))
             x = F.batch_norm(x, mean, var, module.weight, module.bias,
                              training=False, eps=module.eps)  # fmt: skip

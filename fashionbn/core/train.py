@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashionbn.config import ConfigError, option_value
+from fashionbn.config import ConfigError
 from fashionbn.config.validation import check_config
 from fashionbn.core.data import FashionData, load_dataset, shuffled_batches
 from fashionbn.core.evaluation import evaluate_epoch
-from fashionbn.core.model import build_model, has_batch_norm
+from fashionbn.core.model import build_model, checked_model, has_batch_norm
 from fashionbn.core.records import COMPLETE, DIVERGED
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,9 @@ def steps_per_epoch(
 
 
 def check_trainable(cfg, num_samples: int) -> None:
-    """Refuse, before anything is trained or written, a run with no step to take."""
-    batch_norm = option_value(cfg.model.norm) == "batchnorm"
+    """Refuse, before anything is trained or written, a run with no step to take or
+    a model that cannot take one (core.model.checked_model)."""
+    batch_norm = has_batch_norm(checked_model(cfg.model))  # a plug-in's error here
     drop_last = bool(cfg.data.get("drop_last", False))
     if steps_per_epoch(num_samples, cfg.batch_size, batch_norm, drop_last) > 0:
         return

@@ -1,0 +1,367 @@
+"""Normalisation plug-ins (model.norm._target_): built from config by Hydra's
+instantiate, checked at set-up, trained by both launchers (cohorts through the
+generic vmap path), measured, aggregated, and kept apart from the built-ins'
+identities."""
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from fashionbn import api
+from fashionbn.config import ConfigError, FashionbnError
+from fashionbn.config.validation import check_config
+from fashionbn.core.batched import (
+    Cohort,
+    on_fast_path,
+    stacking_problem,
+    train_cohort,
+    unsupported,
+)
+from fashionbn.core.model import build_model, checked_model, count_parameters
+from fashionbn.core.train import (
+    checked_data,
+    start_training,
+    torch_threads,
+    train_and_evaluate,
+)
+from fashionbn.jobs.checkpoint import load_checkpoint
+from fashionbn.jobs.job import run_identity
+from tests.conftest import compose_config, run_module, without_seconds
+from tests.test_batched import KINDS, configs
+
+CPU = torch.device("cpu")
+
+
+def test_groupnorm_and_rmsnorm_are_torchs_layers_at_every_hidden_width() -> None:
+    gn = build_model(compose_config(["model=groupnorm"]).model)
+    assert [type(m).__name__ for m in gn] == [
+        "Flatten", "Linear", "GroupNorm", "ReLU", "Linear", "GroupNorm", "ReLU",
+        "Linear",
+    ]  # fmt: skip
+    assert [(m.num_groups, m.num_channels) for m in gn if isinstance(m, nn.GroupNorm)]\
+        == [(4, 64), (4, 32)]  # fmt: skip
+    # baseline 52,650 + a weight and a bias per unit of both hidden layers
+    assert count_parameters(gn) == 52_650 + 2 * (64 + 32)
+    rms = build_model(compose_config(["model=rmsnorm", "model.hidden=[16]"]).model)
+    (layer,) = [m for m in rms if isinstance(m, nn.RMSNorm)]
+    assert layer.normalized_shape == (16,) and layer.eps == 1e-5
+    after = build_model(
+        compose_config(["model=groupnorm", "model.norm_placement=after"]).model
+    )
+    assert [type(m).__name__ for m in after][1:4] == ["Linear", "ReLU", "GroupNorm"]
+
+
+def test_built_in_models_keep_their_identities() -> None:
+    """The identities older job dirs hold (hand-written): a plug-in mechanism must
+    not rename or re-null any built-in key."""
+    common = {"activation": "relu", "hidden": [64, 32], "init": "default",
+              "init_std": None}  # fmt: skip
+    expected = {
+        "baseline": {"norm": "none", "bn_momentum": None, "norm_eps": None,
+                     "norm_placement": None},
+        "batchnorm": {"norm": "batchnorm", "bn_momentum": 0.1, "norm_eps": 1e-5,
+                      "norm_placement": "before"},
+        "batchnorm_after": {"norm": "batchnorm", "bn_momentum": 0.1,
+                            "norm_eps": 1e-5, "norm_placement": "after"},
+        "layernorm": {"norm": "layernorm", "bn_momentum": None, "norm_eps": 1e-5,
+                      "norm_placement": "before"},
+    }  # fmt: skip
+    for name, keys in expected.items():
+        model = run_identity(compose_config([f"model={name}"]))["model"]
+        assert model == {**common, **keys, "name": name}, name
+
+
+def test_a_plugins_identity_is_its_target_and_arguments() -> None:
+    identity = run_identity(compose_config(["model=groupnorm"]))
+    assert identity["model"]["norm"] == {
+        "_target_": "torch.nn.GroupNorm", "num_groups": 4, "eps": 1e-5,
+    }  # fmt: skip
+    # its placement applies; the built-ins' eps and momentum do not
+    assert identity["model"]["norm_placement"] == "before"
+    assert identity["model"]["norm_eps"] is None
+    assert identity["model"]["bn_momentum"] is None
+    other = run_identity(compose_config(["model=groupnorm", "model.norm.num_groups=8"]))
+    assert other != identity
+    ignored = compose_config(["model=groupnorm", "model.bn_momentum=0.5"])
+    assert run_identity(ignored) == identity
+    check_config(ignored)  # not applicable: not validated either
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["model.norm=groupnorm"], "model.norm=groupnorm: not a built-in"),
+        (["model=groupnorm", "model.norm._target_=nowhere.Norm"],
+         "model.norm._target_=nowhere.Norm: Error locating target 'nowhere.Norm'"),
+        (["model=groupnorm", "model.norm.num_groups=5"],
+         "for a layer of 64 units: num_channels (64) must be divisible by "
+         "num_groups (5)"),
+        (["model=groupnorm", "model.norm._target_=builtins.len"],
+         "model.norm._target_=builtins.len for a layer of 64 units"),
+        (["model=groupnorm", "model.norm._target_=torch.nn.Identity",
+          "model.norm.num_groups=1"], None),
+        (["model=rmsnorm", "model.norm._target_=torch.nn.Linear", "~model.norm.eps",
+          "+model.norm.out_features=3"],  # another width out: the next layer fails
+         "model.norm: torch.nn.Linear fails on a batch of 4"),
+    ],
+)  # fmt: skip
+def test_a_plugin_that_cannot_work_is_one_line_at_set_up(overrides, expected) -> None:
+    cfg = compose_config(overrides)
+    if expected is None:  # Identity(width, num_groups=1) takes any argument
+        checked_model(cfg.model)
+        return
+    with pytest.raises(ConfigError) as caught:
+        check_config(cfg)
+        checked_model(cfg.model)
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value) and "HYDRA_FULL_ERROR" not in str(caught.value)
+
+
+def test_checking_a_plugin_draws_no_random_number() -> None:
+    cfg = compose_config(["model=groupnorm"])
+    model = build_model(cfg.model)  # draws (Linear's init): before the snapshot
+    before = torch.get_rng_state()
+    checked_model(cfg.model)
+    assert stacking_problem(model) is None
+    assert unsupported(cfg) is None
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("extra", KINDS.values(), ids=KINDS.keys())
+def test_the_fast_path_equals_the_generic_path_on_every_built_in_kind(
+    extra, real_data_root
+) -> None:
+    """The hand-written forward pass (allowlisted) against the module itself
+    vmapped: the same training to float32 rounding after an epoch at lr 0.01.
+    (Larger steps and more epochs let the last digits' differences grow in some
+    kinds: measured on bn-after-nesterov at lr 0.1, the fast path at 2 threads
+    moves its own weights 30x further from 1 thread than the generic path does.)"""
+    cfgs = configs(real_data_root, extra, lrs=(0.01,), seeds=(0, 1), epochs=1)
+    assert on_fast_path(build_model(cfgs[0].model))
+    data = checked_data(cfgs[0], None, CPU)
+    results = {}
+    with torch_threads(1):
+        for generic in (False, True):
+            trainings = [start_training(cfg, CPU) for cfg in cfgs]
+            records = [[] for _ in cfgs]
+            train_cohort(cfgs, trainings, data, records, generic=generic)
+            results[generic] = (records, trainings)
+    for fast, slow in zip(*[results[g][0] for g in (False, True)]):
+        for a, b in zip(without_seconds(fast), without_seconds(slow)):
+            for key, value in a.items():
+                if isinstance(value, float):
+                    assert math.isclose(value, b[key], rel_tol=1e-4, abs_tol=1e-4), key
+    for a, b in zip(*[results[g][1] for g in (False, True)]):
+        for (name, x), y in zip(a.model.state_dict().items(),
+                                b.model.state_dict().values()):  # fmt: skip
+            assert torch.allclose(x.double(), y.double(), atol=1e-4), name
+
+
+@pytest.mark.parametrize("model", ["groupnorm", "rmsnorm"])
+def test_a_plugin_cohort_trains_each_run_as_alone(model, real_data_root) -> None:
+    cfgs = configs(real_data_root, [f"model={model}", "optim.momentum=0.9"],
+                   lrs=(0.05,))  # fmt: skip
+    assert unsupported(cfgs[0]) is None  # it joins a cohort
+    assert not on_fast_path(build_model(cfgs[0].model))
+    with torch_threads(1):
+        alone = [without_seconds(train_and_evaluate(cfg)) for cfg in cfgs]
+        data = checked_data(cfgs[0], None, CPU)
+        trainings = [start_training(cfg, CPU) for cfg in cfgs]
+        records = [[] for _ in cfgs]
+        statuses = train_cohort(cfgs, trainings, data, records)
+    assert statuses == ["complete", "complete"]
+    assert records[0] != records[1]  # two seeds: two runs
+    for run, single in zip(records, alone):
+        for a, b in zip(without_seconds(run), single):
+            assert a.keys() == b.keys()
+            for key in a:
+                if a[key] is None or b[key] is None:  # no validation split
+                    assert a[key] is b[key], key
+                    continue
+                assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-5), key
+
+
+def test_a_batchnorm_plugin_trains_as_the_built_in_batchnorm(real_data_root):
+    """torch.nn.BatchNorm1d by _target_ is a BatchNorm: it skips one-sample batches
+    (1025 samples in batches of 64) and gets precise statistics, bit for bit as
+    model=batchnorm."""
+    base = [f"data.root={real_data_root}", "data.train_size=1025",
+            "data.val_size=100", "data.test_size=200", "device=cpu", "threads=1",
+            "epochs=2", "precise_bn=true", "optim.lr=0.1"]  # fmt: skip
+    built_in = compose_config([*base, "model=batchnorm"])
+    plugin = compose_config([*base, "model=groupnorm", "+model.norm.momentum=0.1",
+                             "model.norm._target_=torch.nn.BatchNorm1d",
+                             "~model.norm.num_groups"])  # fmt: skip
+    with torch_threads(1):
+        expected = without_seconds(train_and_evaluate(built_in))
+        got = without_seconds(train_and_evaluate(plugin))
+    assert expected[0]["test_acc_precise"] is not None
+    assert got == expected
+
+
+class ItemNorm(nn.Module):
+    """Scales by a Python float of its input's mean: data-dependent control that
+    vmap cannot stack (.item())."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+
+    def forward(self, x):
+        return x / (1.0 + abs(x.mean().item()))
+
+
+def test_a_module_vmap_cannot_stack_runs_alone_with_its_reason() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 8), ItemNorm(8), nn.ReLU(),
+                          nn.Linear(8, 10))  # fmt: skip
+    assert not on_fast_path(model)
+    problem = stacking_problem(model)
+    assert problem is not None and "cannot be stacked for a cohort" in problem
+    # by config: the launcher's set-up check gives the job its line (run_alone)
+    cfg = compose_config(
+        ["model=groupnorm", "model.norm._target_=tests.test_plugins.ItemNorm",
+         "~model.norm.num_groups", "~model.norm.eps"]
+    )  # fmt: skip
+    assert "cannot be stacked for a cohort" in unsupported(cfg)
+
+
+USER_NORM = '''
+import torch
+from torch import nn
+
+
+class ScaleNorm(nn.Module):
+    """x * g / ||x|| per sample (Nguyen & Salazar 2019), one learned scale."""
+
+    def __init__(self, width, eps=1e-5):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(width) ** 0.5))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.scale * x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps)
+'''
+
+USER_YAML = """
+defaults:
+  - baseline
+  - _self_
+
+name: scalenorm
+norm:
+  _target_: my_norms.ScaleNorm
+  eps: 1.0e-05
+"""
+
+
+@pytest.mark.slow
+def test_a_users_module_from_its_own_dir_runs_in_both_launchers(
+    real_data_root, tmp_path
+) -> None:
+    """One YAML in the user's config dir + the user's file, no edit to fashionbn:
+    both launchers train it to the same numbers, with diagnostics on, and the
+    aggregate reports it by its target."""
+    mine = tmp_path / "mine"
+    (mine / "conf" / "model").mkdir(parents=True)
+    (mine / "my_norms.py").write_text(USER_NORM)
+    (mine / "conf" / "model" / "scalenorm.yaml").write_text(USER_YAML)
+    env_path = os.pathsep.join([str(mine), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = env_path  # run_module's children inherit it
+    try:
+        args = ["fashionbn.run", "-m", "--config-dir", str(mine / "conf"),
+                "model=scalenorm,groupnorm", "seed=0,1", "epochs=2",
+                "data.train_size=640", "data.test_size=200", "device=cpu",
+                "threads=1", f"data.root={real_data_root}"]  # fmt: skip
+        for launcher in ("basic", "batched"):
+            result = run_module(
+                [*args, f"hydra.sweep.dir={tmp_path / launcher}",
+                 f"hydra/launcher={launcher}"], tmp_path)  # fmt: skip
+            assert result.returncode == 0, result.stderr[-2000:]
+        assert "a cohort of 2 runs" in result.stderr  # scalenorm and groupnorm
+        diag = run_module(
+            [*args, f"hydra.sweep.dir={tmp_path / 'diag'}", "diagnostics=on",
+             "hydra/launcher=batched", "seed=0"], tmp_path)  # fmt: skip
+        assert diag.returncode == 0, diag.stderr[-2000:]
+        assert diag.stderr.count("runs alone, not in a cohort: diagnostics=on") == 2
+    finally:
+        os.environ["PYTHONPATH"] = env_path.split(os.pathsep, 1)[1]
+    names = sorted(p.name for p in (tmp_path / "basic").iterdir() if p.is_dir())
+    sizes = "data.test_size=200,data.train_size=640,epochs=2"
+    assert names == [f"{sizes},model={m},seed={s}"
+                     for m in ("groupnorm", "scalenorm") for s in (0, 1)]  # fmt: skip
+    for name in names:
+        basic = pd.read_csv(tmp_path / "basic" / name / "metrics.csv")
+        batched = pd.read_csv(tmp_path / "batched" / name / "metrics.csv")
+        for column in ("train_loss", "test_loss", "test_acc"):
+            assert (basic[column] - batched[column]).abs().max() < 1e-4, (name, column)
+    state = load_checkpoint(tmp_path / "basic" / names[2])[0].state["model"]
+    assert state["2.scale"].shape == ()  # the user's parameter, trained:
+    assert state["2.scale"].item() != 64**0.5  # moved from its initial sqrt(width)
+    for model in ("groupnorm", "scalenorm"):
+        name = (
+            "data.test_size=200,data.train_size=640,diagnostics=on,epochs=2,"
+            f"model={model},seed=0"
+        )
+        diagnostics = pd.read_csv(tmp_path / "diag" / name / "diagnostics.csv")
+        assert {"1", "2", "all"} <= set(diagnostics["layer"].astype(str))
+        quantities = set(diagnostics["quantity"])
+        assert {"act_in_std", "grad_norm", "ics_l2", "loss_range"} <= quantities
+        assert diagnostics["value"].notna().all()
+    report = run_module(["fashionbn.aggregate", str(tmp_path / "basic"),
+                         "--out", str(tmp_path / "report")], tmp_path)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "model.norm._target_=my_norms.ScaleNorm" in text
+    assert "model.norm._target_=torch.nn.GroupNorm" in text
+    assert "model.norm.num_groups=4;" in text  # as written, not 4.0
+
+
+def test_load_model_builds_only_torch_plugins_from_a_dir_unless_trusted(
+    real_data_root, tmp_path
+) -> None:
+    overrides = [f"data.root={real_data_root}", "data.train_size=256",
+                 "data.test_size=100", "epochs=1", "device=cpu", "threads=1",
+                 "model=groupnorm"]  # fmt: skip
+    api.train(api.config(overrides), tmp_path / "gn")
+    model = api.load_model(tmp_path / "gn")
+    assert sum(isinstance(m, nn.GroupNorm) for m in model) == 2
+    # the same run, but its stored target is code the dir chooses
+    api.train(api.config([*overrides,
+                          "model.norm._target_=tests.test_plugins.ScaledGroupNorm"]),
+              tmp_path / "mine")  # fmt: skip
+    with pytest.raises(FashionbnError, match="trust_plugins=True"):
+        api.load_model(tmp_path / "mine")
+    model = api.load_model(tmp_path / "mine", trust_plugins=True)
+    # (imported by its dotted name: a module object apart from pytest's own)
+    assert [type(m).__name__ for m in model].count("ScaledGroupNorm") == 2
+
+
+class ScaledGroupNorm(nn.GroupNorm):
+    """A user's subclass: off the fast path, so cohorts take the generic path."""
+
+
+def test_a_subclass_of_a_fast_layer_takes_the_generic_path() -> None:
+    cfg = compose_config(
+        ["model=groupnorm", "model.norm._target_=tests.test_plugins.ScaledGroupNorm"]
+    )
+    model = build_model(cfg.model)
+    assert not on_fast_path(model)
+    sub = nn.Sequential(nn.Flatten(), nn.Linear(784, 8), type("B", (nn.BatchNorm1d,),
+                        {})(8), nn.ReLU(), nn.Linear(8, 10))  # fmt: skip
+    assert not on_fast_path(sub)
+    assert on_fast_path(build_model(compose_config(["model=batchnorm"]).model))
+    gn = compose_config(["model=groupnorm"])
+    assert Cohort([start_training(gn, CPU)], [gn], exact_losses=True).generic
+
+
+def test_the_help_lists_the_plug_in_models(tmp_path: Path) -> None:
+    result = run_module(["fashionbn.run", "--help"], tmp_path)
+    line = next(
+        line for line in result.stdout.splitlines() if line.strip().startswith("model:")
+    )
+    assert "groupnorm" in line and "rmsnorm" in line
