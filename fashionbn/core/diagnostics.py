@@ -192,7 +192,8 @@ def _landscape(
     """Loss range, gradient change and effective beta-smoothness along -g, from the
     stacked pass: index 0 is theta, 1..len(step_sizes) the moved points."""
     k = 1 + len(step_sizes)
-    flat = torch.cat([grads[n][:k].reshape(k, -1) for n in probe.names], dim=1)  # (k, P)
+    # (k, P); reshape, not flatten(1): a parameter may be a scalar (a plug-in's)
+    flat = torch.cat([grads[n][:k].reshape(k, -1) for n in probe.names], dim=1)
     changes = (flat[1:] - flat[0]).norm(dim=1)  # (len(step_sizes),)
     return landscape_values(
         losses[:k].tolist(), changes.tolist(), step_sizes, lr, flat[0].norm().item()
