@@ -94,9 +94,7 @@ def test_the_papers_experiment_as_a_preset() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", ["experiment=ioffe_fig1", "model=batchnorm"])
     assert list(cfg.model.hidden) == [100, 100, 100]
-    assert (
-        cfg.model.activation.value == "sigmoid" and cfg.model.norm == "batchnorm"
-    )
+    assert cfg.model.activation.value == "sigmoid" and cfg.model.norm == "batchnorm"
     assert (cfg.model.init.value, cfg.model.init_std) == ("normal", 0.01)
     assert (cfg.batch_size, cfg.epochs, cfg.optim.name) == (60, 50, "sgd")
     assert cfg.diagnostics.enabled is True and cfg.diagnostics.every_steps is None

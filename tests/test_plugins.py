@@ -4,7 +4,6 @@ generic vmap path), measured, aggregated, and kept apart from the built-ins'
 identities."""
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from fashionbn import api
+from fashionbn.analysis.table import describe_models
 from fashionbn.config import ConfigError, FashionbnError
 from fashionbn.config.validation import check_config
 from fashionbn.core.batched import (
@@ -29,7 +29,6 @@ from fashionbn.core.train import (
     torch_threads,
     train_and_evaluate,
 )
-from fashionbn.jobs.checkpoint import load_checkpoint
 from fashionbn.jobs.job import run_identity
 from tests.conftest import compose_config, run_module, without_seconds
 from tests.test_batched import KINDS, configs
@@ -230,95 +229,20 @@ def test_a_module_vmap_cannot_stack_runs_alone_with_its_reason() -> None:
     assert "cannot be stacked for a cohort" in unsupported(cfg)
 
 
-USER_NORM = '''
-import torch
-from torch import nn
-
-
-class ScaleNorm(nn.Module):
-    """x * g / ||x|| per sample (Nguyen & Salazar 2019), one learned scale."""
-
-    def __init__(self, width, eps=1e-5):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(width) ** 0.5))
-        self.eps = eps
-
-    def forward(self, x):
-        return self.scale * x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps)
-'''
-
-USER_YAML = """
-defaults:
-  - baseline
-  - _self_
-
-name: scalenorm
-norm:
-  _target_: my_norms.ScaleNorm
-  eps: 1.0e-05
-"""
-
-
-@pytest.mark.slow
-def test_a_users_module_from_its_own_dir_runs_in_both_launchers(
-    real_data_root, tmp_path
-) -> None:
-    """One YAML in the user's config dir + the user's file, no edit to fashionbn:
-    both launchers train it to the same numbers, with diagnostics on, and the
-    aggregate reports it by its target."""
-    mine = tmp_path / "mine"
-    (mine / "conf" / "model").mkdir(parents=True)
-    (mine / "my_norms.py").write_text(USER_NORM)
-    (mine / "conf" / "model" / "scalenorm.yaml").write_text(USER_YAML)
-    env_path = os.pathsep.join([str(mine), os.environ.get("PYTHONPATH", "")])
-    os.environ["PYTHONPATH"] = env_path  # run_module's children inherit it
-    try:
-        args = ["fashionbn.run", "-m", "--config-dir", str(mine / "conf"),
-                "model=scalenorm,groupnorm", "seed=0,1", "epochs=2",
-                "data.train_size=640", "data.test_size=200", "device=cpu",
-                "threads=1", f"data.root={real_data_root}"]  # fmt: skip
-        for launcher in ("basic", "batched"):
-            result = run_module(
-                [*args, f"hydra.sweep.dir={tmp_path / launcher}",
-                 f"hydra/launcher={launcher}"], tmp_path)  # fmt: skip
-            assert result.returncode == 0, result.stderr[-2000:]
-        assert "a cohort of 2 runs" in result.stderr  # scalenorm and groupnorm
-        diag = run_module(
-            [*args, f"hydra.sweep.dir={tmp_path / 'diag'}", "diagnostics=on",
-             "hydra/launcher=batched", "seed=0"], tmp_path)  # fmt: skip
-        assert diag.returncode == 0, diag.stderr[-2000:]
-        assert diag.stderr.count("runs alone, not in a cohort: diagnostics=on") == 2
-    finally:
-        os.environ["PYTHONPATH"] = env_path.split(os.pathsep, 1)[1]
-    names = sorted(p.name for p in (tmp_path / "basic").iterdir() if p.is_dir())
-    sizes = "data.test_size=200,data.train_size=640,epochs=2"
-    assert names == [f"{sizes},model={m},seed={s}"
-                     for m in ("groupnorm", "scalenorm") for s in (0, 1)]  # fmt: skip
-    for name in names:
-        basic = pd.read_csv(tmp_path / "basic" / name / "metrics.csv")
-        batched = pd.read_csv(tmp_path / "batched" / name / "metrics.csv")
-        for column in ("train_loss", "test_loss", "test_acc"):
-            assert (basic[column] - batched[column]).abs().max() < 1e-4, (name, column)
-    state = load_checkpoint(tmp_path / "basic" / names[2])[0].state["model"]
-    assert state["2.scale"].shape == ()  # the user's parameter, trained:
-    assert state["2.scale"].item() != 64**0.5  # moved from its initial sqrt(width)
-    for model in ("groupnorm", "scalenorm"):
-        name = (
-            "data.test_size=200,data.train_size=640,diagnostics=on,epochs=2,"
-            f"model={model},seed=0"
-        )
-        diagnostics = pd.read_csv(tmp_path / "diag" / name / "diagnostics.csv")
-        assert {"1", "2", "all"} <= set(diagnostics["layer"].astype(str))
-        quantities = set(diagnostics["quantity"])
-        assert {"act_in_std", "grad_norm", "ics_l2", "loss_range"} <= quantities
-        assert diagnostics["value"].notna().all()
-    report = run_module(["fashionbn.aggregate", str(tmp_path / "basic"),
-                         "--out", str(tmp_path / "report")], tmp_path)  # fmt: skip
-    assert report.returncode == 0, report.stderr[-2000:]
-    text = (tmp_path / "report" / "report.md").read_text()
-    assert "model.norm._target_=my_norms.ScaleNorm" in text
-    assert "model.norm._target_=torch.nn.GroupNorm" in text
-    assert "model.norm.num_groups=4;" in text  # as written, not 4.0
+def test_a_plugins_integer_argument_is_described_as_written() -> None:
+    """A column other models leave empty holds floats (4 -> 4.0 in pandas); the
+    report's description of each arm writes the argument as the YAML has it."""
+    runs = pd.DataFrame({
+        "run": ["a", "b"], "model": ["baseline", "groupnorm"],
+        "model.norm": ["none", None], "model.norm.num_groups": [None, 4],
+        "model.norm.eps": [None, 1e-5],
+    })  # fmt: skip
+    assert runs["model.norm.num_groups"].iloc[1] == 4.0  # pandas made it a float
+    described = describe_models(runs, ["model"])["groupnorm"]
+    assert described["model.norm.num_groups"] == 4
+    assert type(described["model.norm.num_groups"]) is int
+    assert described["model.norm.eps"] == 1e-5
+    assert "model.norm.num_groups" not in describe_models(runs, ["model"])["baseline"]
 
 
 def test_load_model_builds_only_torch_plugins_from_a_dir_unless_trusted(

@@ -70,7 +70,9 @@ def norm_factory(norm, model_cfg) -> Callable[[int], list[nn.Module]]:
     if is_plugin(norm):
         make = plugin_factory(norm)
         return lambda width: [make(width)]
-    return lambda width: []
+    if norm == "none":
+        return lambda width: []
+    raise ConfigError(f"model.norm={norm!r:.80}: not a normalisation fashionbn knows")
 
 
 def plugin_factory(spec) -> Callable[[int], nn.Module]:
