@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from fashionbn import api
-from fashionbn.analysis.table import describe_models
+from fashionbn.analysis.protocol import batch_norm_runs, evaluated
+from fashionbn.analysis.table import AggregateError, describe_models
 from fashionbn.config import ConfigError, FashionbnError
 from fashionbn.config.validation import check_config
 from fashionbn.core.batched import (
@@ -332,3 +333,26 @@ def test_the_help_lists_the_plug_in_models(tmp_path: Path) -> None:
         line for line in result.stdout.splitlines() if line.strip().startswith("model:")
     )
     assert "groupnorm" in line and "rmsnorm" in line
+
+
+def test_precise_evaluation_counts_a_batchnorm_plugin_as_batchnorm() -> None:
+    """--metric precise swaps in precise statistics for every BatchNorm run, a
+    plug-in's included (by its target's class name, or by what it recorded), and
+    refuses a BatchNorm plug-in that recorded none."""
+    frame = pd.DataFrame({
+        "run": ["bn", "plugin", "gn", "mine"],
+        "model.norm": ["batchnorm", None, None, None],
+        "model.norm._target_": [None, "torch.nn.BatchNorm1d", "torch.nn.GroupNorm",
+                                "my_norms.Odd"],
+        "test_acc": [0.5, 0.6, 0.7, 0.8], "test_acc_precise": [0.51, 0.61, None, 0.81],
+        "test_loss": [1.0, 1.0, 1.0, 1.0], "test_loss_precise": [0.9, 0.8, None, 0.7],
+        "val_acc": [None] * 4, "val_acc_precise": [None] * 4,
+        "val_loss": [None] * 4, "val_loss_precise": [None] * 4,
+    })  # fmt: skip
+    assert batch_norm_runs(frame).tolist() == [True, True, False, True]
+    swapped = evaluated(frame, "precise")
+    assert swapped["test_acc"].tolist() == [0.51, 0.61, 0.7, 0.81]
+    assert swapped["test_loss"].tolist() == [0.9, 0.8, 1.0, 0.7]
+    frame.loc[1, "test_acc_precise"] = None
+    with pytest.raises(AggregateError, match="e.g. plugin"):
+        evaluated(frame, "precise")

@@ -48,8 +48,19 @@ def describe_evaluation(evaluation: str) -> str:
 
 
 def batch_norm_runs(frame: pd.DataFrame) -> pd.Series:
-    """Which rows are of runs whose model has BatchNorm."""
-    return frame.get("model.norm", pd.Series("none", index=frame.index)) == "batchnorm"
+    """Which rows are of runs whose model has BatchNorm: model.norm=batchnorm, a
+    plug-in whose target names a BatchNorm (torch.nn.BatchNorm1d, a user's
+    MyBatchNorm), or any run that recorded precise statistics (only a model with
+    BatchNorm does)."""
+    absent = pd.Series(None, index=frame.index, dtype=object)
+    built_in = frame.get("model.norm", absent) == "batchnorm"
+    plugin = frame.get("model.norm._target_", absent).map(
+        lambda target: (
+            isinstance(target, str) and "BatchNorm" in target.rsplit(".", 1)[-1]
+        )
+    )
+    precise = frame.get("test_acc_precise", absent).notna()
+    return built_in | plugin.astype(bool) | precise
 
 
 def evaluated(frame: pd.DataFrame, evaluation: str) -> pd.DataFrame:
@@ -160,7 +171,7 @@ def why_collapsed(row: pd.Series) -> str:
     """The likely cause of one collapse (a results row with its parameters), and what
     to try."""
     causes = []
-    if row.get("model.norm") == "batchnorm":
+    if bool(batch_norm_runs(row.to_frame().T).iloc[0]):
         causes.append(
             "BatchNorm evaluates with running statistics that lag weights moving this "
             "fast"
