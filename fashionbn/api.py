@@ -10,6 +10,7 @@ Nothing here changes process-wide state behind the caller's back: train() puts t
 thread count back as it found it.
 """
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -145,6 +146,32 @@ def load_sweep(
     )
 
 
+def untrusted_plugin(norm: dict) -> Optional[str]:
+    """Why building this plug-in (read from a job dir) could run code the dir
+    chooses, or None: only a torch.nn class with plain values as arguments is
+    built without trust_plugins — no nested _target_ (Hydra instantiates those
+    too), no _args_ or other Hydra keys."""
+    target = norm["_target_"]
+    if not (
+        isinstance(target, str) and re.fullmatch(r"torch\.nn\.[A-Za-z]\w*", target)
+    ):
+        return f"is {str(target)!r:.80}, not a torch.nn class"
+    found = getattr(nn, target.rsplit(".", 1)[1], None)
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        return f"is {target!r:.80}, not a torch.nn module class"
+    for key, value in norm.items():
+        if key != "_target_" and (str(key).startswith("_") or not _plain(value)):
+            return f"passes {str(key)!r:.40}={str(value)!r:.60} to {target}"
+    return None
+
+
+def _plain(value) -> bool:
+    """A number, string, boolean, null, or a list of them."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def load_model(
     job_dir: str | Path,
     allow_unfinished: bool = False,
@@ -189,14 +216,12 @@ def load_model(
         raise FashionbnError(f"{job_dir}: {problem}")
     model_cfg = checkpoint.identity.get("model")
     norm = model_cfg.get("norm") if isinstance(model_cfg, dict) else None
-    if is_plugin(norm) and not trust_plugins:
-        target = str(norm["_target_"])
-        if not target.startswith("torch.nn.") or target.count(".") != 2:
-            raise FashionbnError(
-                f"{job_dir}: its model's normalisation is {target!r:.80}, code a job "
-                "dir names (a sweep dir is untrusted input); trust_plugins=True "
-                "builds it for a dir you trust"
-            )
+    if is_plugin(norm) and not trust_plugins and (why := untrusted_plugin(norm)):
+        raise FashionbnError(
+            f"{job_dir}: its model's normalisation {why}: code a job dir names (a "
+            "sweep dir is untrusted input); trust_plugins=True builds it for a dir "
+            "you trust"
+        )
     try:
         model = build_model(OmegaConf.create(checkpoint.identity["model"]))
         model.load_state_dict(checkpoint.state["model"])

@@ -4,6 +4,7 @@ generic vmap path), measured, aggregated, and kept apart from the built-ins'
 identities."""
 
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -127,7 +128,7 @@ def test_checking_a_plugin_draws_no_random_number() -> None:
     model = build_model(cfg.model)  # draws (Linear's init): before the snapshot
     before = torch.get_rng_state()
     checked_model(cfg.model)
-    assert stacking_problem(model) is None
+    assert stacking_problem([model, model]) is None
     assert unsupported(cfg) is None
     assert torch.equal(torch.get_rng_state(), before)
 
@@ -169,6 +170,19 @@ PLUGIN_KINDS = {
     "rmsnorm": ["model=rmsnorm"],
     # a BatchNorm off the fast path: the generic path's running statistics, and
     # train mode again after each epoch's evaluation
+    # torch's own layers, set up otherwise than the fast path computes them
+    "batchnorm-no-affine": [
+        "model=groupnorm", "model.norm._target_=torch.nn.BatchNorm1d",
+        "~model.norm.num_groups", "+model.norm.affine=false",
+    ],
+    "batchnorm-batch-statistics-only": [
+        "model=groupnorm", "model.norm._target_=torch.nn.BatchNorm1d",
+        "~model.norm.num_groups", "+model.norm.track_running_stats=false",
+    ],
+    "layernorm-no-bias": [
+        "model=rmsnorm", "model.norm._target_=torch.nn.LayerNorm",
+        "+model.norm.bias=false",
+    ],
     "subclassed-batchnorm": [
         "model=groupnorm", "model.norm._target_=tests.test_plugins.SubclassedBatchNorm",
         "~model.norm.num_groups", "data.val_size=100", "precise_bn=true",
@@ -244,26 +258,46 @@ class AliasNorm(nn.Module):
 
     def __init__(self, width: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, width))
+        self.weight = nn.Parameter(torch.rand(width) + 0.5)
         self.alias = [self.weight]
 
     def forward(self, x):
         return x * self.alias[0]
 
 
+class MaskNorm(nn.Module):
+    """Keeps a random mask as a plain attribute, not a buffer: each run's differs,
+    and stacked every run would use the first run's."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.mask = (torch.rand(width) > 0.5).float()
+
+    def forward(self, x):
+        return x * self.mask
+
+
 def test_a_module_that_computes_otherwise_stacked_runs_alone() -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 8), AliasNorm(8), nn.ReLU(),
-                          nn.Linear(8, 10))  # fmt: skip
-    assert stacking_problem(model) == (
-        "its model computes otherwise when stacked for a cohort"
-    )
+    def mlp(seed: int) -> nn.Sequential:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 8), AliasNorm(8),
+                             nn.ReLU(), nn.Linear(8, 10))  # fmt: skip
+
+    otherwise = "its model computes otherwise when stacked for a cohort"
+    assert stacking_problem([mlp(0), mlp(1)]) == otherwise
+    # by config: two runs' models are built (seeds 0 and 1) and compared
+    cfg = compose_config(
+        ["model=groupnorm", "model.norm._target_=tests.test_plugins.MaskNorm",
+         "~model.norm.num_groups", "~model.norm.eps"]
+    )  # fmt: skip
+    assert unsupported(cfg) == otherwise
 
 
 def test_a_module_vmap_cannot_stack_runs_alone_with_its_reason() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 8), ItemNorm(8), nn.ReLU(),
                           nn.Linear(8, 10))  # fmt: skip
     assert not on_fast_path(model)
-    problem = stacking_problem(model)
+    problem = stacking_problem([model, model])
     assert problem is not None and "cannot be stacked for a cohort" in problem
     # by config: the launcher's set-up check gives the job its line (run_alone)
     cfg = compose_config(
@@ -307,10 +341,63 @@ def test_load_model_builds_only_torch_plugins_from_a_dir_unless_trusted(
     model = api.load_model(tmp_path / "mine", trust_plugins=True)
     # (imported by its dotted name: a module object apart from pytest's own)
     assert [type(m).__name__ for m in model].count("ScaledGroupNorm") == 2
+    # a torch.nn target whose argument is code: Hydra would build the nested
+    # _target_ too, so it is refused, and nothing of it runs
+    marker = tmp_path / "called"
+    os.environ["FASHIONBN_TEST_MARKER"] = str(marker)
+    try:
+        nested = "+model.norm.device={_target_:tests.test_plugins.cpu_device}"
+        api.train(api.config([*overrides, nested]), tmp_path / "nested")
+        assert marker.exists()  # training built it (the user's own command)
+        marker.unlink()
+        with pytest.raises(FashionbnError, match="passes 'device'="):
+            api.load_model(tmp_path / "nested")
+        assert not marker.exists()
+        assert (
+            sum(
+                isinstance(m, nn.GroupNorm)
+                for m in api.load_model(tmp_path / "nested", trust_plugins=True)
+            )
+            == 2
+        )
+        assert marker.exists()
+    finally:
+        del os.environ["FASHIONBN_TEST_MARKER"]
+    for bad in (
+        {"_target_": "torch.nn.GroupNorm", "_args_": [4]},
+        {"_target_": "torch.nn.init"},
+        {"_target_": "torch.nn.functional.relu"},
+        {"_target_": "os.system"},
+        {"_target_": "torch.nn.GroupNorm", "x": [{"_target_": "os.system"}]},
+    ):
+        assert api.untrusted_plugin(bad) is not None, bad
+    assert api.untrusted_plugin({"_target_": "torch.nn.RMSNorm", "eps": None}) is None
+
+
+def cpu_device() -> str:
+    """A nested target (a plug-in's argument built by Hydra); records each call."""
+    with open(os.environ["FASHIONBN_TEST_MARKER"], "a") as marker:
+        marker.write("called")
+    return "cpu"
 
 
 class ScaledGroupNorm(nn.GroupNorm):
     """A user's subclass: off the fast path, so cohorts take the generic path."""
+
+
+def test_a_cumulative_batchnorm_runs_alone() -> None:
+    """momentum=null (a cumulative average: a Python float of a buffer) cannot be
+    stacked: the job runs alone, not a failure mid-sweep."""
+    cfg = compose_config(
+        [
+            "model=groupnorm",
+            "model.norm._target_=torch.nn.BatchNorm1d",
+            "~model.norm.num_groups",
+            "+model.norm.momentum=null",
+        ]
+    )
+    assert not on_fast_path(build_model(cfg.model))
+    assert "cannot be stacked for a cohort (vmap:" in unsupported(cfg)
 
 
 def test_a_subclass_of_a_fast_layer_takes_the_generic_path() -> None:

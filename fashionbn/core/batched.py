@@ -32,6 +32,7 @@ Nothing here reads or writes files.
 """
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from typing import Optional
@@ -44,7 +45,12 @@ from torch.func import functional_call, stack_module_state
 from fashionbn.config import ConfigError, flatten, option_value
 from fashionbn.core.data import FashionData, epoch_order
 from fashionbn.core.evaluation import evaluate_epoch
-from fashionbn.core.model import ACTIVATIONS, checked_model, has_batch_norm
+from fashionbn.core.model import (
+    ACTIVATIONS,
+    build_model,
+    checked_model,
+    has_batch_norm,
+)
 from fashionbn.core.records import COMPLETE, DIVERGED, STOPPED
 from fashionbn.core.train import Training, is_diverged
 
@@ -76,10 +82,22 @@ FAST_PATH = (nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.LayerNorm,
 
 
 def on_fast_path(model: nn.Module) -> bool:
-    """Whether every layer of `model` is one the hand-written forward pass knows."""
+    """Whether every layer of `model` is one the hand-written forward pass knows,
+    set up as it computes it: BatchNorm1d with affine weights, running statistics
+    and a momentum (not a cumulative average), LayerNorm with weight and bias."""
     return isinstance(model, nn.Sequential) and all(
-        type(module) in FAST_PATH for module in model
+        type(module) in FAST_PATH and _fast_settings(module) for module in model
     )
+
+
+def _fast_settings(module: nn.Module) -> bool:
+    if isinstance(module, nn.BatchNorm1d):
+        return bool(
+            module.affine and module.track_running_stats and module.momentum is not None
+        )
+    if isinstance(module, nn.LayerNorm):
+        return module.weight is not None and module.bias is not None
+    return True
 
 
 def unsupported(cfg) -> Optional[str]:
@@ -98,35 +116,44 @@ def unsupported(cfg) -> Optional[str]:
         return None  # the job fails with this error where it is checked
     if on_fast_path(model):
         return None
-    return stacking_problem(model)
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # two runs' models, as their seeds make them
+        torch.manual_seed(0)
+        first = build_model(cfg.model)
+        torch.manual_seed(1)
+        second = build_model(cfg.model)
+    return stacking_problem([first, second])
 
 
-def stacking_problem(model: nn.Module) -> Optional[str]:
-    """Why `model` cannot train on the generic path (vmap over stacked copies), or
-    None: two copies of it stacked take one forward and backward pass of a tiny
-    fixed batch, whose logits must equal each copy's own. Works on copies and forks
-    the random stream: nothing of a run is touched."""
+def stacking_problem(models: list[nn.Module]) -> Optional[str]:
+    """Why these models (one architecture, built for two runs) cannot train on the
+    generic path (vmap over their stacked parameters and buffers), or None: stacked,
+    they take one forward and backward pass of a tiny fixed batch, whose logits must
+    equal each model's own. That finds a module vmap cannot run, and one whose
+    forward reads state other than its parameters and buffers (a plain tensor
+    attribute, an alias), which stacked would be the first run's for every run.
+    Works on copies and forks the random stream: nothing of a run is touched."""
     with torch.random.fork_rng(devices=[]):
-        copies = [copy.deepcopy(model) for _ in range(2)]
-        with torch.no_grad():  # make the two copies differ
-            for p in copies[1].parameters():
-                p.mul_(0.5)
-        if len(copies[0]) < 2 or not isinstance(copies[0][1], nn.Linear):
+        copies = [copy.deepcopy(model) for model in models]
+        first = copies[0]
+        if len(first) < 2 or not isinstance(first[1], nn.Linear):
             return "its first layers are not Flatten -> Linear"
-        features = copies[0][1].in_features
-        x = torch.linspace(-1.0, 1.0, 2 * 4 * features).view(2, 4, features)
+        shape = (len(copies), 4, first[1].in_features)
+        x = torch.linspace(-1.0, 1.0, math.prod(shape)).view(shape)
         alone = [c(x[k]).detach() for k, c in enumerate(copy.deepcopy(copies))]
         params, buffers = stack_module_state(copies)
         params = {n: p.detach().requires_grad_() for n, p in params.items()}
         try:
-            logits = generic_forward(copies[0], params, buffers, x)
+            logits = generic_forward(first, params, buffers, x)
             torch.autograd.grad(logits.sum(), list(params.values()),
                                 allow_unused=True)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - whatever vmap cannot do
-            text = (str(err).strip() or type(err).__name__).splitlines()[0][:200]
+            text = " ".join(str(err).split())[:200] or type(err).__name__
             return f"its model cannot be stacked for a cohort (vmap: {text})"
         if not all(
-            torch.allclose(logits[k], alone[k], rtol=1e-4, atol=1e-5) for k in range(2)
+            torch.allclose(logits[k], alone[k], rtol=1e-4, atol=1e-5)
+            for k in range(len(copies))
         ):
             return "its model computes otherwise when stacked for a cohort"
     return None
