@@ -104,6 +104,12 @@ def test_a_plugins_identity_is_its_target_and_arguments() -> None:
          "num_groups (5)"),
         (["model=groupnorm", "model.norm._target_=builtins.len"],
          "model.norm._target_=builtins.len for a layer of 64 units"),
+        (["model.norm={_target_:torch.nn.LazyBatchNorm1d}"],  # eps is no width
+         "model.norm._target_=torch.nn.LazyBatchNorm1d takes no layer width: its "
+         "first parameter (eps) has a default"),
+        (["model=groupnorm", "+model.norm.device={_target_:os.system,_args_:[ls]}"],
+         "Target 'os.system' is blocklisted because it allows config data to control "
+         "executable behavior"),  # Hydra's whole message, on one line
         (["model=groupnorm", "model.norm._target_=torch.nn.Identity",
           "model.norm.num_groups=1"], None),
         (["model=rmsnorm", "model.norm._target_=torch.nn.Linear", "~model.norm.eps",

@@ -84,7 +84,7 @@ def plugin_factory(spec) -> Callable[[int], nn.Module]:
         partial = instantiate(spec, _partial_=True)
     except Exception as err:  # noqa: BLE001 - hydra wraps import and argument errors
         raise ConfigError(f"model.norm._target_={target}: {_first_line(err)}") from err
-    keyword = _width_parameter(partial.func, partial.keywords)
+    keyword = _width_parameter(partial.func, partial.keywords, target)
 
     def make(width: int) -> nn.Module:
         try:
@@ -104,8 +104,10 @@ def plugin_factory(spec) -> Callable[[int], nn.Module]:
     return make
 
 
-def _width_parameter(func, given: dict) -> str:
-    """The name under which `func` takes a layer's width ('' = first argument)."""
+def _width_parameter(func, given: dict, target: str) -> str:
+    """The name under which `func` takes a layer's width ('' = first argument):
+    one of WIDTH_PARAMETERS, else its first parameter, which must be one without
+    a default (a width, not an option such as LazyBatchNorm1d's eps)."""
     try:
         parameters = inspect.signature(func).parameters
     except (TypeError, ValueError):  # no signature to read (a builtin)
@@ -113,14 +115,26 @@ def _width_parameter(func, given: dict) -> str:
     for name in WIDTH_PARAMETERS:
         if name in parameters and name not in given:
             return name
+    first = next(iter(parameters.values()), None)
+    takes_width = first is not None and (
+        first.kind is first.VAR_POSITIONAL
+        or (first.default is first.empty and first.name not in given
+            and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD))
+    )  # fmt: skip
+    if not takes_width:
+        raise ConfigError(
+            f"model.norm._target_={target} takes no layer width: its first parameter "
+            f"({first.name if first else 'none'}) has a default or is given; a "
+            f"plug-in takes the width as {', '.join(WIDTH_PARAMETERS)} or as its "
+            "first parameter"
+        )
     return ""
 
 
 def _first_line(err: BaseException) -> str:
     """An error as one short line (without Hydra's HYDRA_FULL_ERROR advice)."""
-    text = str(err).strip() or type(err).__name__
-    text = text.splitlines()[0].split(", set env var HYDRA_FULL_ERROR")[0]
-    return text[:300]
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text.split(", set env var HYDRA_FULL_ERROR")[0][:300]
 
 
 def checked_model(
