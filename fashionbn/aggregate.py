@@ -21,7 +21,11 @@ from fashionbn.analysis.options import SELECT_CHOICES, check_baseline, checked
 from fashionbn.analysis.outputs import OutputError, write_outputs
 from fashionbn.analysis.pairing import BASELINE, PairingError
 from fashionbn.analysis.protocol import EVALUATIONS, at_budget
-from fashionbn.analysis.report import same_network_warning, write_report
+from fashionbn.analysis.report import (
+    same_network_warning,
+    split_network_warning,
+    write_report,
+)
 from fashionbn.analysis.robustness import robustness, verdict
 from fashionbn.analysis.summary import analyse
 from fashionbn.analysis.table import AggregateError, load_sweep, read_sweep
@@ -74,6 +78,8 @@ def aggregate(
               "once, as that run", file=sys.stderr)  # fmt: skip
     for names in sweep.same_models:
         print(f"warning: {same_network_warning(names, sweep)}", file=sys.stderr)
+    for model, keys in sweep.split_models.items():
+        print(f"warning: {split_network_warning(model, keys)}", file=sys.stderr)
     keys = sweep.group_keys
     analysis = analyse(sweep, threshold, precision, select_by, reference, metric)
     analysis.at_epoch = at_epoch

@@ -14,7 +14,8 @@ from torch import nn
 
 from fashionbn import api
 from fashionbn.analysis.protocol import batch_norm_runs, evaluated
-from fashionbn.analysis.table import AggregateError, describe_models
+from fashionbn.analysis.report import gap_lines, split_network_warning
+from fashionbn.analysis.table import AggregateError, describe_models, split_networks
 from fashionbn.config import ConfigError, FashionbnError
 from fashionbn.config.validation import check_config
 from fashionbn.core.batched import (
@@ -449,3 +450,41 @@ def test_precise_evaluation_counts_a_batchnorm_plugin_as_batchnorm() -> None:
     frame.loc[1, "test_acc_precise"] = None
     with pytest.raises(AggregateError, match="e.g. plugin"):
         evaluated(frame, "precise")
+
+
+def test_one_model_name_for_several_networks_is_reported() -> None:
+    """An override that makes some runs of one name another network (model=
+    batchnorm model.norm=layernorm added to a sweep) is named, with the keys; a key
+    swept for every model, or a plug-in's argument swept for its own model, is
+    not."""
+
+    def runs(rows: list[tuple]) -> pd.DataFrame:
+        columns = [
+            "run",
+            "model",
+            "model.norm",
+            "model.hidden",
+            "model.norm.num_groups",
+        ]
+        return pd.DataFrame(rows, columns=columns)
+
+    mixed = runs([("a", "baseline", "none", "[64]", None),
+                  ("b", "batchnorm", "batchnorm", "[64]", None),
+                  ("c", "batchnorm", "layernorm", "[64]", None)])  # fmt: skip
+    assert split_networks(mixed) == {"batchnorm": ["model.norm"]}
+    swept = runs([("a", "baseline", "none", "[64]", None),
+                  ("b", "baseline", "none", "[128]", None),
+                  ("c", "batchnorm", "batchnorm", "[64]", None),
+                  ("d", "batchnorm", "batchnorm", "[128]", None)])  # fmt: skip
+    assert split_networks(swept) == {}
+    groups = runs([("a", "baseline", "none", "[64]", None),
+                   ("b", "groupnorm", None, "[64]", 4),
+                   ("c", "groupnorm", None, "[64]", 8)])  # fmt: skip
+    assert split_networks(groups) == {}
+    text = split_network_warning("batchnorm", ["model.norm"])
+    assert text.startswith(
+        "model=batchnorm names more than one network (its runs differ in model.norm, "
+        "unlike the other models')"
+    )
+    (line,) = gap_lines(pd.DataFrame(), ["model", "model.norm"], "baseline")
+    assert line.endswith("with matching seeds within a group of equal model.norm.")

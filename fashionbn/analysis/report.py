@@ -85,6 +85,8 @@ def header(sweep: Sweep, sweep_dirs: list[Path]) -> list[str]:
     )
     lines += [f"**Warning:** {same_network_warning(names, sweep)}"
               for names in sweep.same_models]  # fmt: skip
+    lines += [f"**Warning:** {split_network_warning(model, keys)}"
+              for model, keys in sweep.split_models.items()]  # fmt: skip
     for key, (kept, others) in sweep.fixed.items():
         lines.append(
             f"Every run used has {key}={kept}; the sweep also had {key}="
@@ -109,6 +111,16 @@ def same_network_warning(names: list[str], sweep: Sweep) -> str:
         f"{' and '.join(f'model={n}' for n in names)} are the same network ({what}): "
         "the name is only a label, and a gap between them measures nothing but seeds; "
         "did an override (e.g. model.norm=...) apply to every model?"
+    )
+
+
+def split_network_warning(model: str, keys: list[str]) -> str:
+    """One model name whose runs are several networks."""
+    return (
+        f"model={model} names more than one network (its runs differ in "
+        f"{', '.join(keys)}, unlike the other models'): a model name is an arm of "
+        "the comparison, and a gap pairs only runs with equal values of these keys; "
+        "give each network its own name (a model YAML, or model.name=...)"
     )
 
 
@@ -194,9 +206,11 @@ def observations(sweep: Sweep, analysis: Analysis) -> list[str]:
 def gap_lines(intervals: pd.DataFrame, keys: list[str], reference: str) -> list[str]:
     """The paired gaps at epoch 1 and at each comparison's own last epoch."""
     if intervals.empty:
+        where = [k for k in keys if k != "model"]
+        within = f" within a group of equal {', '.join(where)}" if where else ""
         return [
             f"- No gap to {reference}: the runs do not contain both model={reference} "
-            "and another model with matching seeds."
+            f"and another model with matching seeds{within}."
         ]
     facet_keys = [k for k in keys if k != "model"]
     lines = []

@@ -47,6 +47,9 @@ class Sweep:
     # all its runs; those that vary are group keys)
     model_options: dict[str, dict] = field(default_factory=dict)
     same_models: list[list[str]] = field(default_factory=list)  # names, one network
+    # model -> the model.* keys that vary within its runs with values no other model
+    # has in the same way: one name, several networks (split_networks)
+    split_models: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # the parameters of the diverged runs (one row each), and their epochs (tidy, like
     # results: the epochs before the one that diverged count at a smaller budget)
@@ -172,6 +175,7 @@ def read_sweep(sweep_dirs: list[Path], at_epoch: Optional[int] = None) -> Sweep:
     )
     return Sweep(
         same_models=same_networks(results),
+        split_models=split_networks(results),
         diverged_params=pd.DataFrame(
             [{"run": j.job_dir, **j.params} for j in diverged_jobs]
         ),
@@ -394,6 +398,30 @@ def _plugin_value(key: str, value):
     if key.startswith("model.norm.") and integral:
         return int(value)
     return value
+
+
+def split_networks(results: pd.DataFrame) -> dict[str, list[str]]:
+    """model -> the model.* keys whose values vary within its runs, where the models
+    do not all have the same set of values (a key swept for every model, such as
+    model.hidden=[64],[128], is a group of the comparison; one set by an override for
+    some runs of one name, such as model=batchnorm model.norm=layernorm, makes that
+    name stand for several networks, and a gap pairs only runs with equal values)."""
+    runs = results.drop_duplicates("run")
+    split = {}
+    for key in model_keys(runs):
+        values = {
+            model: frozenset(part[key].astype(str))
+            for model, part in runs.groupby("model")
+        }
+        if len(set(values.values())) < 2:
+            continue  # the same values for every model: a swept key, or a constant
+        for model, seen in values.items():
+            others = runs.loc[runs["model"] != model, key]
+            # a key no other model has (a plug-in's argument swept for its model,
+            # model=groupnorm model.norm.num_groups=4,8) is one arm per value
+            if len(seen) > 1 and others.notna().any():
+                split.setdefault(model, []).append(key)
+    return split
 
 
 def same_networks(results: pd.DataFrame) -> list[list[str]]:
