@@ -1,6 +1,7 @@
 """Shared fixtures: the composed config, the real dataset, tiny generated IDX files."""
 
 import gzip
+import math
 import os
 import subprocess
 import sys
@@ -224,3 +225,28 @@ def kill_run(cfg, job_dir: Path, monkeypatch, epochs: int) -> None:
         killed_after(patch, epochs)
         with pytest.raises(KeyboardInterrupt):
             run_job(cfg, job_dir)
+
+
+# Student t quantiles 0.975 by degrees of freedom, from a printed table (not scipy,
+# which fashionbn's statistics use): what every hand-computed interval here uses
+T_975 = {1: 12.706204736174703, 2: 4.302652729911275, 16: 2.119905299221,
+         17: 2.109815577833}  # fmt: skip
+
+
+def hand_t_interval(values) -> tuple[float, float, float]:
+    """(mean, low, high) of the 95 % t-interval of `values`, by hand: the mean, the
+    sample std (ddof=1) and T_975."""
+    n = len(values)
+    mean = float(np.mean(values))
+    half = T_975[n - 1] * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def make_job(sweep: Path, overrides: list[str], accuracy: list[float], **kw) -> Path:
+    """A hand-made job dir named as Hydra names it, from `overrides` (make_job_dir)."""
+    return make_job_dir(sweep / ",".join(overrides), overrides, accuracy, **kw)
+
+
+def report_of(directory: Path) -> str:
+    """The aggregate's report.md in `directory`."""
+    return (directory / "report.md").read_text()

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -17,9 +16,7 @@ from fashionbn.aggregate import aggregate, main, newest_sweep
 from fashionbn.analysis.outputs import MANIFEST, OUTPUTS
 from fashionbn.analysis.table import AggregateError, load_sweep, read_sweep
 from fashionbn.jobs.files import METRIC_COLUMNS
-from tests.conftest import make_job_dir
-
-T_975_DF2 = 4.302652729911275  # Student t quantile 0.975, 2 degrees of freedom (table)
+from tests.conftest import hand_t_interval, make_job, report_of
 
 # test accuracy per (model, seed) for epochs 1, 2
 ACCURACY = {
@@ -32,20 +29,11 @@ ACCURACY = {
 }
 
 
-def make_job(sweep: Path, overrides: list[str], accuracy: list[float], **kw) -> Path:
-    """A job dir named like Hydra names it, from `overrides`."""
-    return make_job_dir(sweep / ",".join(overrides), overrides, accuracy, **kw)
-
-
 def make_sweep(sweep: Path, extra: list[str] = ()) -> Path:
     for (model, seed), accuracy in ACCURACY.items():
         make_job(sweep, [f"model={model}", f"seed={seed}", *extra], accuracy)
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     return sweep
-
-
-def report_of(sweep: Path) -> str:
-    return (sweep / "report.md").read_text()
 
 
 def test_results_are_tidy_with_every_parameter(tmp_path: Path) -> None:
@@ -89,11 +77,10 @@ def test_gap_confidence_interval_is_a_paired_t_interval(tmp_path: Path) -> None:
             ACCURACY[("batchnorm", s)][epoch - 1] - ACCURACY[("baseline", s)][epoch - 1]
             for s in range(3)
         ]
-        half = T_975_DF2 * np.std(gaps, ddof=1) / math.sqrt(3)
-        mean = np.mean(gaps)
+        mean, low, high = hand_t_interval(gaps)
         assert (
             f"Gap batchnorm − baseline at epoch {epoch}: {mean:+.4f} (95 % CI "
-            f"[{mean - half:+.4f}, {mean + half:+.4f}], paired t-interval over n=3"
+            f"[{low:+.4f}, {high:+.4f}], paired t-interval over n=3"
         ) in report
     assert "Epochs to reach 70% test accuracy: model=baseline: not reached; " in report
     assert "model=batchnorm: epoch 1.0 on average (3/3 runs)" in report

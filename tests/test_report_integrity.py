@@ -15,23 +15,18 @@ import fashionbn.analysis.plot
 from fashionbn.aggregate import aggregate, main
 from fashionbn.analysis.pairing import PairingError, paired_gaps
 from fashionbn.analysis.table import read_sweep
-from tests.conftest import REPO, make_job_dir
-
-T_975 = {1: 12.706204736174703, 2: 4.302652729911275}  # Student t, from a table
-
-
-def job(sweep: Path, overrides: list[str], accuracy: list[float], **kw) -> Path:
-    return make_job_dir(sweep / ",".join(overrides), overrides, accuracy, **kw)
-
-
-def report_of(directory: Path) -> str:
-    return (directory / "report.md").read_text()
+from tests.conftest import (
+    REPO,
+    T_975,
+    hand_t_interval,
+    make_job,
+    make_job_dir,
+    report_of,
+)
 
 
 def t_line(gaps: list[float]) -> tuple[float, float, float]:
-    mean = float(np.mean(gaps))
-    half = T_975[len(gaps) - 1] * np.std(gaps, ddof=1) / math.sqrt(len(gaps))
-    return mean, mean - half, mean + half
+    return hand_t_interval(gaps)
 
 
 # --- 1: the tuned gap pairs each model at the epoch it was chosen at ---------------
@@ -57,7 +52,7 @@ def test_the_tuned_gap_takes_each_model_at_its_own_chosen_epoch(tmp_path) -> Non
             # other numbers than its 3-epoch run's first epoch would be the same run
             # with other numbers (refused: tests/test_no_lost_runs.py)
             seed = seed if (model, epochs) in chosen else seed + 10
-            job(sweep, [f"model={model}", f"epochs={epochs}", f"seed={seed}",
+            make_job(sweep, [f"model={model}", f"epochs={epochs}", f"seed={seed}",
                         "data.val_size=100"], accuracy,
                 val_accuracy=[val[(model, epochs)]] * epochs)  # fmt: skip
     aggregate([sweep])
@@ -87,7 +82,7 @@ def test_pairs_are_matched_by_seed_value_not_by_dir_order(tmp_path) -> None:
     batchnorm = {3: 0.90, 10: 0.45, 11: 0.20}
     for model, accuracy in (("baseline", baseline), ("batchnorm", batchnorm)):
         for seed, value in accuracy.items():
-            job(sweep, [f"model={model}", f"seed={seed}"], [value - 0.1, value])
+            make_job(sweep, [f"model={model}", f"seed={seed}"], [value - 0.1, value])
     aggregate([sweep])
     gaps = [batchnorm[3] - baseline[3], batchnorm[10] - baseline[10]]
     mean, low, high = t_line(gaps)
@@ -114,7 +109,7 @@ def test_two_names_for_one_network_are_described_and_flagged(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     for model in ("baseline", "batchnorm"):
         for seed in range(2):
-            job(sweep, [f"model={model}", "model.norm=layernorm", f"seed={seed}"],
+            make_job(sweep, [f"model={model}", "model.norm=layernorm", f"seed={seed}"],
                 [0.5, 0.6 + seed / 10])  # fmt: skip
     aggregate([sweep])
     report = report_of(sweep)
@@ -134,7 +129,7 @@ def test_two_names_for_one_network_are_described_and_flagged(tmp_path, capsys):
 def test_different_networks_are_not_flagged(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     for model in ("baseline", "batchnorm"):
-        job(sweep, [f"model={model}", "seed=0"], [0.5, 0.6])
+        make_job(sweep, [f"model={model}", "seed=0"], [0.5, 0.6])
     aggregate([sweep])
     assert "same network" not in report_of(sweep)
     assert "model.norm=batchnorm, model.norm_placement=before" in report_of(sweep)
@@ -146,7 +141,7 @@ def test_different_networks_are_not_flagged(tmp_path) -> None:
 def grid(sweep: Path, values: dict, epochs: int = 2, **kw) -> None:
     """(model, lr, seed) -> (val_acc, test_acc) at the last epoch."""
     for (model, lr, seed), (val, test) in values.items():
-        job(sweep, [f"model={model}", f"optim.lr={lr}", f"seed={seed}",
+        make_job(sweep, [f"model={model}", f"optim.lr={lr}", f"seed={seed}",
                     "data.val_size=100"], [test - 0.1, test],
             val_accuracy=[val - 0.1, val], **kw)  # fmt: skip
 
@@ -173,7 +168,7 @@ def test_an_edge_beyond_which_runs_diverged_says_so(tmp_path) -> None:
                  for s in (0, 1)})  # fmt: skip
     for seed in (0, 1):  # the baseline at lr 1 and 3 diverged in epoch 1
         for lr in (1.0, 3.0):
-            job(sweep, ["model=baseline", f"optim.lr={lr}", f"seed={seed}",
+            make_job(sweep, ["model=baseline", f"optim.lr={lr}", f"seed={seed}",
                         "data.val_size=100", "epochs=2"], [0.1], status="diverged",
                 val_accuracy=[0.1])  # fmt: skip
     aggregate([sweep])
@@ -217,8 +212,9 @@ def diagnostic_rows(steps: list[int], layers: list[str], value: float) -> list[d
 def test_points_measured_by_fewer_seeds_say_so(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     for seed, steps in ((0, [0, 10]), (1, [0, 5, 10, 15])):
-        job(sweep, ["model=baseline", f"seed={seed}", "diagnostics=on"], [0.5, 0.6],
-            diagnostics=diagnostic_rows(steps, ["1", "2"], 1.0))  # fmt: skip
+        make_job(sweep, ["model=baseline", f"seed={seed}", "diagnostics=on"],
+                 [0.5, 0.6],
+                 diagnostics=diagnostic_rows(steps, ["1", "2"], 1.0))  # fmt: skip
     aggregate([sweep])
     assert (
         "- model=baseline (n=1–2 per step: its runs measured different steps "
@@ -235,7 +231,7 @@ def test_models_of_different_depths_each_use_their_own_last_layer(
     for model, hidden, layers in (("baseline", "[8,4]", ["1", "2"]),
                                   ("batchnorm", "[8]", ["1"])):  # fmt: skip
         for seed in (0, 1):
-            job(sweep, [f"model={model}", f"model.hidden={hidden}", f"seed={seed}",
+            make_job(sweep, [f"model={model}", f"model.hidden={hidden}", f"seed={seed}",
                         "diagnostics=on"], [0.5, 0.6],
                 diagnostics=diagnostic_rows([0, 10], layers, 1.0))  # fmt: skip
     aggregate([sweep])
@@ -276,9 +272,9 @@ def test_a_baseline_that_diverged_at_every_lr_is_said(tmp_path) -> None:
     grid(sweep, {("batchnorm", lr, s): (0.8 - lr, 0.8) for lr in (0.01, 0.1)
                  for s in (0, 1)})  # fmt: skip
     for lr in (0.01, 0.1):
-        job(sweep, ["model=baseline", f"optim.lr={lr}", "seed=0", "data.val_size=100",
-                    "epochs=2"], [0.1], status="diverged",
-            val_accuracy=[0.1])  # fmt: skip
+        make_job(sweep, ["model=baseline", f"optim.lr={lr}", "seed=0",
+                         "data.val_size=100", "epochs=2"], [0.1], status="diverged",
+                 val_accuracy=[0.1])  # fmt: skip
     assert main([str(sweep)]) == 0
     assert (
         "No tuned gap: model=baseline has no complete run to compare with (its 2 runs "
@@ -295,7 +291,7 @@ def test_runs_with_and_without_diagnostics_may_differ_in_optimizer(
         extra = ["diagnostics=on"] if optim == with_diagnostics else []
         rows = diagnostic_rows([0, 10], ["1", "2"], 1.0) if extra else None
         for model in ("baseline", "batchnorm"):
-            job(sweep, [f"model={model}", f"optim={optim}", "seed=0", *extra],
+            make_job(sweep, [f"model={model}", f"optim={optim}", "seed=0", *extra],
                 [0.5, 0.6], diagnostics=rows)  # fmt: skip
     assert main([str(sweep)]) == 0
     table = pd.read_csv(sweep / "diagnostics_summary.csv")
@@ -360,7 +356,7 @@ def test_thirteen_varying_keys_aggregate_in_the_time_and_memory_of_their_runs(
 def make_sweep(sweep: Path) -> Path:
     for model, base in (("baseline", 0.5), ("batchnorm", 0.8)):
         for seed in range(2):
-            job(
+            make_job(
                 sweep,
                 [f"model={model}", f"seed={seed}"],
                 [base - 0.1, base + seed / 100],
@@ -398,7 +394,7 @@ def test_the_aggregates_own_outputs_are_replaced_and_edited_ones_kept(tmp_path):
     assert main([str(sweep), "--out", str(out)]) == 2
     assert (out / "summary.md").read_text() == "my notes\n"
     only_bn = tmp_path / "bn"
-    job(only_bn, ["model=batchnorm", "seed=0"], [0.7, 0.8])
+    make_job(only_bn, ["model=batchnorm", "seed=0"], [0.7, 0.8])
     (out / "summary.md").unlink()
     assert (out / "comparisons.csv").is_file()
     (out / "accuracy_gap.png").write_bytes(b"my annotated figure")
@@ -448,7 +444,7 @@ def test_the_figures_draw_the_summary_and_the_gaps(tmp_path, monkeypatch) -> Non
                 ("batchnorm", 1): [0.72, 0.81],
                 ("batchnorm", 2): [0.71, 0.79]}  # fmt: skip
     for (model, seed), values in accuracy.items():
-        job(sweep, [f"model={model}", f"seed={seed}"], values)
+        make_job(sweep, [f"model={model}", f"seed={seed}"], values)
     aggregate([sweep])
     (ax,) = [a for a in drawn["accuracy_curves"].axes if a.get_visible()]
     lines = lines_by_label(ax)
@@ -498,9 +494,9 @@ def test_a_baseline_pairs_with_every_bn_momentum_it_cannot_have(tmp_path) -> Non
     sweep = tmp_path / "sweep"
     for momentum in (0.01, 0.1):
         for seed in (0, 1):
-            job(sweep, ["model=baseline", f"model.bn_momentum={momentum}",
+            make_job(sweep, ["model=baseline", f"model.bn_momentum={momentum}",
                         f"seed={seed}"], [0.4, 0.5 + seed / 10])  # fmt: skip
-            job(sweep, ["model=batchnorm", f"model.bn_momentum={momentum}",
+            make_job(sweep, ["model=batchnorm", f"model.bn_momentum={momentum}",
                         f"seed={seed}"], [0.7, 0.6 + momentum + seed / 5])  # fmt: skip
     aggregate([sweep])
     report = report_of(sweep)
@@ -519,7 +515,7 @@ def test_another_reference_model_can_be_chosen(tmp_path, capsys) -> None:
     for model, values in (("baseline", [0.5, 0.6]), ("layernorm", [0.7, 0.75]),
                           ("batchnorm", [0.8, 0.9])):  # fmt: skip
         for seed, value in enumerate(values):
-            job(sweep, [f"model={model}", f"seed={seed}"], [value - 0.1, value])
+            make_job(sweep, [f"model={model}", f"seed={seed}"], [value - 0.1, value])
     assert main([str(sweep), "--baseline", "layernorm"]) == 0
     report = report_of(sweep)
     mean, low, high = t_line([0.8 - 0.7, 0.9 - 0.75])

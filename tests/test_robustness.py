@@ -2,7 +2,6 @@
 budget cut from longer runs, and the robustness section — on hand-made job dirs whose
 expected numbers are computed here."""
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +12,7 @@ import fashionbn.analysis.plot
 from fashionbn.aggregate import aggregate, main
 from fashionbn.analysis.protocol import collapses
 from fashionbn.analysis.stats import holm
-from tests.conftest import make_job_dir
-
-T_975_DF2 = 4.302652729911275
-
-
-def job(sweep: Path, overrides: list[str], accuracy: list[float], **kw) -> Path:
-    return make_job_dir(sweep / ",".join(overrides), overrides, accuracy, **kw)
-
-
-def report_of(directory: Path) -> str:
-    return (directory / "report.md").read_text()
-
+from tests.conftest import hand_t_interval, make_job, report_of
 
 # --- collapses ------------------------------------------------------------------------
 
@@ -50,7 +38,7 @@ def test_a_collapsed_run_is_named_with_its_cause_and_counted(tmp_path) -> None:
         for lr in (0.01, 0.3):
             for seed in (0, 1):
                 test = 0.8 if (model, lr, seed) != ("batchnorm", 0.3, 1) else 0.41
-                job(sweep, [f"model={model}", f"optim.lr={lr}", f"seed={seed}",
+                make_job(sweep, [f"model={model}", f"optim.lr={lr}", f"seed={seed}",
                             "data.val_size=10000"], [0.7, test],
                     val_accuracy=[0.7, 0.8 + lr / 10],
                     columns={"train_acc": [0.7, 0.889]})  # fmt: skip
@@ -88,7 +76,7 @@ def precise_sweep(sweep: Path, with_precise: bool = True) -> dict:
                 columns = {"test_acc_precise": [precise - 0.1, precise],
                            "test_loss_precise": [0.5, 0.4]}  # fmt: skip
             extra = ["precise_bn=true"] if with_precise else []
-            job(sweep, [f"model={model}", f"seed={seed}", *extra],
+            make_job(sweep, [f"model={model}", f"seed={seed}", *extra],
                 [default - 0.1, default], columns=columns)  # fmt: skip
             values[(model, seed)] = (default, precise)
     return values
@@ -99,12 +87,11 @@ def test_metric_precise_evaluates_batchnorm_with_its_precise_columns(tmp_path):
     values = precise_sweep(sweep)
     assert main([str(sweep), "--metric", "precise"]) == 0
     gaps = [values[("batchnorm", s)][1] - values[("baseline", s)][0] for s in range(3)]
-    mean = np.mean(gaps)
-    half = T_975_DF2 * np.std(gaps, ddof=1) / math.sqrt(3)
+    mean, low, high = hand_t_interval(gaps)
     report = report_of(sweep)
     assert (
         f"Gap batchnorm − baseline at epoch 2: {mean:+.4f} (95 % CI "
-        f"[{mean - half:+.4f}, {mean + half:+.4f}]"
+        f"[{low:+.4f}, {high:+.4f}]"
     ) in report
     assert "Evaluation: precise BatchNorm statistics (each BatchNorm layer's mean" in (
         report
@@ -138,18 +125,20 @@ def test_at_epoch_cuts_longer_runs_and_counts_each_run_once(tmp_path, capsys) ->
              1: [0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7]}  # fmt: skip
     for model, shift in (("baseline", 0.0), ("batchnorm", 0.1)):
         for seed, values in curve.items():
-            job(sweep, [f"model={model}", f"seed={seed}", "epochs=8"],
+            make_job(sweep, [f"model={model}", f"seed={seed}", "epochs=8"],
                 [v + shift for v in values])  # fmt: skip
         # the 5-epoch run of seed 0: the same numbers as the 8-epoch one's first 5
-        job(sweep, [f"model={model}", "seed=0", "epochs=5"],
+        make_job(sweep, [f"model={model}", "seed=0", "epochs=5"],
             [v + shift for v in curve[0][:5]])  # fmt: skip
-        job(sweep, [f"model={model}", "seed=2", "epochs=3"], [0.1, 0.2, 0.3])
+        make_job(sweep, [f"model={model}", "seed=2", "epochs=3"], [0.1, 0.2, 0.3])
     # seed 3: the batchnorm run diverged at epoch 7 (fine at 5), the baseline at 4
-    job(sweep, ["model=batchnorm", "seed=3", "epochs=8"], [0.5] * 7,
+    make_job(sweep, ["model=batchnorm", "seed=3", "epochs=8"], [0.5] * 7,
         status="diverged")  # fmt: skip
-    job(sweep, ["model=baseline", "seed=3", "epochs=8"], [0.4] * 4, status="diverged")
-    job(sweep, ["model=baseline", "seed=4", "epochs=8"], [0.3] * 8)
-    job(sweep, ["model=batchnorm", "seed=4", "epochs=8"], [0.45] * 6,
+    make_job(
+        sweep, ["model=baseline", "seed=3", "epochs=8"], [0.4] * 4, status="diverged"
+    )
+    make_job(sweep, ["model=baseline", "seed=4", "epochs=8"], [0.3] * 8)
+    make_job(sweep, ["model=batchnorm", "seed=4", "epochs=8"], [0.45] * 6,
         status="diverged")  # fmt: skip
     assert main([str(sweep), "--at-epoch", "5"]) == 0
     results = pd.read_csv(sweep / "results.csv")
@@ -181,13 +170,13 @@ def robust_sweep(sweep: Path) -> None:
                 epochs = range(1, 7)
                 base = [0.80 + 0.02 * (lr == 1) + seed / 1000 + e / 1000
                         for e in epochs]  # fmt: skip
-                job(sweep, ["model=baseline", f"optim.lr={lr}", f"seed={seed}",
+                make_job(sweep, ["model=baseline", f"optim.lr={lr}", f"seed={seed}",
                             f"data.drop_last={drop_last}", "data.val_size=100",
                             "epochs=6"], base,
                     val_accuracy=[0.80 + 0.02 * (lr == 1)] * 6)  # fmt: skip
                 bn = [0.77 + seed / 500 + 2 * e / 1000 for e in epochs]
                 precise = [0.87 + seed / 1000 - (lr != 1) * 0.1] * 6
-                job(sweep, ["model=batchnorm", f"optim.lr={lr}", f"seed={seed}",
+                make_job(sweep, ["model=batchnorm", f"optim.lr={lr}", f"seed={seed}",
                             f"data.drop_last={drop_last}", "data.val_size=100",
                             "epochs=6", "precise_bn=true"], bn,
                     val_accuracy=[0.78 if lr != 1 else 0.70] * 6,
@@ -221,10 +210,7 @@ def test_the_robustness_section_has_a_row_per_cell_and_a_verdict(
     # at epoch 5 (not 6: BatchNorm's accuracy grows faster, so the gap depends on it)
     gaps = [(0.77 + s / 500 + 0.010) - (0.82 + s / 1000 + 0.005) for s in range(3)]
     assert cell["mean"] == pytest.approx(np.mean(gaps))
-    half = T_975_DF2 * np.std(gaps, ddof=1) / math.sqrt(3)
-    assert (cell["ci_low"], cell["ci_high"]) == pytest.approx(
-        (np.mean(gaps) - half, np.mean(gaps) + half)
-    )
+    assert (cell["ci_low"], cell["ci_high"]) == pytest.approx(hand_t_interval(gaps)[1:])
     precise = table[(table["evaluation"] == "precise")]
     assert set(precise["model_setting"]) == {"optim.lr=1.0"}
     assert (precise["mean"] > 0).all() and (table[table["evaluation"] == "default"][
@@ -253,7 +239,7 @@ def test_a_sweep_with_one_protocol_has_no_robustness_section(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     for model in ("baseline", "batchnorm"):
         for seed in range(2):
-            job(sweep, [f"model={model}", f"seed={seed}"], [0.5, 0.6])
+            make_job(sweep, [f"model={model}", f"seed={seed}"], [0.5, 0.6])
     aggregate([sweep])
     report = report_of(sweep)
     assert "Does the answer depend" not in report
@@ -312,8 +298,9 @@ def test_collapses_are_counted_when_only_models_differ(tmp_path) -> None:
     for model in ("baseline", "batchnorm"):
         for seed in range(3):
             sick = (model, seed) == ("batchnorm", 2)
-            job(sweep, [f"model={model}", f"seed={seed}"], [0.7, 0.3 if sick else 0.8],
-                columns={"train_acc": [0.7, 0.85]})  # fmt: skip
+            make_job(sweep, [f"model={model}", f"seed={seed}"],
+                     [0.7, 0.3 if sick else 0.8],
+                     columns={"train_acc": [0.7, 0.85]})  # fmt: skip
     aggregate([sweep])
     assert "Collapsed runs per group: model=batchnorm: 1 of 3 runs." in report_of(sweep)
 
@@ -386,10 +373,10 @@ def test_a_protocol_sweep_without_tuning_compares_the_models_as_they_ran(tmp_pat
     sweep = tmp_path / "sweep"
     for drop_last in ("false", "true"):
         for seed in range(3):
-            job(sweep, ["model=baseline", f"data.drop_last={drop_last}",
+            make_job(sweep, ["model=baseline", f"data.drop_last={drop_last}",
                         f"seed={seed}"], [0.5, 0.6 + seed / 100])  # fmt: skip
             bn = 0.7 + seed / 50 + (drop_last == "true") / 10
-            job(sweep, ["model=batchnorm", f"data.drop_last={drop_last}",
+            make_job(sweep, ["model=batchnorm", f"data.drop_last={drop_last}",
                         f"seed={seed}", "precise_bn=true"], [0.6, bn],
                 columns={"test_acc_precise": [0.6, bn + 0.05]})  # fmt: skip
     aggregate([sweep])
@@ -417,7 +404,9 @@ def test_a_protocol_cell_that_cannot_select_is_named(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     robust_sweep(sweep)
     for model in ("baseline", "batchnorm"):
-        job(tmp_path / "plain", [f"model={model}", "seed=0", "epochs=6"], [0.5] * 6)
+        make_job(
+            tmp_path / "plain", [f"model={model}", "seed=0", "epochs=6"], [0.5] * 6
+        )
     aggregate([sweep, tmp_path / "plain"], out_dir=tmp_path / "out")
     report = (tmp_path / "out" / "report.md").read_text()
     assert (

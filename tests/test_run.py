@@ -10,7 +10,9 @@ from fashionbn.jobs.files import METRIC_COLUMNS
 from tests.conftest import run_module, without_seconds
 
 
-def read_metrics(job_dir: Path) -> list[dict]:
+def raw_metrics_rows(job_dir: Path) -> list[dict]:
+    """metrics.csv read with the csv module, as a user's script reads it: on purpose
+    not fashionbn.jobs.files.read_metrics, the code under test."""
     with open(job_dir / "metrics.csv", newline="") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == METRIC_COLUMNS
@@ -43,7 +45,7 @@ def test_multirun_writes_one_dir_per_job(tiny_sweep: Path) -> None:
         "data.test_size=1000,data.train_size=2048,epochs=1,model=batchnorm,seed=1",
     ]
     for job_dir in job_dirs:
-        assert len(read_metrics(job_dir)) == 1
+        assert len(raw_metrics_rows(job_dir)) == 1
         assert (job_dir / ".hydra" / "config.yaml").is_file()
         assert (job_dir / ".hydra" / "overrides.yaml").is_file()
     # the data.root override says where, not what: it stays out of the dir names
@@ -75,7 +77,7 @@ def test_single_run_with_documented_overrides(real_data_root: Path, tmp_path) ->
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    rows = read_metrics(tmp_path / "run")
+    rows = raw_metrics_rows(tmp_path / "run")
     assert [row["epoch"] for row in rows] == ["1", "2"]
     config = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
     assert "name: adam" in config and "- 128" in config
@@ -135,8 +137,8 @@ def test_parallel_launchers_run_jobs_as_separate_processes(
     # the same numbers as the basic launcher's, up to the last digits that the
     # thread count changes (1 thread per job here, all cores there)
     for name in names:
-        here = without_seconds(read_metrics(sweep_dir / name))
-        basic = without_seconds(read_metrics(tiny_sweep / name))
+        here = without_seconds(raw_metrics_rows(sweep_dir / name))
+        basic = without_seconds(raw_metrics_rows(tiny_sweep / name))
         for row_here, row_basic in zip(here, basic):
             assert {k: float(v) for k, v in row_here.items() if v} == pytest.approx(
                 {k: float(v) for k, v in row_basic.items() if v}, rel=1e-4, abs=2e-3

@@ -1,7 +1,6 @@
 """Each model at its own best hyperparameters, chosen on validation data only
 (hand-made job dirs with known numbers)."""
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,7 @@ from PIL import Image
 
 from fashionbn.aggregate import aggregate, main
 from fashionbn.analysis.plot import log_scaled
-from tests.conftest import make_job_dir
-
-T_975_DF2 = 4.302652729911275
+from tests.conftest import hand_t_interval, make_job_dir
 
 # (model, optim.lr) -> (val_acc per seed, test_acc per seed) at the last epoch. The
 # test set would pick other learning rates than the validation set does.
@@ -79,11 +76,10 @@ def test_the_tuned_comparison_in_the_report(tmp_path) -> None:
     )
     assert "batchnorm's best" not in report  # 0.1 is inside its grid
     gaps = [0.84 - 0.65, 0.85 - 0.66, 0.83 - 0.70]
-    half = T_975_DF2 * np.std(gaps, ddof=1) / math.sqrt(3)
-    mean = np.mean(gaps)
+    mean, low, high = hand_t_interval(gaps)
     assert (
         f"Gap batchnorm − baseline (each at its best) at epoch 2: {mean:+.4f} (95 % CI "
-        f"[{mean - half:+.4f}, {mean + half:+.4f}], paired t-interval over n=3 seeds"
+        f"[{low:+.4f}, {high:+.4f}], paired t-interval over n=3 seeds"
     ) in report
     # 3 lrs x (epoch 1, epoch 2) plain comparisons + the tuned one: one Holm family
     assert "Holm: corrected for the 7 comparisons of this report" in report

@@ -20,9 +20,7 @@ from fashionbn.analysis.stats import (
     t_interval,
     wilson_interval,
 )
-
-# Student t quantiles 0.975 from a printed table
-T_975 = {2: 4.302652729911275, 16: 2.119905299221, 17: 2.109815577833}
+from tests.conftest import T_975  # Student t quantiles 0.975 from a printed table
 
 
 def test_t_interval_by_hand() -> None:

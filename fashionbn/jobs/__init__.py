@@ -4,6 +4,8 @@ checkpoint, the run's identity check, and the loggers derived from metrics.csv.
 `files` is the job-dir format, the interface between training and analysis (what
 fashionbn.analysis may import from here, with `reading`, which reads and verifies one
 job dir, and `untrusted`, the one place a job dir is opened: a dir is untrusted
-input); `job` runs one job into its dir. May import fashionbn.config and
-fashionbn.core.
+input); `job` runs one job into its dir, `cohort` a sweep's jobs in cohorts,
+`resume` decides what a dir's contents allow, `checkpoint` reads and writes the
+state, `preflight` refuses dirs Hydra would write through a link, `loggers` and
+`progress` report. May import fashionbn.config and fashionbn.core.
 """
