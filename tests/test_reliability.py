@@ -252,7 +252,8 @@ def test_unknown_options_and_dataset_facts_are_refused_by_hydra(tmp_path) -> Non
     assert "baseline" in result.stderr and "batchnorm" in result.stderr
     options = result.stderr.split("Available options in 'model':")[1]
     options = options.split("Config search path")[0].split()
-    assert options == ["baseline", "batchnorm", "batchnorm_after", "layernorm"]
+    assert options == ["baseline", "batchnorm", "batchnorm_after", "groupnorm",
+                       "layernorm", "rmsnorm"]  # fmt: skip
     for key in ("model.in_features=100", "model.num_classes=5"):
         result = run_module(["fashionbn.run", key], cwd=tmp_path)
         assert result.returncode == 1 and "Traceback" not in result.stderr
