@@ -158,7 +158,7 @@ def join_cohort(cfg: DictConfig):
     """hydra/launcher=batched calls this in each job's context instead of
     train_job: the job to train in a cohort, or through the single-run path after
     the cohorts when the batched path cannot train it (a PendingJob either way)."""
-    from fashionbn.core.batched import unsupported
+    from fashionbn.core.stacking import unsupported
     from fashionbn.jobs.cohort import PendingJob
 
     try:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashionbn.core.batched import Cohort, cohort_key, train_cohort
+from fashionbn.core.batched import Cohort, train_cohort
 from fashionbn.core.data import epoch_order, shuffled_batches
+from fashionbn.core.stacking import cohort_key
 from fashionbn.core.train import (
     checked_data,
     start_training,

@@ -18,14 +18,9 @@ from fashionbn.analysis.report import gap_lines, split_network_warning
 from fashionbn.analysis.table import AggregateError, describe_models, split_networks
 from fashionbn.config import ConfigError, FashionbnError
 from fashionbn.config.validation import check_config
-from fashionbn.core.batched import (
-    Cohort,
-    on_fast_path,
-    stacking_problem,
-    train_cohort,
-    unsupported,
-)
+from fashionbn.core.batched import Cohort, train_cohort
 from fashionbn.core.model import build_model, checked_model, count_parameters
+from fashionbn.core.stacking import on_fast_path, stacking_problem, unsupported
 from fashionbn.core.train import (
     checked_data,
     start_training,

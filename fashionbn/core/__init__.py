@@ -4,7 +4,8 @@ precise BatchNorm statistics and the diagnostics of the mechanism.
 Pure computation: it reads the dataset (and writes its prepared copy, atomically) but
 no job-dir files, and it changes no process-wide state. May import fashionbn.config
 only. `data` (the dataset), `model` (the MLP and its normalisation plug-ins), `train`
-(the loop), `batched` (a cohort of runs trained at once), `evaluation`, `precise_bn`,
+(the loop), `batched` (a cohort of runs trained at once), `stacking` (which runs
+share a cohort and how a model is stacked for it), `evaluation`, `precise_bn`,
 `diagnostics`; `records` names what the loop produces (one record per epoch, a
 status); `atomic` is how any file of fashionbn is written.
 """

@@ -25,9 +25,10 @@ import torch
 
 from fashionbn.config import FashionbnError
 from fashionbn.config.validation import check_config
-from fashionbn.core.batched import cohort_key, train_cohort
+from fashionbn.core.batched import train_cohort
 from fashionbn.core.data import data_digest
 from fashionbn.core.records import STOPPED
+from fashionbn.core.stacking import cohort_key
 from fashionbn.core.train import (
     checked_data,
     divergence_message,

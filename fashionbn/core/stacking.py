@@ -1,0 +1,139 @@
+"""Which runs can train as one cohort, and how a model is stacked for it.
+
+cohort_key: runs with equal keys share one program (everything but per-run numbers
+and random streams equal). on_fast_path: whether core.batched's hand-written stacked
+forward pass computes this model (an allowlist of module types and settings: the
+built-in MLP); any other model takes the generic path, generic_forward: the module
+itself under torch.vmap over the runs' stacked parameters and buffers
+(torch.func.functional_call). unsupported: why a run cannot join a cohort at all,
+found at set-up (stacking_problem tries two runs' models stacked), never mid-sweep.
+Nothing here trains or touches a run's state.
+"""
+
+import copy
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+from fashionbn.config import ConfigError, flatten, option_value
+from fashionbn.core.model import ACTIVATIONS, build_model, checked_model
+
+# what may differ between the runs of one cohort: per-run numbers and random streams
+PER_RUN_KEYS = (
+    "seed",
+    "optim.lr",
+    "optim.momentum",
+    "optim.weight_decay",
+    "model.init_std",
+)
+
+
+def cohort_key(identity: dict) -> tuple:
+    """Runs with equal keys can share one program: everything but PER_RUN_KEYS
+    equal, and momentum / weight decay either used by all or by none."""
+    flat = flatten(identity)
+    shared = tuple(
+        sorted((k, repr(v)) for k, v in flat.items() if k not in PER_RUN_KEYS)
+    )
+    uses = (bool(flat.get("optim.momentum")), bool(flat.get("optim.weight_decay")))
+    return (*shared, ("uses momentum, weight decay", uses))
+
+
+# the module types the hand-written forward pass (Cohort.forward) computes, exactly
+# (a subclass may compute otherwise): any other model takes the generic path
+FAST_PATH = (nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.LayerNorm,
+             *ACTIVATIONS.values())  # fmt: skip
+
+
+def on_fast_path(model: nn.Module) -> bool:
+    """Whether every layer of `model` is one the hand-written forward pass knows,
+    set up as it computes it: BatchNorm1d with affine weights, running statistics
+    and a momentum (not a cumulative average), LayerNorm with weight and bias."""
+    return isinstance(model, nn.Sequential) and all(
+        type(module) in FAST_PATH and _fast_settings(module) for module in model
+    )
+
+
+def _fast_settings(module: nn.Module) -> bool:
+    if isinstance(module, nn.BatchNorm1d):
+        return bool(
+            module.affine and module.track_running_stats and module.momentum is not None
+        )
+    if isinstance(module, nn.LayerNorm):
+        return module.weight is not None and module.bias is not None
+    return True
+
+
+def unsupported(cfg) -> Optional[str]:
+    """Why a run cannot join a cohort (it then runs through the single-run path),
+    or None. A model off the fast path is tried on the generic path here, at
+    set-up (stacking_problem), never found wanting mid-sweep."""
+    if cfg.optim.name != "sgd":
+        return f"optim={cfg.optim.name} (the batched path trains SGD only)"
+    if cfg.diagnostics.enabled:
+        return "diagnostics=on (the probe measures one model at a time)"
+    if option_value(cfg.model.activation) not in ACTIVATIONS:
+        return f"model.activation={cfg.model.activation}"
+    try:
+        model = checked_model(cfg.model)
+    except ConfigError:
+        return None  # the job fails with this error where it is checked
+    if on_fast_path(model):
+        return None
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # two runs' models, as their seeds make them
+        torch.manual_seed(0)
+        first = build_model(cfg.model)
+        torch.manual_seed(1)
+        second = build_model(cfg.model)
+    return stacking_problem([first, second])
+
+
+def stacking_problem(models: list[nn.Module]) -> Optional[str]:
+    """Why these models (one architecture, built for two runs) cannot train on the
+    generic path (vmap over their stacked parameters and buffers), or None: stacked,
+    they take one forward and backward pass of a tiny fixed batch, whose logits must
+    equal each model's own. That finds a module vmap cannot run, and one whose
+    forward reads state other than its parameters and buffers (a plain tensor
+    attribute, an alias), which stacked would be the first run's for every run.
+    Works on copies and forks the random stream: nothing of a run is touched."""
+    with torch.random.fork_rng(devices=[]):
+        copies = [copy.deepcopy(model) for model in models]
+        first = copies[0]
+        if len(first) < 2 or not isinstance(first[1], nn.Linear):
+            return "its first layers are not Flatten -> Linear"
+        shape = (len(copies), 4, first[1].in_features)
+        x = torch.linspace(-1.0, 1.0, math.prod(shape)).view(shape)
+        alone = [c(x[k]).detach() for k, c in enumerate(copy.deepcopy(copies))]
+        params, buffers = stack_module_state(copies)
+        params = {n: p.detach().requires_grad_() for n, p in params.items()}
+        try:
+            logits = generic_forward(first, params, buffers, x)
+            torch.autograd.grad(logits.sum(), list(params.values()),
+                                allow_unused=True)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - whatever vmap cannot do
+            text = " ".join(str(err).split())[:200] or type(err).__name__
+            return f"its model cannot be stacked for a cohort (vmap: {text})"
+        if not all(
+            torch.allclose(logits[k], alone[k], rtol=1e-4, atol=1e-5)
+            for k in range(len(copies))
+        ):
+            return "its model computes otherwise when stacked for a cohort"
+    return None
+
+
+def generic_forward(
+    template: nn.Module, params: dict, buffers: dict, x: torch.Tensor
+) -> torch.Tensor:
+    """The template's own forward pass for every run: (K, B, ...) -> (K, B, out),
+    with each run's slice of the stacked params and buffers (buffers updated in
+    place, as each run's module would update its own)."""
+
+    def one(run_params, run_buffers, run_x):
+        return functional_call(template, (run_params, run_buffers), (run_x,))
+
+    return torch.vmap(one)(params, buffers, x)
