@@ -33,7 +33,7 @@ dataset:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	else \
 		echo "FashionMNIST is missing. Install it with:  sudo sh -c '$(APT_INSTALL)'"; \
-		echo "or copy the four *-ubyte files into $(LOCAL_DATA)/ (see README, 'Data')."; \
+		echo "or copy the four *-ubyte files into $(LOCAL_DATA)/ (see docs/data.md)."; \
 		exit 1; \
 	fi
 

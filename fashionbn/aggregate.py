@@ -199,7 +199,8 @@ def parse_budgets(text: str) -> list[int]:
     return sorted({parse_epoch(part.strip()) for part in text.split(",")})
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The command's options (the docs' commands are checked against them)."""
     parser = argparse.ArgumentParser(
         prog="python -m fashionbn.aggregate",
         description=(
@@ -256,7 +257,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="the 95 %% interval half-width the report's 'seeds needed' aims at "
         "(default: 0.01, one accuracy point)",
     )  # fmt: skip
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = make_parser().parse_args(argv)
     try:
         sweep_dirs = args.sweep_dirs or [newest_sweep()]
         report = aggregate(

@@ -28,6 +28,7 @@ from fashionbn.config import (
 )
 from fashionbn.config.validation import check_config
 from fashionbn.core.atomic import atomic_write
+from fashionbn.core.data import data_facts
 from fashionbn.core.model import build_model
 from fashionbn.jobs.untrusted import entry_problem
 
@@ -165,6 +166,29 @@ def untrusted_plugin(norm: dict) -> Optional[str]:
     return None
 
 
+# model factories fashionbn ships, built from a job dir without trust_plugins
+SHIPPED_MODELS = ("fashionbn.core.cnn.small_cnn",)
+
+
+def untrusted_model(model_cfg: dict) -> Optional[str]:
+    """Why building this model (read from a job dir) could run code the dir
+    chooses, or None: its factory must be one fashionbn ships, with plain
+    arguments, and its normalisation a torch.nn class (untrusted_plugin)."""
+    target = model_cfg.get("_target_")
+    if target is not None:
+        if target not in SHIPPED_MODELS:
+            return f"model._target_ is {str(target)!r:.80}, not a model fashionbn ships"
+        args = model_cfg.get("args") or {}
+        if not isinstance(args, dict) or not all(
+            not str(k).startswith("_") and _plain(v) for k, v in args.items()
+        ):
+            return f"model.args {str(args)!r:.80} are not plain values"
+    norm = model_cfg.get("norm")
+    if is_plugin(norm) and (why := untrusted_plugin(norm)):
+        return f"model's normalisation {why}"
+    return None
+
+
 def _plain(value) -> bool:
     """A number, string, boolean, null, or a list of them."""
     if isinstance(value, list):
@@ -188,7 +212,7 @@ def load_model(
     torch.nn, or with `trust_plugins=True` for a dir you trust (your own runs).
     Raises FashionbnError saying why not."""
     from fashionbn.jobs.files import COMPLETE, DIVERGED, read_status
-    from fashionbn.jobs.resume import trusted_checkpoint
+    from fashionbn.jobs.previous import trusted_checkpoint
 
     job_dir = Path(job_dir)
     status, problem = read_status(job_dir)
@@ -215,15 +239,15 @@ def load_model(
     if checkpoint is None:
         raise FashionbnError(f"{job_dir}: {problem}")
     model_cfg = checkpoint.identity.get("model")
-    norm = model_cfg.get("norm") if isinstance(model_cfg, dict) else None
-    if is_plugin(norm) and not trust_plugins and (why := untrusted_plugin(norm)):
+    why = untrusted_model(model_cfg) if isinstance(model_cfg, dict) else None
+    if why and not trust_plugins:
         raise FashionbnError(
-            f"{job_dir}: its model's normalisation {why}: code a job dir names (a "
-            "sweep dir is untrusted input); trust_plugins=True builds it for a dir "
-            "you trust"
+            f"{job_dir}: its {why}: code a job dir names (a sweep dir is untrusted "
+            "input); trust_plugins=True builds it for a dir you trust"
         )
     try:
-        model = build_model(OmegaConf.create(checkpoint.identity["model"]))
+        facts = data_facts(OmegaConf.create(checkpoint.identity.get("data") or {}))
+        model = build_model(OmegaConf.create(checkpoint.identity["model"]), *facts)
         model.load_state_dict(checkpoint.state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise FashionbnError(

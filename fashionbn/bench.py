@@ -263,7 +263,8 @@ def startup(python: list[str]) -> None:
             print(f"  {value:5.2f} s  {name}")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def make_parser() -> argparse.ArgumentParser:
+    """The command's options (the docs' commands are checked against them)."""
     parser = argparse.ArgumentParser(
         prog="python -m fashionbn.bench",
         description="Time fashionbn's training path against the notebook's "
@@ -311,7 +312,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         nargs="*",
         help="extra Hydra overrides, e.g. threads=1 data.root=...",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = make_parser().parse_args(argv)
     if args.reference_sweep:
         return reference_sweep(args)
     if args.sweep:

@@ -7,12 +7,11 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
@@ -21,15 +20,15 @@ from fashionbn.config import FashionbnError, register_configs
 from fashionbn.config.validation import available_cores
 from fashionbn.jobs.files import METRICS_FILE
 from fashionbn.jobs.job import JobBusy, run_job
+from fashionbn.jobs.launching import JobFailed, deferring
 from fashionbn.jobs.progress import run_name, sweep_line
+
+if TYPE_CHECKING:
+    from fashionbn.jobs.cohort import PendingJob
 
 log = logging.getLogger(__name__)
 
 register_configs()
-
-
-class JobFailed(CompactHydraException):
-    """A job of a sweep failed with a FashionbnError; Hydra prints just this line."""
 
 
 def threads_per_job(launcher_cfg: DictConfig) -> Optional[int]:
@@ -128,15 +127,18 @@ def failed(err: FashionbnError, single_run: bool) -> JobFailed:
     return JobFailed(f"error: {err}")
 
 
-def train_job(cfg: DictConfig) -> Optional[float]:
+def train_job(cfg: DictConfig) -> Union[Optional[float], "PendingJob"]:
     """Train cfg's model into the job dir (or finish / skip it); return test_acc.
 
     A problem with the input (config values, dataset, a job dir that holds another
     config, is damaged, or a full disk) is logged as one line. A single run then ends
     with exit code 2; in a sweep that job fails, the others still run, and Hydra ends
     the sweep with that line and exit code 1. A job dir another process is training
-    is skipped with one line.
+    is skipped with one line. Under hydra/launcher=batched (deferring), the job is
+    returned to the launcher to train in a cohort (join_cohort).
     """
+    if deferring():
+        return join_cohort(cfg)
     try:
         place = job_place(cfg)
         if not place.single_run and (line := sweep_line(place.job_num, False)):
@@ -155,8 +157,8 @@ def train_job(cfg: DictConfig) -> Optional[float]:
 
 
 def join_cohort(cfg: DictConfig):
-    """hydra/launcher=batched calls this in each job's context instead of
-    train_job: the job to train in a cohort, or through the single-run path after
+    """Under hydra/launcher=batched, in each job's context: the job to train in a
+    cohort, or through the single-run path after
     the cohorts when the batched path cannot train it (a PendingJob either way)."""
     from fashionbn.core.stacking import unsupported
     from fashionbn.jobs.cohort import PendingJob
@@ -169,7 +171,6 @@ def join_cohort(cfg: DictConfig):
                       alone=unsupported(cfg))  # fmt: skip
 
 
-train_job.fashionbn_cohort = join_cohort  # type: ignore[attr-defined]
 main = hydra.main(version_base="1.3", config_path="../conf", config_name="config")(
     train_job
 )

@@ -97,14 +97,16 @@ def small_real_cfg(small_real_overrides: list[str]):
     return compose_config(small_real_overrides)
 
 
-def run_module(args: list[str], cwd: Path, timeout: int = 600):
-    """Run `python -m <module> ...` as a real subprocess."""
+def run_module(args: list[str], cwd: Path, timeout: int = 600, env=None):
+    """Run `python -m <module> ...` as a real subprocess (`env`: its environment,
+    default this process's)."""
     return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 

@@ -62,8 +62,8 @@ def test_load_model_says_why_it_cannot(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_the_readme_example_runs_as_written(real_data_root, tmp_path, monkeypatch):
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_api_example_runs_as_written(real_data_root, tmp_path, monkeypatch):
+    readme = (REPO / "docs" / "analysis.md").read_text()
     block = re.search(
         r"<!-- api-example -->\n```python\n(.*?)```\n<!-- /api-example -->", readme,
         re.S,
@@ -71,7 +71,7 @@ def test_the_readme_example_runs_as_written(real_data_root, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").symlink_to(real_data_root)  # the example's default data.root
     namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "docs/analysis.md", "exec"), namespace)
     sweep = namespace["sweep"]
     assert sweep.summary["n"].tolist() == [2, 2, 2, 2]
     assert sweep.comparisons["comparison"].tolist() == ["batchnorm − baseline"] * 2

@@ -308,7 +308,7 @@ def test_on_cuda_a_cohort_replays_a_graph_and_stays_close_to_alone(real_data_roo
 
 def test_with_two_threads_a_cohort_stays_within_the_stated_tolerance(real_data_root):
     """torch.mm for one run splits its sums across threads unlike torch.bmm: the
-    last digits differ (README: the measured differences); pinned here."""
+    last digits differ (docs/launchers.md: the measured differences); pinned here."""
     cfgs = configs(real_data_root, ["model=batchnorm"])
     with torch_threads(2):
         alone = [train_and_evaluate(cfg) for cfg in cfgs]
@@ -588,7 +588,7 @@ def test_a_run_whose_epoch_cannot_be_saved_fails_alone(real_data_root, tmp_path,
     fails with its own dir named; the others of its cohort go on, to the numbers
     they have alone."""
     from fashionbn.jobs.cohort import PendingJob, run_cohorts
-    from fashionbn.jobs.job import JobFiles
+    from fashionbn.jobs.writer import JobFiles
 
     cfgs = configs(real_data_root, ["model=baseline"], lrs=(0.05,), seeds=(0, 1, 2),
                    epochs=3)  # fmt: skip

@@ -36,7 +36,7 @@ def tiny(
     torch.manual_seed(seed)
     cfg = compose_config([f"model={model_name}", f"model.hidden={list(hidden)}",
                           f"model.activation={activation}"])  # fmt: skip
-    model = build_model(cfg.model, in_features=4, num_classes=3)
+    model = build_model(cfg.model, input_shape=(4,), num_classes=3)
     x = torch.randn(16, 4) * 2 + 0.5
     y = torch.arange(16) % 3
     return model, x, y

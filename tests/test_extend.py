@@ -10,7 +10,7 @@ import pytest
 from fashionbn import api
 from fashionbn.jobs.files import read_metrics
 from fashionbn.jobs.job import run_job
-from fashionbn.jobs.resume import JobDirError
+from fashionbn.jobs.previous import JobDirError
 from tests.conftest import compose_config, run_module, without_seconds
 
 TINY = ["data.train_size=512", "data.test_size=200", "device=cpu", "threads=1"]

@@ -8,14 +8,22 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import fashionbn.core.evaluation
 import fashionbn.core.train
 from fashionbn.config import FashionbnError
 from fashionbn.jobs.checkpoint import CHECKPOINT_MAGIC, load_checkpoint
-from fashionbn.jobs.files import RESULTS_FORMAT, WriteError, read_metrics, read_status
+from fashionbn.jobs.files import (
+    RESULTS_FORMAT,
+    WriteError,
+    atomic_write,
+    read_metrics,
+    read_status,
+)
 from fashionbn.jobs.job import JobBusy, JobDirError, run_identity, run_job
 from fashionbn.jobs.reading import read_job
 from tests.conftest import compose_config, kill_run, without_seconds
@@ -448,7 +456,8 @@ def test_a_refusal_names_real_differences_only(small_real_overrides, tmp_path) -
 def test_skipping_a_finished_run_does_not_read_its_checkpoint(
     overrides, tmp_path, monkeypatch
 ) -> None:
-    import fashionbn.jobs.resume
+    import fashionbn.jobs.extension
+    import fashionbn.jobs.previous
 
     cfg = compose_config(overrides)
     full = run_job(cfg, tmp_path)
@@ -456,7 +465,8 @@ def test_skipping_a_finished_run_does_not_read_its_checkpoint(
     def must_not_load(job_dir):
         raise AssertionError("the checkpoint was read for an intact finished run")
 
-    monkeypatch.setattr(fashionbn.jobs.resume, "load_checkpoint", must_not_load)
+    for module in (fashionbn.jobs.previous, fashionbn.jobs.extension):
+        monkeypatch.setattr(module, "load_checkpoint", must_not_load)
     must_not_train(monkeypatch)
     assert run_job(cfg, tmp_path) == full
 
@@ -557,3 +567,109 @@ def test_files_reach_the_disk_before_they_are_renamed(tmp_path, monkeypatch) -> 
         at = events.index(renames[0])
         assert events[at - 1] == ("fsync", renames[0][1])  # the partial file's data
         assert events[at + 1] == ("fsync", str(tmp_path))  # then the rename itself
+
+
+# --- resume, skip, refuse (in-process, real data) -------------------------------
+
+
+@pytest.fixture
+def cfg3(small_real_overrides):
+    """BatchNorm (running stats and all RNGs matter), 3 epochs on a real subset."""
+    return compose_config([*small_real_overrides, "model=batchnorm", "epochs=3"])
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_with_identical_numbers(cfg3, tmp_path, monkeypatch):
+    uninterrupted = run_job(cfg3, tmp_path / "whole")
+
+    real_evaluate, calls = fashionbn.core.evaluation.evaluate, []
+
+    def evaluate_then_crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash in epoch 2")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(fashionbn.core.evaluation, "evaluate", evaluate_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_job(cfg3, tmp_path / "split")
+    status = read_status(tmp_path / "split")[0]
+    assert status["status"] == "failed" and status["epochs_done"] == 1
+    assert "simulated crash" in status["error"]
+    assert len(read_metrics(tmp_path / "split")) == 1
+
+    monkeypatch.setattr(fashionbn.core.evaluation, "evaluate", real_evaluate)
+    resumed = run_job(cfg3, tmp_path / "split")
+    assert without_seconds(resumed) == without_seconds(uninterrupted)
+    assert without_seconds(read_metrics(tmp_path / "split")) == without_seconds(
+        read_metrics(tmp_path / "whole")
+    )
+    assert read_status(tmp_path / "split")[0]["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_complete_run_is_skipped_not_retrained(cfg3, tmp_path, monkeypatch) -> None:
+    first = run_job(cfg3, tmp_path)
+    before = (tmp_path / "metrics.csv").stat().st_mtime_ns
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a complete run was trained again")
+
+    monkeypatch.setattr(fashionbn.core.train, "train_one_epoch", must_not_train)
+    again = run_job(cfg3, tmp_path)
+    assert [r["test_acc"] for r in again] == [r["test_acc"] for r in first]
+    assert (tmp_path / "metrics.csv").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_changed_config_is_refused_and_nothing_is_mixed(cfg3, tmp_path) -> None:
+    run_job(cfg3, tmp_path)
+    original = (tmp_path / "metrics.csv").read_text()
+    cfg3.optim.lr = 0.01
+    with pytest.raises(FashionbnError, match=r"optim.lr: 0.001 -> 0.01.*force=true"):
+        run_job(cfg3, tmp_path)
+    assert (tmp_path / "metrics.csv").read_text() == original  # nothing mixed in
+    # where the data lives is not part of what a run computes: still "the same run"
+    cfg3.optim.lr = 0.001
+    cfg3.data.root = str(tmp_path / "elsewhere")  # not read: the run is complete
+    assert len(run_job(cfg3, tmp_path)) == 3
+
+
+@pytest.mark.slow
+def test_force_discards_the_old_run(cfg3, small_real_overrides, tmp_path) -> None:
+    run_job(cfg3, tmp_path)
+    changed = compose_config(
+        [*small_real_overrides, "model=batchnorm", "epochs=2", "force=true"]
+    )
+    records = run_job(changed, tmp_path)
+    assert len(records) == 2 and len(read_metrics(tmp_path)) == 2
+    assert read_status(tmp_path)[0]["config"]["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_divergence_ends_the_run_with_its_own_status(small_real_overrides, tmp_path):
+    cfg = compose_config([*small_real_overrides, "optim.lr=100", "epochs=3"])
+    records = run_job(cfg, tmp_path)
+    assert len(records) == 1  # stopped after the epoch that blew up
+    assert records[0]["train_loss"] > cfg.divergence_loss
+    status = read_status(tmp_path)[0]
+    assert status["status"] == "diverged" and status["epochs_done"] == 1
+    # a diverged run is finished: re-running the sweep does not repeat it
+    assert len(run_job(cfg, tmp_path)) == 1
+
+
+# --- crash-safe writes -----------------------------------------------------------
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.csv"
+    target.write_text("old, complete content\n")
+
+    def write_half_then_die(f) -> None:
+        f.write("half of the new")
+        raise KeyboardInterrupt  # what a kill looks like from inside
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, write_half_then_die)
+    assert target.read_text() == "old, complete content\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]

@@ -96,12 +96,48 @@ def test_each_stage_says_what_it_holds_and_may_import(stage):
     doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text()))
     assert doc
     modules = [p.stem for p in (PACKAGE / stage).glob("*.py") if p.stem != "__init__"]
+    modules += [p.parent.name for p in (PACKAGE / stage).glob("*/__init__.py")]
     unnamed = [m for m in modules if not re.search(rf"`{m}`|\\b{m}\\.py\\b", doc)]
     assert not unnamed, f"fashionbn/{stage}/__init__.py does not name {unnamed}"
     others = [p for p in MAY_IMPORT[stage] if p != f"fashionbn.{stage}"]
     assert all(p in doc for p in others), others
     if not others:
         assert "Imports nothing else from fashionbn" in doc
+
+
+def test_nothing_imports_hydras_internals():
+    """fashionbn and its launcher use Hydra's public API only (hydra._internal may
+    change in any release)."""
+    sources = [
+        *PACKAGE.rglob("*.py"),
+        *(PACKAGE.parent / "hydra_plugins").rglob("*.py"),
+    ]
+    users = [str(p) for p in sources if "hydra._internal" in p.read_text()]
+    assert len(sources) > 40
+    assert not users
+
+
+MAX_LINES = 400  # a module longer than this does two jobs (STYLE.md)
+
+
+def test_no_module_is_over_400_lines():
+    long = {
+        str(path.relative_to(PACKAGE.parent)): n
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"split these modules: {long}"
+
+
+def test_sub_packages_say_what_they_hold():
+    """A package inside a stage names each of its modules in its docstring."""
+    packages = [p.parent for p in PACKAGE.glob("*/*/__init__.py")]
+    assert packages  # jobs/loggers at least
+    for package in packages:
+        doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+        names = [p.name for p in package.glob("*.py") if p.stem != "__init__"]
+        unnamed = [n for n in names if n not in (doc or "")]
+        assert not unnamed, f"{package} does not name {unnamed}"
 
 
 def test_aggregating_never_loads_the_loop():

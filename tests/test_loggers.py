@@ -300,15 +300,15 @@ def test_a_silent_tracking_server_costs_a_sweep_one_short_probe(
     import time
     import urllib.request
 
-    import fashionbn.jobs.loggers
+    import fashionbn.jobs.loggers.mlflow_sink
     from fashionbn.jobs.loggers import make_loggers
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # connections complete in the backlog; nothing ever answers
     uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
-    monkeypatch.setattr(fashionbn.jobs.loggers, "PROBE_SECONDS", 0.5)
-    monkeypatch.setattr(fashionbn.jobs.loggers, "_unreachable", {})
+    monkeypatch.setattr(fashionbn.jobs.loggers.mlflow_sink, "PROBE_SECONDS", 0.5)
+    monkeypatch.setattr(fashionbn.jobs.loggers.mlflow_sink, "_unreachable", {})
     probes, real_urlopen = [], urllib.request.urlopen
 
     def counted(*args, **kwargs):

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from fashionbn import api
+from fashionbn.analysis.arms import describe_models, split_networks
 from fashionbn.analysis.protocol import batch_norm_runs, evaluated
 from fashionbn.analysis.report import gap_lines, split_network_warning
-from fashionbn.analysis.table import AggregateError, describe_models, split_networks
+from fashionbn.analysis.table import AggregateError
 from fashionbn.config import ConfigError, FashionbnError
 from fashionbn.config.validation import check_config
 from fashionbn.core.batched import Cohort, train_cohort

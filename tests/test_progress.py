@@ -21,6 +21,34 @@ def test_a_sweep_is_counted_like_the_basic_sweeper_counts_it():
     assert sweep_jobs({}, ["seed=range(0,4)"]) == (4, ["seed"])
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["model=a,b", "seed=range(0,3)", "model=c,d,e"],
+        ["seed=choice(1,2,3,4)", "+extra=x,y", "epochs=2"],
+        ["optim.lr=0.1,0.2", "seed=0", "optim.lr=0.3"],
+        ["data.drop_last=true,false", "optim.lr=interval(0.1,0.2)"],
+    ],
+)
+def test_the_count_is_the_basic_sweepers_own(arguments):
+    """Against Hydra's BasicSweeper itself (a private class: only the test uses it)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any("interval" in a for a in arguments):  # no basic sweep: neither counts
+        with pytest.raises(Exception, match="does not support"):
+            BasicSweeper.split_arguments(
+                OverridesParser.create().parse_overrides(arguments), None
+            )
+        with pytest.raises(ValueError, match="not a list of values"):
+            sweep_jobs({}, arguments)
+        return
+    batches = BasicSweeper.split_arguments(
+        OverridesParser.create().parse_overrides(arguments), None
+    )
+    assert sweep_jobs({}, arguments)[0] == len(batches[0])
+
+
 def test_the_sweep_line_counts_elapsed_and_the_time_left(monkeypatch):
     monkeypatch.setenv(progress.START_VAR, "100.0")
     monkeypatch.setenv(progress.JOBS_VAR, "6")

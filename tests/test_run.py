@@ -182,8 +182,8 @@ def test_glob_sweeps_every_model_option_and_no_schema(real_data_root, tmp_path):
     assert result.returncode == 0, result.stderr
     names = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.csv"))
     common = "data.test_size=100,data.train_size=256,epochs=1"
-    models = ("baseline", "batchnorm", "batchnorm_after", "groupnorm", "layernorm",
-              "rmsnorm")  # fmt: skip
+    models = ("baseline", "batchnorm", "batchnorm_after", "cnn", "cnn_batchnorm",
+              "cnn_groupnorm", "groupnorm", "layernorm", "rmsnorm")  # fmt: skip
     assert names == [f"{common},model={m}" for m in models]
 
 

@@ -325,7 +325,7 @@ def test_evaluation_uses_running_statistics_whatever_the_batch_size() -> None:
     split is batched, and the running statistics are not updated."""
     torch.manual_seed(0)
     model = build_model(compose_config(["model=batchnorm", "model.hidden=[6,5]"]).model,
-                        in_features=4, num_classes=3)  # fmt: skip
+                        input_shape=(4,), num_classes=3)  # fmt: skip
     model.train()
     for _ in range(5):  # running statistics away from their initial 0 / 1
         model(torch.randn(32, 4) * 3 + 1)

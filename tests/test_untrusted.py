@@ -1,4 +1,4 @@
-"""A sweep or job dir is untrusted input (issue 22; README "Reliability"): nothing read
+"""A sweep or job dir is untrusted input (issue 22; docs/reliability.md): nothing read
 from it names a path outside it, nothing is written, replaced or removed through a
 symbolic link, nothing is unpickled or executed, every field is type-checked; a bad
 one makes that dir damaged with the reason, never a traceback, and leaves every other

@@ -1,7 +1,8 @@
 """Job dirs -> one tidy table -> statistics and per-model selection -> report, tables
 and figures.
 
-`table` reads finished job dirs into the tidy table (one row per run and epoch);
+`table` reads finished job dirs into the tidy table (one row per run and epoch),
+`arms` says which runs are one arm and what each model is;
 `options` checks the options of the command and the API; `pairing`, `stats`,
 `selection`, `protocol` and `robustness` compute; `summary` gathers what the report
 states; `report`, `sections`, `markdown`, `plot` and `outputs` write it. Reads job-dir

@@ -17,8 +17,9 @@ import dataclasses
 
 import pandas as pd
 
+from fashionbn.analysis.arms import grouping_keys
 from fashionbn.analysis.markdown import plural
-from fashionbn.analysis.table import AggregateError, Sweep, _same_numbers, grouping_keys
+from fashionbn.analysis.table import AggregateError, Sweep, _same_numbers
 from fashionbn.jobs.files import METRIC_COLUMNS
 
 EVALUATIONS = ("default", "precise")

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from fashionbn.analysis.arms import grouping_keys
 from fashionbn.analysis.markdown import plural
 from fashionbn.analysis.pairing import paired_gaps, tuned_gaps
 from fashionbn.analysis.protocol import (
@@ -23,7 +24,7 @@ from fashionbn.analysis.protocol import (
 )
 from fashionbn.analysis.selection import select, tuned_keys, why_no_selection
 from fashionbn.analysis.stats import compare, holm, tuned_comparisons
-from fashionbn.analysis.table import Sweep, grouping_keys
+from fashionbn.analysis.table import Sweep
 
 PROTOCOL_KEYS = ["data.drop_last"]  # data.* keys that change the protocol, not the data
 MIN_PAIRS = 2  # seed pairs a cell needs before the verdict counts its sign

@@ -1,12 +1,20 @@
 """What a run is: the configuration schemas, their validation and a run's identity.
 
 `schema` holds the dataclasses Hydra's ConfigStore registers (one per config group) and
-what identifies a run (the keys that determine its numbers); `validation` holds the
+the keys that determine a run's numbers; `identity` normalises a stored config into
+a run's identity and checks one read from a job dir; `validation` holds the
 checks Hydra's types cannot express (positive widths, finite learning rates, a
 validation split that fits). Imports nothing else from fashionbn: every other stage
 may import this one.
 """
 
+from fashionbn.config.identity import (  # noqa: F401 - the stage's public names
+    flatten,
+    identity_problem,
+    normalise_identity,
+    option_value,
+    unflatten,
+)
 from fashionbn.config.schema import (  # noqa: F401 - the stage's public names
     MEASUREMENT_PREFIXES,
     NON_IDENTITY_KEYS,
@@ -28,12 +36,7 @@ from fashionbn.config.schema import (  # noqa: F401 - the stage's public names
     OptimConfig,
     SGDConfig,
     dirname_exclude_keys,
-    flatten,
-    identity_problem,
     is_plugin,
-    normalise_identity,
     not_applicable,
-    option_value,
     register_configs,
-    unflatten,
 )

@@ -101,6 +101,11 @@ def _model_problems(model) -> list[str]:
         problems.append(problem)
     if problem := hidden_widths_problem(list(model.hidden)):
         problems.append(problem)
+    if model.get("args") and not model.get("_target_"):
+        problems.append(
+            f"model.args={dict(model.args)}: arguments of a model._target_, but the "
+            "model is the built-in MLP (model._target_ is null)"
+        )
     if not (_finite(model.norm_eps) and model.norm_eps > 0):
         problems.append(
             f"model.norm_eps={model.norm_eps}: must be > 0 (it keeps the "

@@ -9,15 +9,15 @@ momentum back into its Training after the epoch, so evaluation, checkpoints and
 resume are the single-run path's own code.
 
 Why the numbers are the single-run path's, bit for bit, on the CPU with one thread
-(tests/test_batched.py, every model kind): each run's slice is computed exactly as it
-is alone. torch.baddbmm is torch.addmm per matrix; the weight's gradient is formed as
-one run's addmm forms it (StackedLinear); BatchNorm over (B, K*C) is BatchNorm over
-each run's (B, C); the cross-entropy gradient through `reduction="none"` and a mean
+(tests/test_batched.py, every model kind): each run's slice is computed exactly as it is
+alone. torch.baddbmm is torch.addmm per matrix; the weight's gradient is formed as one
+run's addmm forms it (core.stacking StackedLinear); BatchNorm over (B, K*C) is BatchNorm
+over each run's (B, C); the cross-entropy gradient through `reduction="none"` and a mean
 per run is the `mean` reduction's; p.addcmul_(g, -lr) is p.add_(g, alpha=-lr). Two
-operations do not reduce the same way batched, so they run per run: LayerNorm (its
-fused affine rounds differently) and, on the CPU, the reported loss value (nll_loss's
-mean sums in its own order). With more threads, torch.mm splits one run's sums across
-threads unlike torch.bmm: last digits differ (README: measured). On CUDA the kernels
+operations do not reduce the same way batched, so they run per run: LayerNorm (its fused
+affine rounds differently) and, on the CPU, the reported loss value (nll_loss's mean
+sums in its own order). With more threads, torch.mm splits one run's sums across threads
+unlike torch.bmm: last digits differ (docs/launchers.md: measured). On CUDA the kernels
 differ from one run's; the loss value is the batched mean there.
 
 That hand-written forward pass is the fast path, chosen by an allowlist
@@ -45,29 +45,8 @@ from fashionbn.core.data import FashionData, epoch_order
 from fashionbn.core.evaluation import evaluate_epoch
 from fashionbn.core.model import ACTIVATIONS, has_batch_norm
 from fashionbn.core.records import COMPLETE, DIVERGED, STOPPED
-from fashionbn.core.stacking import generic_forward, on_fast_path
+from fashionbn.core.stacking import StackedLinear, generic_forward, on_fast_path
 from fashionbn.core.train import Training, is_diverged
-
-
-class StackedLinear(torch.autograd.Function):
-    """F.linear per run, (K, B, I) x (K, O, I) -> (K, B, O), with the gradients
-    computed in the order torch computes them for one run: autograd's own backward
-    of baddbmm would form the weight's gradient as (x^T g)^T, one run's addmm as
-    g^T x, and the two round differently."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
-        ctx.save_for_backward(x, weight)
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        return (
-            torch.bmm(grad, weight),  # (K, B, I)
-            torch.bmm(grad.transpose(1, 2), x),  # (K, O, I)
-            grad.sum(dim=1),  # (K, O)
-        )
 
 
 class Cohort:
@@ -207,7 +186,8 @@ class Cohort:
         correct predictions to the epoch's sums."""
         k, b = batch.shape
         flat = batch.reshape(-1)
-        x = images.index_select(0, flat).view(k, b, -1)  # (K, B, 784)
+        sample = images.shape[1:] if self.generic else (-1,)  # the fast path: flat
+        x = images.index_select(0, flat).view(k, b, *sample)  # (K, B, 784) flat
         y = labels.index_select(0, flat).view(k, b)  # (K, B)
         losses, logits = self.step(x, y)
         self.loss_sum += losses

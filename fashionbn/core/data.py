@@ -66,6 +66,13 @@ class DatasetCorruptError(FashionbnError, ValueError):
     """A dataset file exists but cannot be what it claims to be."""
 
 
+def data_facts(data_cfg) -> tuple[tuple[int, ...], int]:
+    """(the shape of one input sample, the number of classes) of the dataset
+    data_cfg names: what a model is built for (core.model.build_model), known
+    before any file is read. FashionMNIST and MNIST: 28x28 images, 10 classes."""
+    return IMAGE_SHAPE, NUM_CLASSES
+
+
 class FashionData(NamedTuple):
     train_images: torch.Tensor  # (N_train, 28, 28) float32 in [0, 1]
     train_labels: torch.Tensor  # (N_train,) int64 in [0, 10)

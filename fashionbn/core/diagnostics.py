@@ -1,12 +1,14 @@
 """What the normalisation does to layer inputs, gradients and the loss landscape,
 measured on a fixed probe batch at step 0 and every `every_steps` training steps.
 
-Per hidden layer l = 1, 2, ... (from the input):
+Per hidden layer l = 1, 2, ... (from the input; a layer is a Linear or Conv and what
+follows it up to the next one, found in any model by its modules, hidden_layers):
 - act_in_p15, act_in_p50, act_in_p85: percentiles (linear interpolation) over the probe
   batch of the input to layer l's activation function, for unit 0 (Ioffe & Szegedy
   2015, Figure 1(b, c): "a typical unit");
 - act_in_mean, act_in_std: the average over the layer's units of each unit's mean and of
-  each unit's standard deviation (population, as BatchNorm computes it) over the batch;
+  each unit's standard deviation (population, as BatchNorm computes it) over the batch
+  (a conv layer's units are its channels, over the batch and all positions: per_unit);
 - grad_norm, weight_norm: Frobenius norms of the loss gradient of layer l's Linear
   weight and of that weight;
 - ics_l2, ics_cos (layers 2, 3, ...; Santurkar et al. 2018, Definition 2.1): ||G - G'||
@@ -37,7 +39,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fashionbn.config import ConfigError
-from fashionbn.core.model import ACTIVATIONS
+from fashionbn.core.model import ACTIVATIONS, WEIGHT_LAYERS
 
 PROBE_SEED = 0  # the probe batch is the same for every run, model and seed
 POINTS = 50  # every_steps=null: this many measurements after step 0
@@ -55,17 +57,29 @@ def probe_indices(num_samples: int, probe_size: int) -> torch.Tensor:
     return torch.randperm(num_samples, generator=generator)[:probe_size].sort().values
 
 
-def hidden_layers(model: nn.Sequential) -> list[dict]:
-    """Per hidden layer: its modules, its Linear and its activation module."""
+def hidden_layers(model: nn.Module) -> list[dict]:
+    """Per hidden layer: its modules, its weight layer (a Linear or Conv, under
+    "linear") and its activation module. The model's leaf modules in the order they
+    were made (the forward order of a Sequential, the MLP's and the CNN's alike); a
+    layer starts at each weight layer and holds what follows up to the next one."""
     layers: list[dict] = []
-    for module in model:
-        if isinstance(module, nn.Linear):
+    for module in model.modules():
+        if list(module.children()) and not list(module.parameters(recurse=False)):
+            continue  # a container: its leaves come next
+        if isinstance(module, WEIGHT_LAYERS):
             layers.append({"linear": module, "modules": [module]})
         elif layers:
             layers[-1]["modules"].append(module)
             if isinstance(module, tuple(ACTIVATIONS.values())):
                 layers[-1]["activation"] = module
     return [layer for layer in layers if "activation" in layer]  # not the output
+
+
+def per_unit(z: torch.Tensor) -> torch.Tensor:
+    """An activation's input as (samples, units): (B, width) as it is; feature maps
+    (B, C, ...) as (B * positions, C), each channel one unit measured over the batch
+    and its positions (as BatchNorm2d normalises it)."""
+    return z if z.dim() == 2 else z.movedim(1, -1).reshape(-1, z.shape[1])
 
 
 class Probe:
@@ -128,7 +142,11 @@ class Probe:
         return dict(zip(names, values))
 
     def layer_names(self, layer: dict) -> list[str]:
-        return [self.name_of[id(p)] for m in layer["modules"] for p in m.parameters()]
+        return [
+            self.name_of[id(p)]
+            for m in layer["modules"]
+            for p in m.parameters(recurse=False)
+        ]
 
 
 def measure(
@@ -165,7 +183,7 @@ def _measure(probe: Probe, lr: float, step_sizes: list[float], ics: bool) -> lis
     losses, grads = probe.stacked(points, grad)  # (K,), name -> (K, *shape)
     rows = []
     for number, (layer, z) in enumerate(zip(probe.layers, inputs), start=1):
-        z = z.float()  # (B, width)
+        z = per_unit(z.float())  # (samples, units)
         quantiles = torch.quantile(z[:, 0], torch.tensor(QUANTILES, device=z.device))
         weight = probe.name_of[id(layer["linear"].weight)]
         values = {

@@ -1,17 +1,27 @@
-"""build_model(model_cfg) -> the MLP: any widths, activation, normalisation, init.
+"""build_model(model_cfg, input_shape, num_classes) -> the run's network, the one
+definition every path trains (one run, a batched cohort, diagnostics, load_model).
+
+The model is the built-in MLP (model._target_ null: any widths, activation,
+normalisation, init), or a plug-in: model._target_ names a factory called as
+f(input_shape=..., num_classes=..., hidden=..., norm=..., norm_placement=...,
+activation=..., **model.args) that returns an nn.Module (conf/model/cnn.yaml:
+fashionbn.core.cnn.small_cnn; docs/extending.md). The input shape and the number of
+classes are the data's (core.data.data_facts), never config keys.
 
 The normalisation is a built-in (none, batchnorm, layernorm) or a plug-in: any
 nn.Module made from a layer's width by a Hydra `_target_` config (conf/model/
-groupnorm.yaml; docs/extending.md), e.g. {_target_: torch.nn.GroupNorm, num_groups: 4}.
-The width is passed as the parameter named num_features, num_channels or
-normalized_shape when the target has one (torch's norms), else as the first argument.
+groupnorm.yaml), e.g. {_target_: torch.nn.GroupNorm, num_groups: 4}. The width is
+passed as the parameter named num_features, num_channels or normalized_shape when
+the target has one (torch's norms), else as the first argument. A model asks for a
+layer's norm as norm(width, dims): dims=2 for feature maps (batchnorm: BatchNorm2d).
 """
 
 import inspect
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -25,14 +35,10 @@ WIDTH_PARAMETERS = ("num_features", "num_channels", "normalized_shape")
 
 
 def build_model(
-    model_cfg, in_features: int = 28 * 28, num_classes: int = 10
-) -> nn.Sequential:
-    """Flatten -> [Linear -> (norm) -> activation -> (norm)] per hidden width ->
-    Linear. `in_features` and `num_classes` are facts of the dataset, not config keys.
-
-    The modules are created in the same order for every option, so a seed gives the
-    same initial weights with or without a normalisation layer (a plug-in that draws
-    random numbers when it is made moves the later layers' draws)."""
+    model_cfg, input_shape: Sequence[int] = (28, 28), num_classes: int = 10
+) -> nn.Module:
+    """The built-in MLP, or model._target_'s network; then init=normal, if asked,
+    on every Linear and Conv layer's weight (biases 0)."""
     hidden = list(model_cfg.hidden)
     if problem := hidden_widths_problem(hidden):
         raise ConfigError(problem)
@@ -40,7 +46,36 @@ def build_model(
     placement = option_value(model_cfg.norm_placement)
     activation = ACTIVATIONS[option_value(model_cfg.activation)]
     make_norm = norm_factory(norm, model_cfg)
+    target = model_cfg.get("_target_")
+    if target:
+        model = plugin_model(model_cfg, tuple(input_shape), num_classes, make_norm)
+    else:
+        model = mlp(math.prod(input_shape), num_classes, hidden, make_norm, placement,
+                    activation)  # fmt: skip
+    if option_value(model_cfg.init) == "normal":
+        for module in model.modules():
+            if isinstance(module, WEIGHT_LAYERS):
+                nn.init.normal_(module.weight, mean=0.0, std=model_cfg.init_std)
+                nn.init.zeros_(module.bias)
+    return model
 
+
+# the layers whose weights init=normal draws and diagnostics measure
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def mlp(
+    in_features: int,
+    num_classes: int,
+    hidden: list[int],
+    make_norm: Callable[..., list[nn.Module]],
+    placement: str,
+    activation: type[nn.Module],
+) -> nn.Sequential:
+    """Flatten -> [Linear -> (norm) -> activation -> (norm)] per hidden width ->
+    Linear. The modules are created in the same order for every option, so a seed
+    gives the same initial weights with or without a normalisation layer (a plug-in
+    that draws random numbers when it is made moves the later layers' draws)."""
     layers: list[nn.Module] = [nn.Flatten()]  # (B, 28, 28) -> (B, 784)
     for width in hidden:
         layers.append(nn.Linear(in_features, width))  # (B, in) -> (B, width)
@@ -51,27 +86,66 @@ def build_model(
             layers += [activation(), *norm_layer]
         in_features = width
     layers.append(nn.Linear(in_features, num_classes))  # (B, 10) logits
-    model = nn.Sequential(*layers)
-    if option_value(model_cfg.init) == "normal":
-        for module in model:
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=model_cfg.init_std)
-                nn.init.zeros_(module.bias)
+    return nn.Sequential(*layers)
+
+
+def plugin_model(
+    model_cfg, input_shape: tuple, num_classes: int, make_norm
+) -> nn.Module:
+    """model._target_'s network, with any failure as one ConfigError line."""
+    target = model_cfg["_target_"]
+    args = model_cfg.get("args") or {}
+    args = OmegaConf.to_container(args) if OmegaConf.is_config(args) else dict(args)
+    try:
+        factory = get_object(target)
+    except Exception as err:  # noqa: BLE001 - hydra wraps import errors
+        raise ConfigError(f"model._target_={target}: {_first_line(err)}") from err
+    try:
+        model = factory(
+            input_shape=input_shape, num_classes=num_classes,
+            hidden=list(model_cfg.hidden), norm=make_norm,
+            norm_placement=option_value(model_cfg.norm_placement),
+            activation=ACTIVATIONS[option_value(model_cfg.activation)], **args,
+        )  # fmt: skip
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the factory's own error, one line
+        raise ConfigError(f"model._target_={target}: {_first_line(err)}") from err
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model._target_={target} made a {type(model).__name__}, not a "
+            "torch.nn.Module"
+        )
     return model
 
 
-def norm_factory(norm, model_cfg) -> Callable[[int], list[nn.Module]]:
-    """A layer's width -> its normalisation modules ([] for none)."""
+def norm_factory(norm, model_cfg) -> Callable[..., list[nn.Module]]:
+    """(a layer's width, dims) -> its normalisation modules ([] for none); dims=2
+    for a conv layer's feature maps (B, C, H, W)."""
+    eps, momentum = model_cfg.norm_eps, model_cfg.bn_momentum
     if norm == "batchnorm":
-        eps, momentum = model_cfg.norm_eps, model_cfg.bn_momentum
-        return lambda width: [nn.BatchNorm1d(width, eps=eps, momentum=momentum)]
+        batch_norms = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+        return lambda width, dims=1: [
+            batch_norms[dims](width, eps=eps, momentum=momentum)
+        ]
     if norm == "layernorm":
-        return lambda width: [nn.LayerNorm(width, eps=model_cfg.norm_eps)]
+
+        def layer_norm(width: int, dims: int = 1) -> list[nn.Module]:
+            if dims != 1:
+                raise ConfigError(
+                    "model.norm=layernorm normalises each sample over a layer's "
+                    "units, not a feature map's channels: for a conv model use a "
+                    "plug-in, e.g. model.norm={_target_: torch.nn.GroupNorm, "
+                    "num_groups: 1}"
+                )
+            return [nn.LayerNorm(width, eps=eps)]
+
+        return layer_norm
     if is_plugin(norm):
         make = plugin_factory(norm)
-        return lambda width: [make(width)]
+        return lambda width, dims=1: [make(width)]
     if norm == "none":
-        return lambda width: []
+        return lambda width, dims=1: []
     raise ConfigError(f"model.norm={norm!r:.80}: not a normalisation fashionbn knows")
 
 
@@ -138,7 +212,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def checked_model(
-    model_cfg, in_features: int = 28 * 28, num_classes: int = 10
+    model_cfg, input_shape: Sequence[int] = (28, 28), num_classes: int = 10
 ) -> nn.Module:
     """build_model and one forward and backward pass of a tiny fixed batch in
     training mode: what a run meets at its first step (a plug-in that cannot be
@@ -146,21 +220,28 @@ def checked_model(
     before anything is trained or written. Draws no random number from the
     process's stream (forked) and touches no run's model."""
     with torch.random.fork_rng(devices=[]):
-        model = build_model(model_cfg, in_features, num_classes)
-        x = torch.linspace(-1.0, 1.0, 4 * in_features).view(4, in_features)
+        model = build_model(model_cfg, input_shape, num_classes)
+        shape = (4, *input_shape)
+        x = torch.linspace(-1.0, 1.0, math.prod(shape)).view(shape)
         try:
             logits = model(x)
             if tuple(logits.shape) != (4, num_classes):
                 raise ValueError(f"logits of shape {tuple(logits.shape)}")
             logits.sum().backward()
         except Exception as err:  # noqa: BLE001 - a plug-in's error, as one line
-            target = (
-                model_cfg.norm["_target_"] if is_plugin(model_cfg.norm) else "the model"
-            )
             raise ConfigError(
-                f"model.norm: {target} fails on a batch of 4: {_first_line(err)}"
+                f"{plugin_name(model_cfg)} fails on a batch of 4: {_first_line(err)}"
             ) from err
     return model
+
+
+def plugin_name(model_cfg) -> str:
+    """What a set-up error names: the model's or the norm's plug-in."""
+    if model_cfg.get("_target_"):
+        return f"model._target_={model_cfg['_target_']}"
+    if is_plugin(model_cfg.norm):
+        return f"model.norm: {model_cfg.norm['_target_']}"
+    return "model.norm: the model"
 
 
 def has_batch_norm(model: nn.Module) -> bool:

@@ -5,8 +5,9 @@ and random streams equal). on_fast_path: whether core.batched's hand-written sta
 forward pass computes this model (an allowlist of module types and settings: the
 built-in MLP); any other model takes the generic path, generic_forward: the module
 itself under torch.vmap over the runs' stacked parameters and buffers
-(torch.func.functional_call). unsupported: why a run cannot join a cohort at all,
-found at set-up (stacking_problem tries two runs' models stacked), never mid-sweep.
+(torch.func.functional_call); StackedLinear is the fast path's linear layer.
+unsupported: why a run cannot join a cohort at all, found at set-up
+(stacking_problem tries two runs' models stacked), never mid-sweep.
 Nothing here trains or touches a run's state.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from fashionbn.config import ConfigError, flatten, option_value
+from fashionbn.core.data import data_facts
 from fashionbn.core.model import ACTIVATIONS, build_model, checked_model
 
 # what may differ between the runs of one cohort: per-run numbers and random streams
@@ -77,23 +79,44 @@ def unsupported(cfg) -> Optional[str]:
         return "diagnostics=on (the probe measures one model at a time)"
     if option_value(cfg.model.activation) not in ACTIVATIONS:
         return f"model.activation={cfg.model.activation}"
+    facts = data_facts(cfg.data)
     try:
-        model = checked_model(cfg.model)
+        model = checked_model(cfg.model, *facts)
     except ConfigError:
         return None  # the job fails with this error where it is checked
     if on_fast_path(model):
         return None
-    with torch.random.fork_rng(
-        devices=[]
-    ):  # two runs' models, as their seeds make them
+    with torch.random.fork_rng(devices=[]):  # two runs' models, as seeds make them
         torch.manual_seed(0)
-        first = build_model(cfg.model)
+        first = build_model(cfg.model, *facts)
         torch.manual_seed(1)
-        second = build_model(cfg.model)
-    return stacking_problem([first, second])
+        second = build_model(cfg.model, *facts)
+    return stacking_problem([first, second], facts[0])
 
 
-def stacking_problem(models: list[nn.Module]) -> Optional[str]:
+def footprint(cfg) -> tuple[int, int]:
+    """(parameters, values one sample's forward pass produces) of a run's model:
+    what a cohort's memory rule counts per run. Built aside (forked random stream)
+    and run on one input of zeros in evaluation mode."""
+    input_shape, num_classes = data_facts(cfg.data)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        model = build_model(cfg.model, input_shape, num_classes).eval()
+        sizes: list[int] = []
+        hooks = [
+            m.register_forward_hook(lambda m, i, out: sizes.append(out.numel()))
+            for m in model.modules()
+            if not list(m.children())
+        ]
+        model(torch.zeros(1, *input_shape))
+        for hook in hooks:
+            hook.remove()
+    weights = sum(p.numel() for p in model.parameters())
+    return weights, math.prod(input_shape) + sum(sizes)
+
+
+def stacking_problem(
+    models: list[nn.Module], input_shape: tuple[int, ...] = (28, 28)
+) -> Optional[str]:
     """Why these models (one architecture, built for two runs) cannot train on the
     generic path (vmap over their stacked parameters and buffers), or None: stacked,
     they take one forward and backward pass of a tiny fixed batch, whose logits must
@@ -104,9 +127,7 @@ def stacking_problem(models: list[nn.Module]) -> Optional[str]:
     with torch.random.fork_rng(devices=[]):
         copies = [copy.deepcopy(model) for model in models]
         first = copies[0]
-        if len(first) < 2 or not isinstance(first[1], nn.Linear):
-            return "its first layers are not Flatten -> Linear"
-        shape = (len(copies), 4, first[1].in_features)
+        shape = (len(copies), 4, *input_shape)
         x = torch.linspace(-1.0, 1.0, math.prod(shape)).view(shape)
         alone = [c(x[k]).detach() for k, c in enumerate(copy.deepcopy(copies))]
         params, buffers = stack_module_state(copies)
@@ -137,3 +158,24 @@ def generic_forward(
         return functional_call(template, (run_params, run_buffers), (run_x,))
 
     return torch.vmap(one)(params, buffers, x)
+
+
+class StackedLinear(torch.autograd.Function):
+    """F.linear per run, (K, B, I) x (K, O, I) -> (K, B, O), with the gradients
+    computed in the order torch computes them for one run: autograd's own backward
+    of baddbmm would form the weight's gradient as (x^T g)^T, one run's addmm as
+    g^T x, and the two round differently."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        return (
+            torch.bmm(grad, weight),  # (K, B, I)
+            torch.bmm(grad.transpose(1, 2), x),  # (K, O, I)
+            grad.sum(dim=1),  # (K, O)
+        )

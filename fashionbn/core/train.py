@@ -21,7 +21,12 @@ from torch import nn
 
 from fashionbn.config import ConfigError
 from fashionbn.config.validation import check_config
-from fashionbn.core.data import FashionData, load_dataset, shuffled_batches
+from fashionbn.core.data import (
+    FashionData,
+    data_facts,
+    load_dataset,
+    shuffled_batches,
+)
 from fashionbn.core.evaluation import evaluate_epoch
 from fashionbn.core.model import build_model, checked_model, has_batch_norm
 from fashionbn.core.records import COMPLETE, DIVERGED
@@ -34,8 +39,8 @@ DEVICE_HINT = "use auto, cpu, cuda or cuda:N"
 def resolve_device(name: str, batched: bool = False) -> torch.device:
     """'auto' -> the faster device for the job: a cohort (batched) trains on CUDA
     where there is one; one run alone on the CPU, since this small MLP at batch 64
-    cannot fill a GPU (one run alone on an H100 was slower than on the CPU: README,
-    "Performance"). Refuse devices fashionbn cannot use."""
+    cannot fill a GPU (one run alone on an H100 was slower than on the CPU:
+    docs/launchers.md). Refuse devices fashionbn cannot use."""
     if name == "auto":
         cuda = batched and torch.cuda.is_available()
         return torch.device("cuda" if cuda else "cpu")
@@ -142,7 +147,8 @@ def steps_per_epoch(
 def check_trainable(cfg, num_samples: int) -> None:
     """Refuse, before anything is trained or written, a run with no step to take or
     a model that cannot take one (core.model.checked_model)."""
-    batch_norm = has_batch_norm(checked_model(cfg.model))  # a plug-in's error here
+    model = checked_model(cfg.model, *data_facts(cfg.data))  # a plug-in's error here
+    batch_norm = has_batch_norm(model)
     drop_last = bool(cfg.data.get("drop_last", False))
     if steps_per_epoch(num_samples, cfg.batch_size, batch_norm, drop_last) > 0:
         return
@@ -220,7 +226,7 @@ class Training:
 def start_training(cfg, device: torch.device) -> Training:
     """Seed everything from cfg.seed, then build the model and its optimizer."""
     generator = seed_everything(cfg.seed)
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model, *data_facts(cfg.data)).to(device)
     return Training(model, make_optimizer(model.parameters(), cfg.optim), generator)
 
 

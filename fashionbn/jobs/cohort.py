@@ -28,7 +28,7 @@ from fashionbn.config.validation import check_config
 from fashionbn.core.batched import train_cohort
 from fashionbn.core.data import data_digest
 from fashionbn.core.records import STOPPED
-from fashionbn.core.stacking import cohort_key
+from fashionbn.core.stacking import cohort_key, footprint
 from fashionbn.core.train import (
     checked_data,
     divergence_message,
@@ -41,7 +41,6 @@ from fashionbn.core.train import (
 from fashionbn.jobs.files import FAILED
 from fashionbn.jobs.job import (
     JobBusy,
-    JobFiles,
     job_lock,
     restored_from,
     run_identity,
@@ -51,8 +50,10 @@ from fashionbn.jobs.job import (
 )
 from fashionbn.jobs.loggers import make_loggers
 from fashionbn.jobs.preflight import file_problem
+from fashionbn.jobs.previous import DONE, FRESH, RESUME
 from fashionbn.jobs.progress import CohortProgress, EpochBar
-from fashionbn.jobs.resume import DONE, FRESH, RESUME, prepare_job_dir
+from fashionbn.jobs.resume import prepare_job_dir
+from fashionbn.jobs.writer import JobFiles
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
@@ -151,9 +152,8 @@ def cohort_limit(cfg, device: torch.device) -> int:
     if device.type != "cuda":
         return 1_000_000
     free, _ = torch.cuda.mem_get_info(device)
-    widths = [28 * 28, *cfg.model.hidden, 10]
-    weights = sum(a * b + b for a, b in zip(widths, widths[1:]))
-    per_run = 4 * 4 * (3 * weights + cfg.batch_size * sum(widths) * 4)
+    weights, activations = footprint(cfg)  # numbers of float32 values
+    per_run = 4 * 4 * (3 * weights + cfg.batch_size * activations)
     return max(1, int(free * 0.5 // per_run))
 
 

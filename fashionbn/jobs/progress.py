@@ -28,16 +28,23 @@ USUAL_KEYS = ("model", "seed", "optim.lr", "optim")
 
 def sweep_jobs(params: dict, task_overrides: list[str]) -> tuple[int, list[str]]:
     """(number of jobs, swept keys) of a basic-sweeper sweep: the preset's
-    hydra.sweeper.params, then the command line's overrides (which win)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    hydra.sweeper.params, then the command line's overrides (a later one of a key
+    wins, as in Hydra's basic sweeper); the jobs are the product of the swept
+    values. ValueError for a sweep the basic sweeper cannot run (an interval)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     arguments = [f"{key}={value}" for key, value in params.items()]
     overrides = OverridesParser.create().parse_overrides([*arguments, *task_overrides])
-    batches = BasicSweeper.split_arguments(overrides, None)
-    last = {o.get_key_element(): o for o in overrides}  # a later one wins, as there
-    swept = [key for key, o in last.items() if o.is_sweep_override()]
-    return sum(len(batch) for batch in batches), swept
+    last = {o.get_key_element(): o for o in overrides}
+    jobs, swept = 1, []
+    for key, override in last.items():
+        if not override.is_sweep_override():
+            continue
+        if not override.is_discrete_sweep():
+            raise ValueError(f"{key}: not a list of values")
+        jobs *= len(list(override.sweep_string_iterator()))
+        swept.append(key)
+    return jobs, swept
 
 
 class SweepProgress(Callback):

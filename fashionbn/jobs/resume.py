@@ -9,23 +9,26 @@ metrics.csv and diagnostics.csv. What cannot be verified is never trusted: an
 unfinished run with nothing trustworthy to continue from starts again from epoch 1
 (training is deterministic: only time is lost); a finished run whose files are damaged
 is restored from its checkpoint, or refused with what to do. A finished run is never
-lost to an extension: see `settle_extension`.
+lost to an extension: see `fashionbn.jobs.extension`.
 """
 
 import logging
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from fashionbn.config import FashionbnError, normalise_identity
-from fashionbn.jobs.checkpoint import Checkpoint, load_checkpoint
+from fashionbn.config import normalise_identity
+from fashionbn.jobs.checkpoint import Checkpoint
+from fashionbn.jobs.extension import (
+    only_epochs_differ,
+    settle_extension,
+    shorter_run,
+    with_more_epochs,
+)
 from fashionbn.jobs.files import (
     CHECKPOINT_FILE,
     COMPLETE,
     DIAGNOSTICS_FILE,
     DIVERGED,
-    FINISHED_CHECKPOINT_FILE,
     LOCK_FILE,
     METRICS_FILE,
     RESULTS_FORMAT,
@@ -41,58 +44,22 @@ from fashionbn.jobs.files import (
     write_metrics,
     write_status,
 )
-from fashionbn.jobs.untrusted import entry_problem, inside
+from fashionbn.jobs.previous import (
+    DONE,
+    ELSEWHERE,
+    FORCE_HINT,
+    FRESH,
+    RESUME,
+    JobDirError,
+    Previous,
+    another_config,
+    refuse_other_data,
+    remove_entry,
+    trusted_checkpoint,
+)
+from fashionbn.jobs.untrusted import entry_problem
 
 log = logging.getLogger(__name__)
-
-FORCE_HINT = "force=true discards it and trains again"
-ELSEWHERE = "use another hydra.sweep.dir/hydra.run.dir"
-
-
-class JobDirError(FashionbnError):
-    """The job dir holds something this run must not overwrite or cannot trust."""
-
-
-def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[str]:
-    """'optim.lr: 0.001 -> 0.01' for every leaf that differs between two configs."""
-    differences = []
-    for key in sorted(set(stored) | set(requested)):
-        old, new = stored.get(key), requested.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            differences += config_differences(old, new, f"{prefix}{key}.")
-        elif old != new:
-            differences.append(f"{prefix}{key}: {old} -> {new}")
-    return differences
-
-
-FRESH, RESUME, DONE = "fresh", "resume", "done"
-
-
-@dataclass
-class Previous:
-    """What a job dir held, decided: train FRESH, RESUME a checkpoint, or DONE."""
-
-    action: str
-    records: list[dict] = field(default_factory=list)
-    state: Optional[dict] = None  # training state to RESUME from
-    status: str = RUNNING  # COMPLETE / DIVERGED when DONE
-    execution: list[dict] = field(default_factory=list)  # how earlier parts ran
-    # each time the run was continued to more epochs than it first asked for:
-    # {"from_epochs", "to_epochs"} (+ "from_dir" when it started from another dir)
-    extensions: list[dict] = field(default_factory=list)
-    # RESUME of a finished run to more epochs (in its own dir or from a sibling):
-    # nothing is written until its first new epoch is (fashionbn.jobs.job JobFiles)
-    extending: bool = False
-
-
-def remove_entry(path: Path) -> None:
-    """Remove a file (or a symbolic link itself, never its target); directories and
-    anything that cannot be removed are left where they are."""
-    try:
-        if not path.is_dir() or path.is_symlink():
-            path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def discard(job_dir: Path) -> None:
@@ -192,206 +159,6 @@ def refuse_other_format(job_dir: Path, version: int) -> None:
         f"this version writes {RESULTS_FORMAT}) that it cannot continue or vouch "
         f"for: {FORCE_HINT}, or {ELSEWHERE}"
     )
-
-
-def refuse_other_data(
-    job_dir: Path, trained_on: Optional[str], now: Optional[str]
-) -> None:
-    """A run trained on other data (by content) is never continued, extended or
-    taken as done with this data. A run of a fashionbn that did not record it cannot
-    be checked: it is taken as it is."""
-    if trained_on is None or now is None or trained_on == now:
-        return
-    raise JobDirError(
-        f"{job_dir} holds a run trained on other data (its data_sha256 "
-        f"{trained_on[:12]}..., the data now {now[:12]}...: another copy or version "
-        f"of the dataset's files); refusing to mix them: {FORCE_HINT} on this data, "
-        f"or {ELSEWHERE}"
-    )
-
-
-# --- continuing a run to more epochs -----------------------------------------------
-
-
-def only_epochs_differ(stored: dict, requested: dict) -> bool:
-    return {**stored, "epochs": None} == {**requested, "epochs": None}
-
-
-def extension_problem(stored: dict, requested: dict, status: dict) -> Optional[str]:
-    """Why continuing this run (of `stored`, only `epochs` differing) to
-    requested["epochs"] would not give the numbers of a run started with them, or
-    None. With a constant learning rate nothing before an epoch depends on how many
-    follow, so the only obstacles are a run that cannot go on and a measurement
-    schedule spread over the planned epochs."""
-    done, wanted = stored["epochs"], requested["epochs"]
-    if wanted < done:
-        return (
-            f"it asked for {done} epochs, more than the {wanted} asked for now (its "
-            f"metrics.csv holds every epoch: `python -m fashionbn.aggregate "
-            f"--at-epoch {wanted}` reads the shorter budget)"
-        )
-    if status["status"] == DIVERGED:
-        return f"it diverged after {status['epochs_done']} epochs: it cannot go on"
-    if status["status"] != COMPLETE:
-        return (
-            f"it is not finished ({status['status']} after {status['epochs_done']} "
-            f"of {done} epochs): run it with epochs={done} first"
-        )
-    diagnostics = stored.get("diagnostics") or {}
-    if diagnostics.get("enabled") and diagnostics.get("every_steps") is None:
-        return (
-            "diagnostics.every_steps=null spreads its measurements over the planned "
-            "epochs, so a longer run measures at other steps (set "
-            "diagnostics.every_steps=N for runs you want to extend)"
-        )
-    return None
-
-
-def with_more_epochs(
-    job_dir: Path,
-    stored: dict,
-    identity: dict,
-    status: dict,
-    data_sha256: Optional[str] = None,
-) -> Previous:
-    """Continue the run in job_dir (only `epochs` differs) from its checkpoint to
-    the epochs asked for now, or refuse with why that would not be the same run
-    (also when its checkpoint says it trained on other data)."""
-    problem = extension_problem(stored, identity, status)
-    if problem is None:
-        checkpoint, problem = trusted_checkpoint(job_dir, stored, status)
-        if checkpoint is not None and checkpoint.status != COMPLETE:
-            problem = f"its checkpoint says {checkpoint.status}: it cannot go on"
-        if checkpoint is not None:
-            refuse_other_data(job_dir, checkpoint.data_sha256, data_sha256)
-    if problem is not None:
-        raise JobDirError(
-            f"{job_dir} holds a run of this config with epochs={stored['epochs']}; "
-            f"it cannot be continued to epochs={identity['epochs']}: {problem}; "
-            f"{FORCE_HINT}, or {ELSEWHERE}"
-        )
-    log.info(
-        "%s: continuing its %d-epoch run to %d epochs from %s",
-        job_dir, stored["epochs"], identity["epochs"], CHECKPOINT_FILE,
-    )  # fmt: skip
-    extension = {"from_epochs": stored["epochs"], "to_epochs": identity["epochs"]}
-    return Previous(
-        RESUME, checkpoint.records, checkpoint.state, RUNNING,  # type: ignore
-        status.get("execution", []), [*status.get("extensions", []), extension],
-        extending=True,
-    )  # fmt: skip
-
-
-def settle_extension(job_dir: Path) -> None:
-    """Finish what a killed extension left (the caller holds the dir's lock).
-
-    Extending a finished run in place writes nothing until its first new epoch,
-    and that epoch as: the finished checkpoint kept as FINISHED_CHECKPOINT_FILE (a
-    hard link), the new checkpoint.pt, status.json (from here on the dir holds the
-    extended run), metrics.csv, then the kept checkpoint removed. So while it is
-    kept, status.json and metrics.csv are the finished run's unless status.json
-    names the run checkpoint.pt holds: then the extension was saved and the kept
-    checkpoint goes; otherwise the finished run's checkpoint is put back."""
-    if not (job_dir / FINISHED_CHECKPOINT_FILE).exists():
-        return
-    status, _ = read_status(job_dir)
-    current, _ = load_checkpoint(job_dir)
-    if (
-        status is not None
-        and current is not None
-        and normalise_identity(status["config"]) == normalise_identity(current.identity)
-    ):
-        remove_entry(job_dir / FINISHED_CHECKPOINT_FILE)  # saved (or not yet begun)
-        return
-    os.replace(job_dir / FINISHED_CHECKPOINT_FILE, job_dir / CHECKPOINT_FILE)
-    log.warning(
-        "%s: an extension of this run to more epochs was interrupted before its "
-        "first new epoch was saved; the finished run is as it was",
-        job_dir,
-    )
-
-
-def shorter_run(
-    job_dir: Path, identity: dict, data_sha256: Optional[str] = None
-) -> Optional[Previous]:
-    """extend=true: a fresh job dir starts from the longest finished run of the same
-    config with fewer epochs in a sibling dir (same sweep), when continuing it gives
-    the same numbers and it trained on the same data; None when there is none. The
-    sibling is only read, and only when it is a dir of the sweep (not a symbolic
-    link); a damaged sibling is passed over."""
-    candidates = []
-    parent = job_dir.parent
-    for sibling in sorted(parent.iterdir()):
-        if sibling == job_dir or sibling.is_symlink() or not sibling.is_dir():
-            continue
-        if not inside(parent, sibling):
-            continue
-        status = read_status(sibling)[0]
-        if status is None or status["status"] != COMPLETE:
-            continue
-        if status["format"] != RESULTS_FORMAT:
-            continue
-        stored = normalise_identity(status["config"])
-        if (
-            only_epochs_differ(stored, identity)
-            and stored["epochs"] < identity["epochs"]
-            and extension_problem(stored, identity, status) is None
-        ):
-            candidates.append((stored["epochs"], sibling.name, sibling, stored, status))
-    for epochs, name, sibling, stored, status in sorted(candidates, reverse=True):
-        checkpoint, problem = trusted_checkpoint(sibling, stored, status)
-        if checkpoint is None or checkpoint.status != COMPLETE:
-            log.warning("extend=true: not starting from %s: %s", sibling, problem)
-            continue
-        trained_on = status.get("data_sha256") or checkpoint.data_sha256
-        if trained_on is not None and data_sha256 not in (None, trained_on):
-            log.warning(
-                "extend=true: not starting from %s: it trained on other data (its "
-                "data_sha256 %s..., the data now %s...)",
-                sibling, trained_on[:12], data_sha256[:12],
-            )  # fmt: skip
-            continue
-        log.info(
-            "extend=true: %s starts from the finished %d-epoch run in %s",
-            job_dir, epochs, sibling,
-        )  # fmt: skip
-        extension = {"from_epochs": epochs, "to_epochs": identity["epochs"],
-                     "from_dir": name}  # fmt: skip
-        return Previous(
-            RESUME, checkpoint.records, checkpoint.state, RUNNING,
-            status.get("execution", []), [*status.get("extensions", []), extension],
-            extending=True,
-        )  # fmt: skip
-    return None
-
-
-def another_config(job_dir: Path, stored: dict, requested: dict) -> JobDirError:
-    changes = "; ".join(config_differences(stored, requested))
-    return JobDirError(
-        f"{job_dir} holds a run of another config ({changes}); refusing to mix "
-        f"them: {ELSEWHERE}, or force=true to discard the old run"
-    )
-
-
-def trusted_checkpoint(
-    job_dir: Path, identity: dict, status: Optional[dict]
-) -> tuple[Optional[Checkpoint], Optional[str]]:
-    """The verified checkpoint of this identity, or (None, why not). One of another
-    identity is refused when status.json cannot say what the dir holds. Read without
-    the dir's lock (extend=true's siblings), a finished run whose extension is being
-    written has its checkpoint in FINISHED_CHECKPOINT_FILE: that one is taken."""
-    checkpoint, problem = load_checkpoint(job_dir)
-    if checkpoint is None:
-        return None, problem
-    held = normalise_identity(checkpoint.identity)
-    if held == identity:
-        return checkpoint, None
-    if status is None:  # the checkpoint is all we know of what the dir holds
-        raise another_config(job_dir, held, identity)
-    kept, _ = load_checkpoint(job_dir, FINISHED_CHECKPOINT_FILE)
-    if kept is not None and normalise_identity(kept.identity) == identity:
-        return kept, None
-    return None, f"{CHECKPOINT_FILE} belongs to another config than {STATUS_FILE}"
 
 
 def finished_run(job_dir: Path, identity: dict, status: dict) -> Previous:

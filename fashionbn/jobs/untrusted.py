@@ -2,7 +2,7 @@
 
 People copy sweep dirs from colleagues, clusters and archives, so a dir may hold
 anything: symbolic links to files elsewhere, directories where files belong, JSON of
-the wrong shape. The rule (README, "Reliability"):
+the wrong shape. The rule (docs/reliability.md):
 - nothing read from a dir names a path outside it: a path taken from a file is
   resolved, and one that is not inside the dir it belongs to is refused (`inside`);
 - a file fashionbn reads, replaces or removes must be a regular file below the dir,

@@ -1,7 +1,14 @@
-"""hydra/launcher=batched: every job of a fashionbn sweep set up as Hydra's basic
-launcher sets it up, then the jobs that can share one program trained at once
-(fashionbn.jobs.cohort). Any other Hydra app is launched exactly as by the basic
-launcher, so this is a conformant Hydra launcher (Hydra's LauncherTestSuite runs it).
+"""hydra/launcher=batched: every job of a sweep set up as Hydra's basic launcher sets
+it up (its dir, `.hydra/`, run in its own job context), then the fashionbn jobs that
+can share one program trained at once (fashionbn.jobs.cohort).
+
+Built on Hydra's public Launcher API: `setup` keeps what Hydra hands over, `launch`
+runs each job's task function through hydra.core.utils.run_job inside
+fashionbn.jobs.launching.deferred_jobs, where a fashionbn job returns what it would
+train (a PendingJob) instead of training; those are trained in cohorts and their
+JobReturns completed. Any other Hydra app's jobs ignore the block and run one after
+another as under the basic launcher, so this is a conformant Hydra launcher (Hydra's
+LauncherTestSuite runs it).
 """
 
 import logging
@@ -11,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import (
     JobReturn,
@@ -22,7 +28,9 @@ from hydra.core.utils import (
     setup_globals,
 )
 from hydra.errors import CompactHydraException
-from omegaconf import open_dict
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -81,75 +89,104 @@ def max_cohort_problem(value: object) -> Optional[str]:
     )
 
 
-class BatchedLauncher(BasicLauncher):
+class BatchedLauncher(Launcher):
     def __init__(self, max_cohort: Optional[int] = None) -> None:
-        super().__init__()
         self.max_cohort = max_cohort
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(
+        self,
+        *,
+        hydra_context: HydraContext,
+        task_function: TaskFunction,
+        config: DictConfig,
+    ) -> None:
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+        self.config = config
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        join = getattr(self.task_function, "fashionbn_cohort", None)
-        if join is None:  # not fashionbn: the basic launcher's behaviour
-            return super().launch(job_overrides, initial_job_idx)
         problem = max_cohort_problem(self.max_cohort)
         if problem:  # before anything is set up or written
             raise LauncherSettingError(problem)
-        from fashionbn.config import FashionbnError
-        from fashionbn.jobs.cohort import PendingJob, run_cohorts
-        from fashionbn.run import JobFailed
+        from fashionbn.jobs.launching import deferred_jobs
 
         setup_globals()
         assert self.hydra_context is not None and self.config is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Setting up {len(job_overrides)} jobs to train in cohorts")
-        runs = []
-        for idx, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + idx
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(overrides)
-            )
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
-            try:
-                ret = run_job(
-                    hydra_context=self.hydra_context,
-                    task_function=join,
-                    config=sweep_config,
-                    job_dir_key="hydra.sweep.dir",
-                    job_subdir_key="hydra.sweep.subdir",
-                )
-            except Exception as err:  # Hydra could not set the job up (its dir):
-                # that job fails, the others go on, as a job's own failure does
-                ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-                ret._return_value = JobFailed(
-                    f"error: job #{idx} could not be set up ({type(err).__name__}: "
-                    f"{err})"
-                )
-                log.error("%s", ret._return_value)
-            runs.append(ret)
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        pending = [
-            r._return_value
-            for r in runs
-            if r.status == JobStatus.COMPLETED
-            and isinstance(r._return_value, PendingJob)
-        ]
-        with stderr_logging("fashionbn"):  # as a job logs (stdout stays clean)
-            run_cohorts(pending, self.max_cohort)
-        for ret in runs:
-            job = ret._return_value
-            if ret.status != JobStatus.COMPLETED or not isinstance(job, PendingJob):
-                continue  # failed while set up
-            if isinstance(job.result, FashionbnError):  # one line, as the others
-                ret.status = JobStatus.FAILED
-                ret._return_value = JobFailed(f"error: {job.result}")
-            elif isinstance(job.result, BaseException):
-                ret.status = JobStatus.FAILED
-                ret._return_value = job.result
-            else:
-                ret._return_value = job.result
+        with deferred_jobs():
+            runs = [
+                self._set_up(overrides, initial_job_idx + idx)
+                for idx, overrides in enumerate(job_overrides)
+            ]
+        train_pending(runs, self.max_cohort)
         return runs
+
+    def _set_up(self, overrides: Sequence[str], idx: int) -> JobReturn:
+        """Run one job's task function in its job context, as the basic launcher
+        does (a fashionbn job returns its PendingJob there)."""
+        from fashionbn.jobs.launching import JobFailed
+
+        assert self.hydra_context is not None and self.config is not None
+        assert self.task_function is not None
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(
+            self.config, list(overrides)
+        )
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        try:
+            ret = run_job(
+                hydra_context=self.hydra_context,
+                task_function=self.task_function,
+                config=sweep_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        except Exception as err:  # Hydra could not set the job up (its dir):
+            # that job fails, the others go on, as a job's own failure does
+            failure = JobFailed(
+                f"error: job #{idx} could not be set up ({type(err).__name__}: {err})"
+            )
+            ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+            ret.return_value = failure  # (reading it back raises it: Hydra's rule)
+            log.error("%s", failure)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+
+def train_pending(runs: list[JobReturn], max_cohort: Optional[int]) -> None:
+    """Train the jobs that returned a PendingJob in cohorts; each JobReturn then
+    holds the job's result, or its failure (a FashionbnError as one line)."""
+    from fashionbn.config import FashionbnError
+    from fashionbn.jobs.cohort import PendingJob, run_cohorts
+    from fashionbn.jobs.launching import JobFailed
+
+    pending = [
+        ret
+        for ret in runs
+        if ret.status == JobStatus.COMPLETED
+        and isinstance(ret.return_value, PendingJob)
+    ]
+    if not pending:
+        return
+    with stderr_logging("fashionbn"):  # as a job logs (stdout stays clean)
+        run_cohorts([ret.return_value for ret in pending], max_cohort)
+    for ret in pending:
+        result = ret.return_value.result
+        if isinstance(result, FashionbnError):  # one line, as the others
+            ret.status, ret.return_value = (
+                JobStatus.FAILED,
+                JobFailed(f"error: {result}"),
+            )
+        elif isinstance(result, BaseException):
+            ret.status, ret.return_value = JobStatus.FAILED, result
+        else:
+            ret.return_value = result
