@@ -21,7 +21,7 @@ setup: $(STAMP) dataset
 # re-installs only when pyproject.toml changes
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev,launchers,loggers]"
+	$(PY) -m pip install --quiet -e ".[dev,launchers,loggers,datasets]"
 	touch $(STAMP)
 
 # FashionMNIST comes from Debian's dataset-fashion-mnist (nothing is downloaded at run time)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fashionbn.core.batched import Cohort, train_cohort
-from fashionbn.core.data import epoch_order, shuffled_batches
+from fashionbn.core.order import epoch_order, shuffled_batches
 from fashionbn.core.stacking import cohort_key
 from fashionbn.core.train import (
     checked_data,

@@ -176,8 +176,9 @@ def test_the_pages_own_model_runs_as_written_in_both_launchers(
         batched = pd.read_csv(sweeps["batched"] / name / "metrics.csv")
         for column in ("train_loss", "test_loss", "test_acc"):
             assert (basic[column] - batched[column]).abs().max() < 1e-3, (name, column)
+    assert runs[0][3:7] == ["fashionbn.run", "-m", "--config-dir", "my_conf"]
     extra = run_module(
-        [*runs[0][3:5], "model=deep_batchnorm", "seed=0", "diagnostics=on",
+        [*runs[0][3:7], "model=deep_batchnorm", "seed=0", "diagnostics=on",
          "precise_bn=true", "data.val_size=100", *SMALL, f"data.root={real_data_root}",
          f"hydra.sweep.dir={tmp_path / 'diag'}"], tmp_path, env=env)  # fmt: skip
     assert extra.returncode == 0, extra.stderr[-3000:]
@@ -189,6 +190,45 @@ def test_the_pages_own_model_runs_as_written_in_both_launchers(
     status = json.loads((diag_dir / "status.json").read_text())
     assert status["config"]["model"]["_target_"] == "my_models.deep_mlp"
     assert status["config"]["model"]["args"] == {"depth": 3}
+
+
+@pytest.mark.slow
+def test_the_pages_own_data_runs_as_written_in_both_launchers(tmp_path) -> None:
+    """my_data.py and my_conf/data/noisy_digits.yaml from the page, its two sweep
+    commands (2 epochs): the source's args merged with digits', equal numbers from
+    both launchers, the data's digest that of the noisy tensors."""
+    text = section(EXTENDING.read_text(), "Your own data: one YAML (and your file)")
+    (tmp_path / "my_data.py").write_text(file_block(text, "my_data.py"))
+    (tmp_path / "my_conf" / "data").mkdir(parents=True)
+    path = "my_conf/data/noisy_digits.yaml"
+    (tmp_path / path).write_text(file_block(text, path))
+    (commands,) = [b for _, lang, b in blocks(text) if lang == "bash"]
+    runs = [shlex.split(c) for c in commands.splitlines() if "fashionbn.run" in c]
+    assert len(runs) == 2 and all(r[0] == "PYTHONPATH=." for r in runs)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    sweeps = {}
+    for args in runs:
+        name = "batched" if "hydra/launcher=batched" in args else "basic"
+        sweeps[name] = tmp_path / name
+        result = run_module(
+            [*args[3:], "epochs=2", "device=cpu", "threads=1", "optim.lr=0.1",
+             f"hydra.sweep.dir={sweeps[name]}"], tmp_path, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(p.name for p in sweeps["basic"].iterdir() if p.is_dir())
+    assert len(names) == 6
+    for name in names:
+        basic = pd.read_csv(sweeps["basic"] / name / "metrics.csv")
+        batched = pd.read_csv(sweeps["batched"] / name / "metrics.csv")
+        assert basic.drop(columns="seconds").equals(batched.drop(columns="seconds"))
+    status = json.loads((sweeps["basic"] / names[0] / "status.json").read_text())
+    data = status["config"]["data"]
+    assert data["_target_"] == "my_data.noisy_digits"
+    assert data["args"] == {"sigma": 0.3, "test_size": 360}  # merged with digits'
+    clean = run_module(["fashionbn.run", "data=digits", "epochs=1", "threads=1",
+                        f"hydra.run.dir={tmp_path / 'clean'}"], tmp_path)  # fmt: skip
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    other = json.loads((tmp_path / "clean" / "status.json").read_text())
+    assert other["data_sha256"] != status["data_sha256"]  # noise: other data
 
 
 # --- the commands the pages show ---------------------------------------------------

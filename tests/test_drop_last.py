@@ -110,7 +110,7 @@ def test_drop_last_trains_floor_n_over_b_steps(tmp_path, tiny_system_dir) -> Non
 
 
 def test_drop_last_drops_only_the_incomplete_batch_of_the_same_order() -> None:
-    from fashionbn.core.data import shuffled_batches
+    from fashionbn.core.order import shuffled_batches
 
     kept = list(shuffled_batches(96, 20, torch.Generator().manual_seed(5)))
     dropped = list(shuffled_batches(96, 20, torch.Generator().manual_seed(5),

@@ -11,9 +11,10 @@ import fashionbn.core.data
 import fashionbn.core.evaluation
 import fashionbn.core.train
 from fashionbn.config import ConfigError
-from fashionbn.core.data import load_dataset, shuffled_batches, split_indices
+from fashionbn.core.data import load_dataset, split_indices
 from fashionbn.core.evaluation import evaluate
 from fashionbn.core.model import build_model
+from fashionbn.core.order import shuffled_batches
 from fashionbn.core.train import (
     PlainSGD,
     make_optimizer,

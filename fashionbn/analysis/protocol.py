@@ -177,11 +177,14 @@ def why_collapsed(row: pd.Series) -> str:
             "BatchNorm evaluates with running statistics that lag weights moving this "
             "fast"
         )
-    size = row.get("data.train_size")
-    samples = (TRAIN_SET if pd.isna(size) else int(size)) - int(
-        row.get("data.val_size") or 0
-    )
-    left = samples % int(row.get("batch_size", 64))
+    size, source = row.get("data.train_size"), row.get("data._target_")
+    if pd.isna(size) and isinstance(source, str) and source:
+        left = 0  # a data plug-in's train set: its size is not in the results
+    else:
+        samples = (TRAIN_SET if pd.isna(size) else int(size)) - int(
+            row.get("data.val_size") or 0
+        )
+        left = samples % int(row.get("batch_size", 64))
     if left and not row.get("data.drop_last"):
         causes.append(
             f"the epoch ended on an incomplete batch of {left} samples, one noisy step "

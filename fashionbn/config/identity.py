@@ -90,9 +90,11 @@ def normalise_identity(config: dict) -> dict:
     return unflatten(flat)
 
 
-# keys an identity leaves out while they hold their default: the built-in MLP's runs
-# keep the identities they had before model plug-ins existed (older job dirs too)
-ABSENT_AT_DEFAULT = {"model._target_": None, "model.args": {}}
+# keys an identity leaves out while they hold their default: runs of the built-in MLP
+# on FashionMNIST keep the identities they had before plug-ins existed (older job
+# dirs too)
+ABSENT_AT_DEFAULT = {"model._target_": None, "model.args": {}, "data._target_": None,
+                     "data.args": {}}  # fmt: skip
 
 
 def unflatten(flat: dict[str, Any]) -> dict:

@@ -99,6 +99,10 @@ class AdamConfig(OptimConfig):
 
 @dataclass
 class DataConfig:
+    # null: FashionMNIST/MNIST's files (name, root, system_dir); or a data plug-in: a
+    # function called with **args returning the train and test tensors (core/sources.py)
+    _target_: Optional[str] = None
+    args: dict[str, Any] = field(default_factory=dict)
     name: DatasetName = DatasetName.fashion_mnist
     root: str = "data/"
     system_dir: Optional[str] = "/usr/share/datasets/fashion-mnist"
@@ -201,6 +205,8 @@ def not_applicable(flat: dict[str, Any]) -> list[str]:
         keys.append("model.init_std")
     if not flat.get("data.val_size"):
         keys.append("data.split_seed")
+    if flat.get("data._target_"):  # a data plug-in: its target and args say which
+        keys.append("data.name")
     return keys
 
 

@@ -163,7 +163,14 @@ def _data_problems(data) -> list[str]:
         problems.append(f"data.split_seed={data.split_seed}: must be in 0..2**63-1")
     if data.eval_batch_size < 1:
         problems.append(f"data.eval_batch_size={data.eval_batch_size}: must be >= 1")
+    if data.get("args") and not data.get("_target_"):
+        problems.append(
+            f"data.args={dict(data.args)}: arguments of a data._target_, but the "
+            "data is FashionMNIST's or MNIST's files (data._target_ is null)"
+        )
     name = option_value(data.name)
+    if data.get("_target_"):
+        return problems  # a plug-in: name, root and system_dir are not used
     if name != "fashion_mnist" and data.system_dir == DataConfig.system_dir:
         problems.append(
             f"data.name={name} with data.system_dir={data.system_dir}, which holds "

@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from fashionbn.core.data import FashionData, epoch_order
+from fashionbn.core.data import FashionData
 from fashionbn.core.evaluation import evaluate_epoch
 from fashionbn.core.model import ACTIVATIONS, has_batch_norm
+from fashionbn.core.order import epoch_order
 from fashionbn.core.records import COMPLETE, DIVERGED, STOPPED
 from fashionbn.core.stacking import StackedLinear, generic_forward, on_fast_path
 from fashionbn.core.train import Training, is_diverged

@@ -15,7 +15,6 @@ import hashlib
 import logging
 import math
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -68,9 +67,20 @@ class DatasetCorruptError(FashionbnError, ValueError):
 
 def data_facts(data_cfg) -> tuple[tuple[int, ...], int]:
     """(the shape of one input sample, the number of classes) of the dataset
-    data_cfg names: what a model is built for (core.model.build_model), known
-    before any file is read. FashionMNIST and MNIST: 28x28 images, 10 classes."""
+    data_cfg names: what a model is built for (core.model.build_model).
+    FashionMNIST and MNIST: 28x28 images, 10 classes, known before any file is
+    read; a data plug-in's: from its tensors (core.sources)."""
+    if is_source(data_cfg):
+        from fashionbn.core.sources import source_facts
+
+        return source_facts(data_cfg)
     return IMAGE_SHAPE, NUM_CLASSES
+
+
+def is_source(data_cfg) -> bool:
+    """Whether data_cfg names a data plug-in (data._target_)."""
+    getter = getattr(data_cfg, "get", None)
+    return bool(getter("_target_")) if getter else False
 
 
 class FashionData(NamedTuple):
@@ -95,7 +105,10 @@ def split_indices(
 
 
 def dataset_name(data_cfg) -> str:
-    """data.name as a plain string ('fashion_mnist' for configs without one)."""
+    """data.name as a plain string ('fashion_mnist' for configs without one); a
+    data plug-in's function name."""
+    if is_source(data_cfg):
+        return str(data_cfg["_target_"]).rsplit(".", 1)[-1]
     return str(option_value(getattr(data_cfg, "name", "fashion_mnist")))
 
 
@@ -242,13 +255,7 @@ def _load_split(root: Path, name: str, train: bool, size: Optional[int]) -> tupl
         )
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DatasetCorruptError(f"{raw_dir(root, name)}: {split} labels outside 0..9")
-    if size is not None:
-        if not 0 < size <= len(labels):
-            raise ConfigError(
-                f"data.{split}_size={size} but the {split} set has {len(labels)} "
-                f"samples; use a value in 1..{len(labels)} or null for all"
-            )
-        images, labels = images[:size], labels[:size]  # fixed, seed-independent subset
+    images, labels = first(images, labels, size, split)
     # the same arithmetic as transforms.ToTensor(): uint8 -> float32, / 255
     return images.to(torch.float32).div_(255), labels  # in place: one 188 MB pass less
 
@@ -262,6 +269,8 @@ def load_dataset(data_cfg) -> FashionData:
     images — changes nothing for the next run. Files that are, by content, another
     dataset's than data.name are refused.
     """
+    if is_source(data_cfg):
+        return _from_source(data_cfg)
     root, name = Path(data_cfg.root).resolve(), dataset_name(data_cfg)
     stamps = _prepared(data_cfg)
     check_content(name, _file_digests(root, name, stamps), raw_dir(root, name))
@@ -273,7 +282,12 @@ def load_dataset(data_cfg) -> FashionData:
 
 
 def data_digest(data_cfg) -> str:
-    """The SHA-256 of the dataset's four files (dataset_digest), as a run records it."""
+    """The SHA-256 of the dataset's four files (dataset_digest), as a run records it;
+    a data plug-in's: of its tensors (core.sources.source_digest)."""
+    if is_source(data_cfg):
+        from fashionbn.core.sources import source_digest
+
+        return source_digest(data_cfg)
     root, name = Path(data_cfg.root).resolve(), dataset_name(data_cfg)
     return dataset_digest(_file_digests(root, name, _prepared(data_cfg)))
 
@@ -313,9 +327,31 @@ def _load_cached(
 ) -> FashionData:
     train_images, train_labels = _load_split(root, name, True, train_size)
     test_images, test_labels = _load_split(root, name, False, test_size)
+    return with_validation(
+        FashionData(train_images, train_labels, test_images, test_labels),
+        val_size, split_seed, train_size,
+    )  # fmt: skip
+
+
+def first(images: torch.Tensor, labels: torch.Tensor, size, split: str) -> tuple:
+    """The first `size` samples (None: all): a fixed, seed-independent subset."""
+    if size is None:
+        return images, labels
+    if not 0 < size <= len(labels):
+        raise ConfigError(
+            f"data.{split}_size={size} but the {split} set has {len(labels)} "
+            f"samples; use a value in 1..{len(labels)} or null for all"
+        )
+    return images[:size], labels[:size]
+
+
+def with_validation(
+    data: FashionData, val_size: int, split_seed: int, train_size=None
+) -> FashionData:
+    """`val_size` training samples held out (split_indices); none: as it is."""
     if not val_size:  # the notebook's protocol: every training sample is trained on
-        return FashionData(train_images, train_labels, test_images, test_labels)
-    available = len(train_labels)
+        return data
+    available = len(data.train_labels)
     if val_size >= available:
         after = " (data.train_size)" if train_size is not None else ""
         raise ConfigError(
@@ -324,46 +360,29 @@ def _load_cached(
         )
     keep, held_out = split_indices(available, val_size, split_seed)
     return FashionData(
-        train_images[keep], train_labels[keep], test_images, test_labels,
-        train_images[held_out], train_labels[held_out],
+        data.train_images[keep], data.train_labels[keep], data.test_images,
+        data.test_labels, data.train_images[held_out], data.train_labels[held_out],
     )  # fmt: skip
+
+
+def _from_source(data_cfg) -> FashionData:
+    """A data plug-in's tensors with the subsets and the validation split."""
+    from fashionbn.core.sources import source_tensors
+
+    train_x, train_y, test_x, test_y = source_tensors(data_cfg)
+    train_x, train_y = first(train_x, train_y, data_cfg.train_size, "train")
+    test_x, test_y = first(test_x, test_y, data_cfg.test_size, "test")
+    data = FashionData(train_x, train_y, test_x, test_y,
+                       torch.empty(0, *train_x.shape[1:]))  # fmt: skip
+    return with_validation(
+        data, data_cfg.val_size, data_cfg.split_seed, data_cfg.train_size
+    )
 
 
 def clear_cache() -> None:
     """Forget the cached tensors (the benchmark times cold loads)."""
+    from fashionbn.core.sources import clear_cache as clear_sources
+
     _load_cached.cache_clear()
     _file_digests.cache_clear()
-
-
-def shuffled_batches(
-    num_samples: int,
-    batch_size: int,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-    drop_last: bool = False,
-) -> Iterator[torch.Tensor]:
-    """Yield index tensors of one shuffled epoch, like DataLoader(shuffle=True,
-    drop_last=drop_last): the permutation is drawn the same way either way, so
-    drop_last changes which samples an epoch ends on, never the order.
-
-    The order comes from the (CPU) `generator`, so a seed gives the same batches on
-    every device; it is moved to `device` once per epoch, not once per batch.
-    """
-    yield from epoch_order(num_samples, batch_size, generator, device, drop_last).split(
-        batch_size
-    )
-
-
-def epoch_order(
-    num_samples: int,
-    batch_size: int,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-    drop_last: bool = False,
-) -> torch.Tensor:
-    """One epoch's shuffled sample indices (shuffled_batches splits them into
-    batches; a batched cohort stacks every run's)."""
-    order = torch.randperm(num_samples, generator=generator).to(device)
-    if drop_last:
-        order = order[: num_samples - num_samples % batch_size]
-    return order
+    clear_sources()

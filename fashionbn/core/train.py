@@ -21,14 +21,10 @@ from torch import nn
 
 from fashionbn.config import ConfigError
 from fashionbn.config.validation import check_config
-from fashionbn.core.data import (
-    FashionData,
-    data_facts,
-    load_dataset,
-    shuffled_batches,
-)
+from fashionbn.core.data import FashionData, data_facts, load_dataset
 from fashionbn.core.evaluation import evaluate_epoch
 from fashionbn.core.model import build_model, checked_model, has_batch_norm
+from fashionbn.core.order import shuffled_batches
 from fashionbn.core.records import COMPLETE, DIVERGED
 
 log = logging.getLogger(__name__)
