@@ -189,6 +189,27 @@ def untrusted_model(model_cfg: dict) -> Optional[str]:
     return None
 
 
+# data sources fashionbn ships, called from a job dir without trust_plugins (a
+# model is built for its data's input shape: the source is called to learn it)
+SHIPPED_SOURCES = ("fashionbn.core.sources.sklearn_digits",)
+
+
+def untrusted_data(data_cfg: dict) -> Optional[str]:
+    """Why learning this run's input shape (calling the data source a job dir
+    names) could run code the dir chooses, or None."""
+    target = data_cfg.get("_target_")
+    if target is None:
+        return None
+    if target not in SHIPPED_SOURCES:
+        return f"data._target_ is {str(target)!r:.80}, not a source fashionbn ships"
+    args = data_cfg.get("args") or {}
+    if not isinstance(args, dict) or not all(
+        not str(k).startswith("_") and _plain(v) for k, v in args.items()
+    ):
+        return f"data.args {str(args)!r:.80} are not plain values"
+    return None
+
+
 def _plain(value) -> bool:
     """A number, string, boolean, null, or a list of them."""
     if isinstance(value, list):
@@ -209,7 +230,8 @@ def load_model(
     run (its last saved epoch), `allow_diverged=True` for a diverged one (its
     weights may be huge or NaN). A plug-in normalisation is built from the
     `_target_` the job dir names — code a job dir chooses — only when it is under
-    torch.nn, or with `trust_plugins=True` for a dir you trust (your own runs).
+    torch.nn, a plug-in model or data source only when fashionbn ships it, or any of
+    them with `trust_plugins=True` for a dir you trust (your own runs).
     Raises FashionbnError saying why not."""
     from fashionbn.jobs.files import COMPLETE, DIVERGED, read_status
     from fashionbn.jobs.previous import trusted_checkpoint
@@ -240,6 +262,8 @@ def load_model(
         raise FashionbnError(f"{job_dir}: {problem}")
     model_cfg = checkpoint.identity.get("model")
     why = untrusted_model(model_cfg) if isinstance(model_cfg, dict) else None
+    data_cfg = checkpoint.identity.get("data")
+    why = why or (untrusted_data(data_cfg) if isinstance(data_cfg, dict) else None)
     if why and not trust_plugins:
         raise FashionbnError(
             f"{job_dir}: its {why}: code a job dir names (a sweep dir is untrusted "

@@ -17,9 +17,9 @@ from fashionbn.core.data import (
     DatasetNotFoundError,
     load_dataset,
     raw_dir,
-    shuffled_batches,
     split_indices,
 )
+from fashionbn.core.order import shuffled_batches
 from tests.conftest import compose_config
 
 

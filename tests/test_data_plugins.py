@@ -150,3 +150,73 @@ def test_a_digits_sweep_in_both_launchers_aggregates(tmp_path) -> None:
     results = pd.read_csv(sweeps["basic"] / "results.csv")
     assert len(results) == 4 * 2
     assert set(results["data._target_"]) == {"fashionbn.core.sources.sklearn_digits"}
+
+
+def uint8_images():
+    x, y = torch.zeros(4, 2, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    return x, y, x, y
+
+
+def one_class():
+    x, y = torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64)
+    return x, y, x, y
+
+
+def unseen_test_class():
+    x = torch.zeros(4, 2)
+    return x, torch.tensor([0, 1, 0, 1]), x, torch.tensor([0, 1, 2, 1])
+
+
+_calls = [0]
+
+
+def different_each_call():
+    """Random numbers from the global stream: other data on every call."""
+    _calls[0] += 1
+    x = torch.full((4, 2), float(_calls[0]))
+    y = torch.tensor([0, 1, 0, 1])
+    return x, y, x, y
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("uint8_images", "train images of dtype torch.uint8: return floats"),
+        ("one_class", "one class in the train labels"),
+        ("unseen_test_class", r"test label 2, above every train label \(at most 1\)"),
+        ("different_each_call", "returned other tensors when called again"),
+    ],
+)
+def test_a_source_the_model_cannot_learn_from_is_refused(source, message) -> None:
+    cfg = compose_config([f"+data._target_=tests.test_data_plugins.{source}"])
+    with pytest.raises(ConfigError, match=message):
+        data_facts(cfg.data)
+
+
+def test_load_model_calls_no_data_source_a_dir_names(real_data_root, tmp_path) -> None:
+    """The model is built for its data's shape, which a plug-in source gives by
+    being called: only sources fashionbn ships are called for an untrusted dir."""
+    from fashionbn import api
+    from fashionbn.config import FashionbnError
+    from fashionbn.jobs.job import run_job
+
+    _calls[0] = 0
+    base = ["epochs=1", "threads=1", "device=cpu"]
+    run_job(compose_config([*base, "data=digits"]), tmp_path / "digits")
+    assert api.load_model(tmp_path / "digits")[1].in_features == 64  # shipped
+    mine = compose_config([*base, f"+data._target_={SOURCE}"])
+    run_job(mine, tmp_path / "mine")
+    calls = []
+    import tests.test_data_plugins as me
+    from fashionbn.core.sources import clear_cache
+
+    clear_cache()  # nothing cached: a call would reach the source
+    real = me.tiny_source
+    me.tiny_source = lambda **kw: calls.append(kw) or real(**kw)
+    try:
+        with pytest.raises(FashionbnError, match="not a source fashionbn ships"):
+            api.load_model(tmp_path / "mine")
+        assert calls == []  # refused before anything of the dir's was called
+        assert api.load_model(tmp_path / "mine", trust_plugins=True)[1].in_features == 6
+    finally:
+        me.tiny_source = real

@@ -158,3 +158,22 @@ def test_aggregating_never_loads_the_loop():
     ):
         assert module not in loaded
     assert "fashionbn.analysis.table" in loaded
+
+
+def test_metric_names_are_defined_once() -> None:
+    """Every list of per-epoch metrics is fashionbn.core.records' own object (not a
+    copy that could drift), and each names columns metrics.csv has."""
+    from fashionbn.analysis import protocol, stats
+    from fashionbn.core import records
+    from fashionbn.jobs.loggers import common
+
+    assert stats.METRICS is records.SUMMARISED
+    assert protocol.EVALUATED is records.EVALUATED
+    assert common.SCALARS == records.METRIC_COLUMNS[1:]  # all but epoch
+    columns = set(records.METRIC_COLUMNS)
+    assert set(records.SUMMARISED) <= columns
+    assert {f"{m}_precise" for m in records.EVALUATED} == set(records.PRECISE_COLUMNS)
+    sources = [p.read_text() for p in PACKAGE.rglob("*.py")
+               if p.name != "records.py"]  # fmt: skip
+    # no other module spells out a list of metric names
+    assert not [s for s in sources if '["test_acc", "test_loss"' in s]

@@ -270,3 +270,123 @@ def flat_model(input_shape, num_classes, hidden, norm, norm_placement, activatio
         activation(),
         nn.Linear(width, num_classes),
     )
+
+
+class ActivationMadeFirst(nn.Module):
+    """Its activations are made before the layers they follow: the order the
+    forward pass calls them, not the order they were made, pairs them."""
+
+    def __init__(self):
+        super().__init__()
+        self.act1, self.fc1 = nn.ReLU(), nn.Linear(4, 5)
+        self.act2, self.fc2 = nn.Tanh(), nn.Linear(5, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(self.act2(self.fc2(self.act1(self.fc1(x)))))
+
+
+class FunctionalRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.out = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc1(x)))
+
+
+def test_diagnostics_pair_each_layer_with_the_activation_it_calls() -> None:
+    from fashionbn.core.diagnostics import unmeasured_layers
+
+    torch.manual_seed(0)
+    model, x, y = ActivationMadeFirst(), torch.randn(8, 4), torch.arange(8) % 3
+    layers = hidden_layers(model, x)
+    assert [(la["linear"], la["activation"]) for la in layers] == [
+        (model.fc1, model.act1), (model.fc2, model.act2)]  # fmt: skip
+    rows = {(layer, q): v for layer, q, v in measure(model, x, y, 0.1, [1.0], True)}
+    with torch.no_grad():
+        z1 = model.fc1(x).numpy()  # the input of act1, by hand
+    assert rows[("1", "act_in_mean")] == pytest.approx(z1.mean(0).mean(), abs=1e-6)
+    assert rows[("1", "act_in_std")] == pytest.approx(z1.std(0).mean(), rel=1e-5)
+    assert unmeasured_layers(model, x) == 0
+    assert unmeasured_layers(FunctionalRelu(), x) == 1  # torch.relu: nothing to hook
+    assert hidden_layers(FunctionalRelu(), x) == []
+
+
+class Residual(nn.Module):
+    """A user's model with its own forward (not a Sequential), BatchNorm inside a
+    submodule: trains in a cohort through the generic path."""
+
+    def __init__(self, input_shape, num_classes, hidden, norm, **_):
+        super().__init__()
+        width = hidden[0]
+        self.inp = nn.Linear(math.prod(input_shape), width)
+        self.block = nn.Sequential(nn.Linear(width, width), *norm(width), nn.ReLU())
+        self.out = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        h = self.inp(x.flatten(1))
+        return self.out(h + self.block(h))
+
+
+def test_a_model_with_its_own_forward_trains_in_a_cohort(real_data_root) -> None:
+    extra = ["model=batchnorm", "model._target_=tests.test_model_plugins.Residual",
+             "model.hidden=[16]", "precise_bn=true", "data.val_size=100"]  # fmt: skip
+    cfgs = configs(real_data_root, extra, lrs=(0.01,), epochs=1)
+    assert unsupported(cfgs[0]) is None
+    with torch_threads(1):
+        alone = [without_seconds(train_and_evaluate(cfg)) for cfg in cfgs]
+        data = checked_data(cfgs[0], None, CPU)
+        trainings = [start_training(cfg, CPU) for cfg in cfgs]
+        records = [[] for _ in cfgs]
+        assert train_cohort(cfgs, trainings, data, records) == ["complete"] * 2
+    assert alone[0][0]["test_acc_precise"] is not None  # BatchNorm in a submodule
+    for run, single in zip(records, alone):
+        for key, value in without_seconds(run)[0].items():
+            assert math.isclose(value, single[0][key], rel_tol=1e-4, abs_tol=1e-5), key
+
+
+def test_the_cnn_says_which_samples_it_takes_and_how_many_blocks_fit() -> None:
+    cfg = compose_config(["model=cnn", "model.hidden=[8,8,8,8]"])
+    with pytest.raises(ConfigError, match="4 conv blocks .* halve 8x8 samples to "
+                       "nothing: at most 3 blocks fit"):  # fmt: skip
+        checked_model(cfg.model, (8, 8), 10)
+    with pytest.raises(ConfigError, match=r"takes samples of shape \(H, W\) or"):
+        checked_model(compose_config(["model=cnn"]).model, (64,), 10)
+    wide = compose_config(
+        ["model=cnn", "model._target_=tests.test_model_plugins.too_wide"]
+    )
+    with pytest.raises(ConfigError, match=r"not \(4, 7\) for 4 samples of 7 classes"):
+        checked_model(wide.model, (28, 28), 7)
+
+
+def too_wide(input_shape, num_classes, **_):
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes + 1)
+    )
+
+
+def test_a_built_in_run_never_pairs_with_a_plug_in_models_run(tmp_path) -> None:
+    """The hostile review's case: baseline and batchnorm built in, and baseline
+    runs of a user's model (model._target_) in the same sweep. batchnorm pairs
+    with the built-in baseline only (gaps by hand: 0.80 - 0.70, 0.82 - 0.71); the
+    user's model has no batchnorm runs to pair with: no gap for it."""
+    from fashionbn.analysis.pairing import paired_gaps
+    from fashionbn.analysis.table import BUILT_IN, read_sweep
+    from tests.conftest import make_job
+
+    mine = "model._target_=tests.test_model_plugins.flat_model"
+    for seed, (base, bn, user) in enumerate([(0.70, 0.80, 0.30), (0.71, 0.82, 0.31)]):
+        make_job(tmp_path, ["model=baseline", f"seed={seed}"], [base])
+        make_job(tmp_path, ["model=batchnorm", f"seed={seed}"], [bn])
+        make_job(tmp_path, ["model=baseline", mine, f"seed={seed}"], [user])
+    sweep = read_sweep([tmp_path])
+    assert set(sweep.results["model._target_"]) == {
+        BUILT_IN, "tests.test_model_plugins.flat_model"}  # fmt: skip
+    gaps = paired_gaps(sweep.results, sweep.group_keys)
+    assert set(gaps["model._target_"]) == {BUILT_IN}
+    assert sorted(gaps["gap"].round(6)) == [
+        round(0.80 - 0.70, 6),
+        round(0.82 - 0.71, 6),
+    ]
+    assert sweep.split_models == {"baseline": ["model._target_"]}  # one name, two nets

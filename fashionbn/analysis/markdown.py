@@ -4,6 +4,8 @@ import math
 
 import pandas as pd
 
+from fashionbn.jobs.files import SUMMARISED
+
 
 def group_label(row: pd.Series, keys: list[str]) -> str:
     """'model=batchnorm, optim.lr=0.01'; a key that does not apply to the group (null,
@@ -46,9 +48,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def summary_markdown(summary: pd.DataFrame, group_keys: list[str]) -> str:
     """The summary as a markdown table of 'mean ± std (n)' cells."""
     table = summary[[*group_keys, "epoch"]].copy()
-    metrics = ["test_acc", "test_loss", "train_acc", "train_loss"]
-    if summary["val_acc_mean"].notna().any():
-        metrics += ["val_acc", "val_loss"]
+    metrics = [m for m in SUMMARISED  # without timings, or columns no run measured
+               if m != "seconds" and summary[f"{m}_mean"].notna().any()]  # fmt: skip
     for metric in metrics:
         table[metric] = [
             mean_std(m, s, n)

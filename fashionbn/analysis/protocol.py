@@ -19,11 +19,10 @@ import pandas as pd
 
 from fashionbn.analysis.arms import grouping_keys
 from fashionbn.analysis.markdown import plural
-from fashionbn.analysis.table import AggregateError, Sweep, _same_numbers
-from fashionbn.jobs.files import METRIC_COLUMNS
+from fashionbn.analysis.table import BUILT_IN, AggregateError, Sweep, _same_numbers
+from fashionbn.jobs.files import EVALUATED, METRIC_COLUMNS
 
 EVALUATIONS = ("default", "precise")
-EVALUATED = ["test_acc", "test_loss", "val_acc", "val_loss"]
 # train − evaluated accuracy above this at the evaluated epoch is a collapse (healthy
 # runs here stay within a few points: the largest seen at lr <= 0.3 is about 0.05)
 COLLAPSE_MARGIN = 0.2
@@ -178,7 +177,7 @@ def why_collapsed(row: pd.Series) -> str:
             "fast"
         )
     size, source = row.get("data.train_size"), row.get("data._target_")
-    if pd.isna(size) and isinstance(source, str) and source:
+    if pd.isna(size) and isinstance(source, str) and source != BUILT_IN:
         left = 0  # a data plug-in's train set: its size is not in the results
     else:
         samples = (TRAIN_SET if pd.isna(size) else int(size)) - int(

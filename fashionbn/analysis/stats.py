@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-METRICS = ["test_acc", "test_loss", "train_acc", "train_loss", "seconds"]
-METRICS += ["val_acc", "val_loss"]  # NaN where runs have no validation split
+from fashionbn.jobs.files import SUMMARISED
+
+METRICS = SUMMARISED  # named once, in fashionbn.core.records
 LEVEL = 0.95  # every interval's confidence level
 MIN_BOOTSTRAP_PAIRS = 8  # fewer pairs: a bootstrap interval is not worth reporting
 

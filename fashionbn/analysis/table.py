@@ -26,6 +26,7 @@ from fashionbn.jobs.files import (
     METRIC_COLUMNS,
     PRECISE_COLUMNS,
     RESULTS_FORMAT,
+    SUMMARISED,
 )
 from fashionbn.jobs.reading import Job, read_job
 from fashionbn.jobs.untrusted import job_dirs
@@ -76,7 +77,7 @@ def _same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> Optional[str]:
     )
     if a.equals(b):
         return None
-    headline = ["test_acc", "test_loss", "train_acc", "train_loss"]
+    headline = [c for c in SUMMARISED if c in a.columns]  # the summary's order first
     columns = [*headline, *[c for c in a.columns if c not in headline]]
     for (_, row_a), (_, row_b) in zip(a.iterrows(), b.iterrows()):
         for column in columns:
@@ -334,7 +335,17 @@ def tidy(jobs: list[Job], params: list[str], metrics: str = "metrics") -> pd.Dat
     if not rows:
         return pd.DataFrame(columns=["run", *params, *METRIC_COLUMNS])
     frame = pd.concat(rows, ignore_index=True)
+    for key in BUILT_IN_WHEN_ABSENT:  # a value, not a setting that does not apply:
+        if key in frame:  # a built-in run pairs only with built-in runs
+            frame[key] = frame[key].fillna(BUILT_IN)
     return frame.reindex(columns=["run", *params, *METRIC_COLUMNS])
+
+
+# plug-in keys whose absence from a run's identity means the built-in (the MLP,
+# FashionMNIST's files): in the table they hold BUILT_IN, never an empty cell, which
+# pairing would take for "does not apply" and match with every plug-in's runs
+BUILT_IN_WHEN_ABSENT = ("model._target_", "data._target_")
+BUILT_IN = "(built-in)"
 
 
 def no_runs_message(sweep_dirs: list[Path], jobs: list[Job]) -> str:

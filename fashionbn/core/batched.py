@@ -66,7 +66,8 @@ class Cohort:
         self.exact_losses = exact_losses  # per-run loss values, as alone (CPU)
         template = self.template = trainings[0].model
         self.generic = bool(generic) or not on_fast_path(template)
-        self.modules = list(template)
+        # the fast path walks the MLP's layers; the generic path calls the module
+        self.modules = [] if self.generic else list(template)
         self.batch_norm = has_batch_norm(template)
         params, buffers = stack_module_state([t.model for t in trainings])
         self.params = {

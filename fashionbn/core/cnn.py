@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from fashionbn.config import ConfigError
+
 
 def small_cnn(
     input_shape: tuple[int, ...],
@@ -24,6 +26,17 @@ def small_cnn(
 ) -> nn.Sequential:
     """input_shape (H, W) or (C, H, W) -> logits (B, num_classes); `hidden`: the
     channels of each conv block; `norm(width, dims=2)`: a block's norm modules."""
+    if len(input_shape) not in (2, 3):
+        raise ConfigError(
+            f"the CNN takes samples of shape (H, W) or (C, H, W), not "
+            f"{tuple(input_shape)}"
+        )
+    if min(input_shape[-2:]) < 2 ** len(hidden):
+        raise ConfigError(
+            f"{len(hidden)} conv blocks (model.hidden={list(hidden)}) halve "
+            f"{input_shape[-2]}x{input_shape[-1]} samples to nothing: at most "
+            f"{int(math.log2(min(input_shape[-2:])))} blocks fit"
+        )
     layers: list[nn.Module] = []
     if len(input_shape) == 2:  # (B, H, W) -> (B, 1, H, W)
         layers.append(nn.Unflatten(1, (1, input_shape[0])))

@@ -29,6 +29,7 @@ random numbers. A test proves metrics.csv is identical with diagnostics on and o
 that the probe's loss equals the model's own forward pass.
 """
 
+import logging
 import math
 from typing import Optional
 
@@ -40,6 +41,8 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fashionbn.config import ConfigError
 from fashionbn.core.model import ACTIVATIONS, WEIGHT_LAYERS
+
+log = logging.getLogger(__name__)
 
 PROBE_SEED = 0  # the probe batch is the same for every run, model and seed
 POINTS = 50  # every_steps=null: this many measurements after step 0
@@ -57,22 +60,68 @@ def probe_indices(num_samples: int, probe_size: int) -> torch.Tensor:
     return torch.randperm(num_samples, generator=generator)[:probe_size].sort().values
 
 
-def hidden_layers(model: nn.Module) -> list[dict]:
+def hidden_layers(model: nn.Module, x: Optional[torch.Tensor] = None) -> list[dict]:
     """Per hidden layer: its modules, its weight layer (a Linear or Conv, under
-    "linear") and its activation module. The model's leaf modules in the order they
-    were made (the forward order of a Sequential, the MLP's and the CNN's alike); a
-    layer starts at each weight layer and holds what follows up to the next one."""
+    "linear") and its activation module. The model's leaf modules in the order its
+    forward pass calls them (call_order on `x`; without `x`, the order they were
+    made, which is the call order of a Sequential); a layer starts at each weight
+    layer and holds what runs after it up to the next one. A layer whose activation
+    is not a module of its own (torch.relu in forward, one module shared by several
+    layers) has no activation to measure: it is left out (unmeasured_layers)."""
+    if x is None:
+        leaves = [m for m in model.modules() if _own_leaf(m)]
+        shared: set[int] = set()
+    else:
+        leaves, shared = call_order(model, x)
     layers: list[dict] = []
-    for module in model.modules():
-        if list(module.children()) and not list(module.parameters(recurse=False)):
-            continue  # a container: its leaves come next
+    for module in leaves:
         if isinstance(module, WEIGHT_LAYERS):
             layers.append({"linear": module, "modules": [module]})
         elif layers:
             layers[-1]["modules"].append(module)
-            if isinstance(module, tuple(ACTIVATIONS.values())):
-                layers[-1]["activation"] = module
+            is_activation = isinstance(module, tuple(ACTIVATIONS.values()))
+            if is_activation and id(module) not in shared:
+                layers[-1].setdefault("activation", module)
     return [layer for layer in layers if "activation" in layer]  # not the output
+
+
+def _own_leaf(module: nn.Module) -> bool:
+    """A module without children, or one with parameters of its own."""
+    return not list(module.children()) or bool(list(module.parameters(recurse=False)))
+
+
+@torch.no_grad()
+def call_order(model: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], set]:
+    """(the leaf modules in the order a forward pass on `x` first calls them, the ids
+    of those it calls more than once). In evaluation mode, on no gradient: nothing
+    of the model changes (BatchNorm's running statistics are not updated), nothing
+    draws random numbers, and its mode is put back."""
+    order: list[nn.Module] = []
+    calls: dict[int, int] = {}
+
+    def seen(module, inputs):
+        calls[id(module)] = calls.get(id(module), 0) + 1
+        if calls[id(module)] == 1:
+            order.append(module)
+
+    hooks = [m.register_forward_pre_hook(seen) for m in model.modules() if _own_leaf(m)]
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return order, {key for key, count in calls.items() if count > 1}
+
+
+def unmeasured_layers(model: nn.Module, x: torch.Tensor) -> int:
+    """How many weight layers (not the last) have no activation module of their
+    own to measure."""
+    leaves, _ = call_order(model, x)
+    weights = sum(isinstance(m, WEIGHT_LAYERS) for m in leaves)
+    return max(0, weights - 1 - len(hidden_layers(model, x)))
 
 
 def per_unit(z: torch.Tensor) -> torch.Tensor:
@@ -97,7 +146,7 @@ class Probe:
         self.params = dict(model.named_parameters())
         self.names = list(self.params)
         self.name_of = {id(p): name for name, p in self.params.items()}
-        self.layers = hidden_layers(model)
+        self.layers = hidden_layers(model, x)
         self.buffers = dict(model.named_buffers())
 
     def _loss_at(self, params: dict, buffers: dict) -> torch.Tensor:
@@ -263,6 +312,14 @@ class Diagnostics:
         )
         self.step = state["step"] if state else 0
         self.rows: list[dict] = list(state["rows"]) if state else []
+        if missing := unmeasured_layers(model, probe_x):
+            log.warning(
+                "diagnostics: %d hidden layer(s) of this model have no activation "
+                "module of their own (torch.relu in forward, or one module shared "
+                "by several layers): their layer-input quantities are not measured, "
+                "the landscape is",
+                missing,
+            )
 
     def start(self) -> None:
         """Measure step 0 (before any update) unless that is done already."""

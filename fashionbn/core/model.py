@@ -56,7 +56,8 @@ def build_model(
         for module in model.modules():
             if isinstance(module, WEIGHT_LAYERS):
                 nn.init.normal_(module.weight, mean=0.0, std=model_cfg.init_std)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # a user's layer may have none
+                    nn.init.zeros_(module.bias)
     return model
 
 
@@ -226,7 +227,10 @@ def checked_model(
         try:
             logits = model(x)
             if tuple(logits.shape) != (4, num_classes):
-                raise ValueError(f"logits of shape {tuple(logits.shape)}")
+                raise ValueError(
+                    f"logits of shape {tuple(logits.shape)}, not (4, {num_classes}) "
+                    f"for 4 samples of {num_classes} classes"
+                )
             logits.sum().backward()
         except Exception as err:  # noqa: BLE001 - a plug-in's error, as one line
             raise ConfigError(

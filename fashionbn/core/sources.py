@@ -6,8 +6,9 @@ N samples), the validation split (data.val_size, split_seed) — and takes the i
 shape and the number of classes from the tensors (data_facts), and a run's data
 identity from their contents (source_digest, SHA-256 over dtypes, shapes and bytes).
 
-A source is called once per process and configuration (cached); every run gets its
-own copy of the tensors. Anything wrong with a source or what it returns is one
+A source is called twice per process and configuration (its tensors must be equal:
+the data's identity is their digest), then cached; every run gets its own copy of
+the tensors. Anything wrong with a source or what it returns is one
 ConfigError line naming data._target_, before anything is trained or written.
 `sklearn_digits` ships as `data=digits`: scikit-learn's 8x8 digits, offline.
 """
@@ -64,8 +65,22 @@ def _tensors(target: str, args: str) -> tuple[torch.Tensor, ...]:
             f"train samples of shape {tuple(train_x.shape[1:])}, test samples of "
             f"shape {tuple(test_x.shape[1:])}"
         )
+    if problem is None and int(train_y.max()) < 1:
+        problem = "one class in the train labels: nothing to classify"
+    if problem is None and int(test_y.max()) > int(train_y.max()):
+        problem = (
+            f"test label {int(test_y.max())}, above every train label (at most "
+            f"{int(train_y.max())}): a class the model never trains on"
+        )
     if problem:
         raise ConfigError(f"{where}: {problem}")
+    again = source(**json.loads(args))  # the data's identity needs the same data
+    if not all(torch.equal(a, b) for a, b in zip(out, again)):
+        raise ConfigError(
+            f"{where} returned other tensors when called again with the same "
+            "arguments: a source must return the same data every time (draw random "
+            "numbers from a generator of its own, seeded from its arguments)"
+        )
     return (train_x.to(torch.float32).contiguous(), train_y.to(torch.int64),
             test_x.to(torch.float32).contiguous(), test_y.to(torch.int64))  # fmt: skip
 
@@ -80,8 +95,11 @@ def _shape_problem(images, labels, split: str):
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         return f"{split} labels of dtype {labels.dtype}, not integers"
-    if not images.is_floating_point() and images.dtype == torch.bool:
-        return f"{split} images of dtype {images.dtype}"
+    if not images.is_floating_point():
+        return (
+            f"{split} images of dtype {images.dtype}: return floats, scaled as the "
+            "model should see them (e.g. uint8 / 255)"
+        )
     if labels.min() < 0:
         return f"{split} labels below 0"
     if images.is_floating_point() and not torch.isfinite(images).all():
@@ -95,10 +113,9 @@ def _line(err: BaseException) -> str:
 
 
 def source_facts(data_cfg) -> tuple[tuple[int, ...], int]:
-    """(one sample's shape, number of classes: the largest label + 1)."""
-    train_x, train_y, _, test_y = _tensors(*_key(data_cfg))
-    classes = int(max(train_y.max(), test_y.max() if len(test_y) else 0)) + 1
-    return tuple(train_x.shape[1:]), max(classes, 2)
+    """(one sample's shape, number of classes: the largest train label + 1)."""
+    train_x, train_y, _, _ = _tensors(*_key(data_cfg))
+    return tuple(train_x.shape[1:]), int(train_y.max()) + 1
 
 
 def source_digest(data_cfg) -> str:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from fashionbn.config import ConfigError, flatten, option_value
+from fashionbn.config import FashionbnError, flatten, option_value
 from fashionbn.core.data import data_facts
 from fashionbn.core.model import ACTIVATIONS, build_model, checked_model
 
@@ -79,10 +79,10 @@ def unsupported(cfg) -> Optional[str]:
         return "diagnostics=on (the probe measures one model at a time)"
     if option_value(cfg.model.activation) not in ACTIVATIONS:
         return f"model.activation={cfg.model.activation}"
-    facts = data_facts(cfg.data)
     try:
+        facts = data_facts(cfg.data)
         model = checked_model(cfg.model, *facts)
-    except ConfigError:
+    except FashionbnError:
         return None  # the job fails with this error where it is checked
     if on_fast_path(model):
         return None

@@ -36,9 +36,11 @@ from fashionbn.core.records import (  # noqa: F401 - part of the job-dir format
     COMPLETE,
     DIAGNOSTIC_COLUMNS,
     DIVERGED,
+    EVALUATED,
     METRIC_COLUMNS,
     PRECISE_COLUMNS,
     REQUIRED_COLUMNS,
+    SUMMARISED,
 )
 from fashionbn.jobs.untrusted import (
     UnsafeEntry,
