@@ -35,24 +35,23 @@ from fashionbn.core.train import (
     epoch_summary,
     global_rng_state,
     resolve_device,
-    start_training,
     torch_threads,
 )
-from fashionbn.jobs.files import FAILED
 from fashionbn.jobs.job import (
     JobBusy,
+    fail_job,
     job_lock,
-    restored_from,
+    job_loggers,
+    resumed_training,
     run_identity,
     run_job,
+    save_and_log,
+    settle_job,
     steps_per_run_epoch,
-    with_execution,
 )
-from fashionbn.jobs.loggers import make_loggers
 from fashionbn.jobs.preflight import file_problem
-from fashionbn.jobs.previous import DONE, FRESH, RESUME
+from fashionbn.jobs.previous import FRESH, RESUME
 from fashionbn.jobs.progress import CohortProgress, EpochBar
-from fashionbn.jobs.resume import prepare_job_dir
 from fashionbn.jobs.writer import JobFiles
 
 log = logging.getLogger(__name__)
@@ -196,7 +195,6 @@ def train_group(
                 ready.remove(job)
         by_epoch: dict[int, list[PendingJob]] = defaultdict(list)
         for job in ready:
-            job.files.data_sha256 = digest
             by_epoch[len(job.records)].append(job)
         for members in by_epoch.values():
             train_members(members, data, device, progress)
@@ -207,24 +205,18 @@ def settle(
 ) -> bool:
     """prepare_job_dir for one job: False when it is finished (result set), True
     when it is to be trained (from epoch 1 or its checkpoint)."""
-    cfg = job.cfg
-    identity = run_identity(cfg)
-    previous = prepare_job_dir(job.out_dir, identity, cfg.force, cfg.extend, digest)
-    if previous.action == DONE:
+    previous, files = settle_job(job.cfg, job.out_dir, device, digest,
+                                 {"launcher": "batched"})  # fmt: skip
+    if files is None:
         job_log(job, logging.INFO, f"{job.out_dir.name} is {previous.status} already;"
                 " skipping it")  # fmt: skip
         job.result = previous.records[-1]["test_acc"]
         progress.done(job, "skipped")
         return False
-    execution = with_execution(previous, device, {"launcher": "batched"})
-    job.files = JobFiles(job.out_dir, identity, execution)
-    job.files.extensions = previous.extensions
-    job.files.extending = previous.extending
-    job.records = list(previous.records)
+    job.files, job.records = files, list(previous.records)
     progress.starts_at(job, len(job.records))
-    job.training = start_training(cfg, device)
+    job.training = resumed_training(job.cfg, previous, device, job.out_dir)
     if previous.action == RESUME:
-        restored_from(job.training, previous.state, job.out_dir)
         job_log(job, logging.INFO, f"resuming after epoch {len(job.records)}")
     job.rng = global_rng_state()  # this run's, as the single-run path leaves them
     job.fresh = previous.action == FRESH
@@ -233,10 +225,7 @@ def settle(
 
 def start_loggers(job: PendingJob):
     """The job's loggers, once its input and dir are checked."""
-    return make_loggers(
-        job.cfg.logger, job.out_dir, job.log_root, job.files.identity,
-        job.files.execution[-1], job.fresh, job.name,
-    )  # fmt: skip
+    return job_loggers(job.cfg.logger, job.files, job.log_root, job.fresh, job.name)
 
 
 def train_members(
@@ -263,16 +252,12 @@ def train_members(
         job = jobs[k]
         bar.end_epoch(len(records))
         try:
-            job.files.save_epoch(job.training, records, diverged, job.cfg.epochs,
-                                 job.rng)  # fmt: skip
+            save_and_log(job.files, job.loggers, job.training, records, diverged,
+                         job.cfg.epochs, job.rng)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - its dir fails this job only
-            job.files.fail(err, len(records) == 1)
-            if job.loggers is not None:
-                job.loggers.finish(FAILED, job.out_dir)
+            fail_job(job.files, job.loggers, err, len(records) == 1)
             job_failed(job, err, progress)
             return False
-        if job.loggers is not None:
-            job.loggers.log(records, [])
         summary = epoch_summary(records[-1], job.cfg.epochs)
         job_log(job, logging.INFO, f"{summary}  (in a cohort of {len(jobs)})")
         progress.epoch(job)
@@ -294,9 +279,7 @@ def train_members(
         for job in jobs:
             if job.result is not None:
                 continue  # it finished, or failed on its own, before the failure
-            job.files.fail(err, not job.records)
-            if job.loggers is not None:
-                job.loggers.finish(FAILED, job.out_dir)
+            fail_job(job.files, job.loggers, err, not job.records)
             job_failed(job, err, progress)
         return
     for job, status in zip(jobs, statuses):

@@ -6,6 +6,11 @@ One process at a time: an exclusive lock (flock, released by the kernel when its
 dies) guards the dir; a job dir in use elsewhere is skipped with one line. After every
 epoch fashionbn.jobs.writer writes the checkpoint first, then metrics.csv (and
 diagnostics.csv), then status.json, each atomically.
+
+The steps of that life cycle — settle_job (what the locked dir holds), resumed_training,
+job_loggers, save_and_log (each epoch: files, then loggers), fail_job — are the ones
+fashionbn.jobs.cohort runs for each job of a batched cohort too: the two launchers
+differ only in how the epochs are trained (one run, or a cohort at once).
 """
 
 import errno
@@ -175,10 +180,8 @@ def run_locked(
 ) -> list[dict]:
     """run_job's work once the input is checked and the dir is locked: settle what
     the dir holds, then train what is left with the loggers; every epoch's record."""
-    identity = run_identity(cfg)
-    digest = data_digest(cfg.data)
-    previous = prepare_job_dir(job_dir, identity, cfg.force, cfg.extend, digest)
-    if previous.action == DONE:
+    previous, job = settle_job(cfg, job_dir, device, data_digest(cfg.data))
+    if job is None:
         log.info(
             "%s is %s already; skipping it (force=true re-runs)",
             job_dir, previous.status,
@@ -186,30 +189,86 @@ def run_locked(
         return previous.records
     if on_ready is not None:
         on_ready()
-    job = JobFiles(job_dir, identity, with_execution(previous, device))
-    job.extensions, job.extending = previous.extensions, previous.extending
-    job.data_sha256 = digest
     previous.records = list(previous.records)
     fresh = previous.action == FRESH
-    loggers = make_loggers(
-        cfg.logger, job_dir, Path(log_root or job_dir), identity,
-        job.execution[-1], fresh, run_name,
-    )  # fmt: skip
+    loggers = job_loggers(cfg.logger, job, Path(log_root or job_dir), fresh, run_name)
     try:
         status = train_job(cfg, job, previous, data, loggers, device)
     except WriteError as err:
-        job.fail(err, fresh)
-        finish(loggers, FAILED, job_dir)
+        fail_job(job, loggers, err, fresh)
         raise WriteError(
             f"{err}; free some space (or use another hydra.sweep.dir) and re-run "
             f"the same command: it continues after epoch {job.epochs_on_disk}"
         ) from err
     except Exception as err:  # the finished epochs stay; a re-run continues
-        job.fail(err, fresh)
-        finish(loggers, FAILED, job_dir)
+        fail_job(job, loggers, err, fresh)
         raise
     finish(loggers, status, job_dir)
     return previous.records
+
+
+# --- the steps of a job's life cycle, shared by both launchers (jobs.cohort) ---------
+
+
+def settle_job(
+    cfg, job_dir: Path, device: torch.device, digest: str, launcher=None
+) -> tuple[Previous, Optional[JobFiles]]:
+    """Decide what the locked dir holds (prepare_job_dir): (previous, None) when it
+    holds this run finished (DONE), else (previous, the writer of the run's files),
+    to train from epoch 1 or its checkpoint. `launcher`: what status.json's
+    execution says of the launcher."""
+    identity = run_identity(cfg)
+    previous = prepare_job_dir(job_dir, identity, cfg.force, cfg.extend, digest)
+    if previous.action == DONE:
+        return previous, None
+    files = JobFiles(job_dir, identity, with_execution(previous, device, launcher))
+    files.extensions, files.extending = previous.extensions, previous.extending
+    files.data_sha256 = digest
+    return previous, files
+
+
+def resumed_training(
+    cfg, previous: Previous, device: torch.device, job_dir: Path
+) -> Training:
+    """The run's training state: seeded and built, then its checkpoint's on RESUME."""
+    training = start_training(cfg, device)
+    if previous.action == RESUME:
+        restored_from(training, previous.state or {}, job_dir)
+    return training
+
+
+def job_loggers(
+    logger_cfg, files: JobFiles, log_root: Path, fresh: bool, run_name: Optional[str]
+) -> Optional[Loggers]:
+    """The run's loggers, once its input and dir are checked."""
+    return make_loggers(
+        logger_cfg, files.job_dir, log_root, files.identity, files.execution[-1],
+        fresh, run_name,
+    )  # fmt: skip
+
+
+def save_and_log(
+    files: JobFiles,
+    loggers: Optional[Loggers],
+    training: Training,
+    records: list[dict],
+    diverged: bool,
+    epochs: int,
+    rng: Optional[dict] = None,
+    rows: Optional[list[dict]] = None,
+) -> None:
+    """An epoch: the files first (the source of truth), then the loggers."""
+    files.save_epoch(training, records, diverged, epochs, rng)
+    if loggers is not None:
+        loggers.log(records, rows or [])
+
+
+def fail_job(
+    files: JobFiles, loggers: Optional[Loggers], error: BaseException, fresh: bool
+) -> None:
+    """Mark the run failed with what is safely on disk, and end its loggers' runs."""
+    files.fail(error, fresh)
+    finish(loggers, FAILED, files.job_dir)
 
 
 def train_job(
@@ -223,10 +282,9 @@ def train_job(
     """Start or continue training into job's files (and loggers); COMPLETE or
     DIVERGED. `previous.records` grows by one record per epoch."""
     records = previous.records
-    training = start_training(cfg, device)
+    training = resumed_training(cfg, previous, device, job.job_dir)
     state = previous.state or {}
     if previous.action == RESUME:
-        restored_from(training, state, job.job_dir)
         log.info("resuming %s after epoch %d", job.job_dir, len(records))
     if cfg.diagnostics.enabled:
         probe = probe_indices(len(data.train_labels), cfg.diagnostics.probe_size)
@@ -245,9 +303,7 @@ def train_job(
 
     def on_epoch(done: list[dict], diverged: bool) -> None:
         bar.end_epoch(len(done))
-        job.save_epoch(training, done, diverged, cfg.epochs)
-        if loggers is not None:  # after the files: they are the source of truth
-            loggers.log(done, rows())
+        save_and_log(job, loggers, training, done, diverged, cfg.epochs, None, rows())
 
     job.start(records)
     if loggers is not None:  # what the tools lack of an interrupted run
