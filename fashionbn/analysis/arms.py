@@ -29,8 +29,14 @@ def grouping_keys(results: pd.DataFrame, params: list[str]) -> list[str]:
 
 
 # the keys that say what a network is, first in a model's description
-DESCRIBED_FIRST = ["model.hidden", "model.norm", "model.norm_placement",
-                   "model.activation", "model.init"]  # fmt: skip
+DESCRIBED_FIRST = [
+    "model._target_",
+    "model.hidden",
+    "model.norm",
+    "model.norm_placement",
+    "model.activation",
+    "model.init",
+]
 
 
 def model_keys(results: pd.DataFrame) -> list[str]:
