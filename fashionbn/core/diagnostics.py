@@ -94,8 +94,9 @@ def _own_leaf(module: nn.Module) -> bool:
 def call_order(model: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], set]:
     """(the leaf modules in the order a forward pass on `x` first calls them, the ids
     of those it calls more than once). In evaluation mode, on no gradient: nothing
-    of the model changes (BatchNorm's running statistics are not updated), nothing
-    draws random numbers, and its mode is put back."""
+    of the model changes (BatchNorm's running statistics are not updated), the
+    random streams are forked (a model that draws is measured without drawing from
+    the run's), and its mode is put back."""
     order: list[nn.Module] = []
     calls: dict[int, int] = {}
 
@@ -107,8 +108,10 @@ def call_order(model: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], set]
     hooks = [m.register_forward_pre_hook(seen) for m in model.modules() if _own_leaf(m)]
     was_training = model.training
     model.eval()
+    devices = [x.device] if x.device.type == "cuda" else []
     try:
-        model(x)
+        with torch.random.fork_rng(devices=devices):  # a draw here is none of its
+            model(x)
     finally:
         model.train(was_training)
         for hook in hooks:
