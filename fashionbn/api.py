@@ -174,15 +174,8 @@ def untrusted_model(model_cfg: dict) -> Optional[str]:
     """Why building this model (read from a job dir) could run code the dir
     chooses, or None: its factory must be one fashionbn ships, with plain
     arguments, and its normalisation a torch.nn class (untrusted_plugin)."""
-    target = model_cfg.get("_target_")
-    if target is not None:
-        if target not in SHIPPED_MODELS:
-            return f"model._target_ is {str(target)!r:.80}, not a model fashionbn ships"
-        args = model_cfg.get("args") or {}
-        if not isinstance(args, dict) or not all(
-            not str(k).startswith("_") and _plain(v) for k, v in args.items()
-        ):
-            return f"model.args {str(args)!r:.80} are not plain values"
+    if why := _unshipped("model", model_cfg, SHIPPED_MODELS, "a model"):
+        return why
     norm = model_cfg.get("norm")
     if is_plugin(norm) and (why := untrusted_plugin(norm)):
         return f"model's normalisation {why}"
@@ -197,16 +190,22 @@ SHIPPED_SOURCES = ("fashionbn.core.sources.sklearn_digits",)
 def untrusted_data(data_cfg: dict) -> Optional[str]:
     """Why learning this run's input shape (calling the data source a job dir
     names) could run code the dir chooses, or None."""
-    target = data_cfg.get("_target_")
+    return _unshipped("data", data_cfg, SHIPPED_SOURCES, "a source")
+
+
+def _unshipped(group: str, cfg: dict, shipped: tuple, what: str) -> Optional[str]:
+    """Why `group`'s _target_ (with its args) is not one fashionbn ships with plain
+    arguments, or None (also when it names none: the built-in)."""
+    target = cfg.get("_target_")
     if target is None:
         return None
-    if target not in SHIPPED_SOURCES:
-        return f"data._target_ is {str(target)!r:.80}, not a source fashionbn ships"
-    args = data_cfg.get("args") or {}
+    if target not in shipped:
+        return f"{group}._target_ is {str(target)!r:.80}, not {what} fashionbn ships"
+    args = cfg.get("args") or {}
     if not isinstance(args, dict) or not all(
         not str(k).startswith("_") and _plain(v) for k, v in args.items()
     ):
-        return f"data.args {str(args)!r:.80} are not plain values"
+        return f"{group}.args {str(args)!r:.80} are not plain values"
     return None
 
 
