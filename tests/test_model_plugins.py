@@ -16,20 +16,17 @@ from torch.optim.swa_utils import update_bn
 from fashionbn import api
 from fashionbn.config import ConfigError, FashionbnError
 from fashionbn.config.validation import check_config
-from fashionbn.core.batched import train_cohort
 from fashionbn.core.diagnostics import hidden_layers, measure
 from fashionbn.core.model import build_model, checked_model, count_parameters
 from fashionbn.core.precise_bn import population_statistics
 from fashionbn.core.stacking import footprint, on_fast_path, unsupported
 from fashionbn.core.train import (
     checked_data,
-    start_training,
-    torch_threads,
-    train_and_evaluate,
 )
 from fashionbn.jobs.job import run_identity, run_job
-from tests.conftest import compose_config, without_seconds
+from tests.conftest import compose_config
 from tests.test_batched import configs
+from tests.test_plugins import assert_records_close, cohort_and_alone
 
 CPU = torch.device("cpu")
 CNNS = ["cnn", "cnn_batchnorm", "cnn_groupnorm"]
@@ -140,23 +137,11 @@ def test_a_cnn_cohort_trains_each_run_as_alone(name, real_data_root) -> None:
     cfgs = configs(real_data_root, extra, lrs=(0.01,), epochs=1)
     assert unsupported(cfgs[0]) is None  # it joins a cohort
     assert not on_fast_path(build_model(cfgs[0].model))
-    with torch_threads(1):
-        alone = [without_seconds(train_and_evaluate(cfg)) for cfg in cfgs]
-        data = checked_data(cfgs[0], None, CPU)
-        trainings = [start_training(cfg, CPU) for cfg in cfgs]
-        records = [[] for _ in cfgs]
-        statuses = train_cohort(cfgs, trainings, data, records)
+    records, alone, statuses = cohort_and_alone(cfgs)
     assert statuses == ["complete", "complete"]
     assert records[0] != records[1]
     assert (alone[0][-1]["test_acc_precise"] is not None) == (name == "cnn_batchnorm")
-    for run, single in zip(records, alone):
-        for a, b in zip(without_seconds(run), single):
-            assert a.keys() == b.keys()
-            for key in a:
-                if a[key] is None or b[key] is None:
-                    assert a[key] is b[key], key
-                    continue
-                assert math.isclose(a[key], b[key], rel_tol=1e-3, abs_tol=1e-4), key
+    assert_records_close(records, alone, rel_tol=1e-3, abs_tol=1e-4)
 
 
 def test_diagnostics_measure_a_cnns_channels_by_hand() -> None:
@@ -335,16 +320,10 @@ def test_a_model_with_its_own_forward_trains_in_a_cohort(real_data_root) -> None
              "model.hidden=[16]", "precise_bn=true", "data.val_size=100"]  # fmt: skip
     cfgs = configs(real_data_root, extra, lrs=(0.01,), epochs=1)
     assert unsupported(cfgs[0]) is None
-    with torch_threads(1):
-        alone = [without_seconds(train_and_evaluate(cfg)) for cfg in cfgs]
-        data = checked_data(cfgs[0], None, CPU)
-        trainings = [start_training(cfg, CPU) for cfg in cfgs]
-        records = [[] for _ in cfgs]
-        assert train_cohort(cfgs, trainings, data, records) == ["complete"] * 2
+    records, alone, statuses = cohort_and_alone(cfgs)
+    assert statuses == ["complete"] * 2
     assert alone[0][0]["test_acc_precise"] is not None  # BatchNorm in a submodule
-    for run, single in zip(records, alone):
-        for key, value in without_seconds(run)[0].items():
-            assert math.isclose(value, single[0][key], rel_tol=1e-4, abs_tol=1e-5), key
+    assert_records_close(records, alone, rel_tol=1e-4, abs_tol=1e-5)
 
 
 def test_the_cnn_says_which_samples_it_takes_and_how_many_blocks_fit() -> None:

@@ -200,22 +200,37 @@ def test_a_plugin_cohort_trains_each_run_as_alone(extra, real_data_root) -> None
                    epochs=3)  # fmt: skip
     assert unsupported(cfgs[0]) is None  # it joins a cohort
     assert not on_fast_path(build_model(cfgs[0].model))
+    records, alone, statuses = cohort_and_alone(cfgs)
+    assert statuses == ["complete", "complete"]
+    assert records[0] != records[1]  # two seeds: two runs
+    assert_records_close(records, alone, rel_tol=1e-4, abs_tol=1e-5)
+
+
+def cohort_and_alone(cfgs) -> tuple[list, list, list]:
+    """(each run's records trained in one cohort, the same runs trained alone, the
+    cohort's statuses), at one thread."""
     with torch_threads(1):
         alone = [without_seconds(train_and_evaluate(cfg)) for cfg in cfgs]
         data = checked_data(cfgs[0], None, CPU)
         trainings = [start_training(cfg, CPU) for cfg in cfgs]
         records = [[] for _ in cfgs]
         statuses = train_cohort(cfgs, trainings, data, records)
-    assert statuses == ["complete", "complete"]
-    assert records[0] != records[1]  # two seeds: two runs
+    return [without_seconds(run) for run in records], alone, statuses
+
+
+def assert_records_close(records, alone, rel_tol: float, abs_tol: float) -> None:
+    """Every value of every epoch as alone: the same keys, None where alone has
+    None (no validation split), numbers within the tolerances."""
     for run, single in zip(records, alone):
-        for a, b in zip(without_seconds(run), single):
+        assert len(run) == len(single)
+        for a, b in zip(run, single):
             assert a.keys() == b.keys()
             for key in a:
-                if a[key] is None or b[key] is None:  # no validation split
+                if a[key] is None or b[key] is None:
                     assert a[key] is b[key], key
                     continue
-                assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-5), key
+                assert math.isclose(a[key], b[key], rel_tol=rel_tol,
+                                    abs_tol=abs_tol), key  # fmt: skip
 
 
 class SubclassedBatchNorm(nn.BatchNorm1d):
