@@ -140,6 +140,28 @@ def test_the_pages_own_module_runs_as_written_in_both_launchers(
     assert "model.norm._target_=my_norms.ScaleNorm, model.norm.eps=1e-05" in described
 
 
+def page_runs(text: str, tmp_path: Path) -> tuple[list[list[str]], dict]:
+    """A page section's two `PYTHONPATH=. python -m fashionbn.run` commands, split,
+    and the environment that makes `.` the test's dir."""
+    (commands,) = [b for _, lang, b in blocks(text) if lang == "bash"]
+    runs = [shlex.split(c) for c in commands.splitlines() if "fashionbn.run" in c]
+    assert len(runs) == 2 and all(r[0] == "PYTHONPATH=." for r in runs)
+    return runs, {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
+def run_both(runs: list[list[str]], more: list[str], tmp_path: Path, env: dict):
+    """Run each command (`more` overrides added) into tmp_path/basic or /batched;
+    ({launcher: sweep dir}, the last result)."""
+    sweeps = {}
+    for args in runs:
+        name = "batched" if "hydra/launcher=batched" in args else "basic"
+        sweeps[name] = tmp_path / name
+        result = run_module([*args[3:], *more, f"hydra.sweep.dir={sweeps[name]}"],
+                            tmp_path, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    return sweeps, result
+
+
 @pytest.mark.slow
 def test_the_pages_own_model_runs_as_written_in_both_launchers(
     real_data_root, tmp_path
@@ -156,18 +178,9 @@ def test_the_pages_own_model_runs_as_written_in_both_launchers(
     assert len(yamls) == 2
     for body in yamls:
         (conf / f"{yaml.safe_load(body)['name']}.yaml").write_text(body)
-    (commands,) = [b for _, lang, b in blocks(text) if lang == "bash"]
-    runs = [shlex.split(c) for c in commands.splitlines() if "fashionbn.run" in c]
-    assert len(runs) == 2 and all(r[0] == "PYTHONPATH=." for r in runs)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    sweeps = {}
-    for args in runs:
-        name = "batched" if "hydra/launcher=batched" in args else "basic"
-        sweeps[name] = tmp_path / name
-        result = run_module(
-            [*args[3:], *SMALL, f"data.root={real_data_root}",
-             f"hydra.sweep.dir={sweeps[name]}"], tmp_path, env=env)  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
+    runs, env = page_runs(text, tmp_path)
+    sweeps, result = run_both(runs, [*SMALL, f"data.root={real_data_root}"], tmp_path,
+                              env)  # fmt: skip
     assert result.stderr.count("a cohort of 3 runs") == 2  # each model's, stacked
     names = sorted(p.name for p in sweeps["basic"].iterdir() if p.is_dir())
     assert len(names) == 6
@@ -202,18 +215,9 @@ def test_the_pages_own_data_runs_as_written_in_both_launchers(tmp_path) -> None:
     (tmp_path / "my_conf" / "data").mkdir(parents=True)
     path = "my_conf/data/noisy_digits.yaml"
     (tmp_path / path).write_text(file_block(text, path))
-    (commands,) = [b for _, lang, b in blocks(text) if lang == "bash"]
-    runs = [shlex.split(c) for c in commands.splitlines() if "fashionbn.run" in c]
-    assert len(runs) == 2 and all(r[0] == "PYTHONPATH=." for r in runs)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    sweeps = {}
-    for args in runs:
-        name = "batched" if "hydra/launcher=batched" in args else "basic"
-        sweeps[name] = tmp_path / name
-        result = run_module(
-            [*args[3:], "epochs=2", "device=cpu", "threads=1", "optim.lr=0.1",
-             f"hydra.sweep.dir={sweeps[name]}"], tmp_path, env=env)  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
+    runs, env = page_runs(text, tmp_path)
+    more = ["epochs=2", "device=cpu", "threads=1", "optim.lr=0.1"]
+    sweeps, _ = run_both(runs, more, tmp_path, env)
     names = sorted(p.name for p in sweeps["basic"].iterdir() if p.is_dir())
     assert len(names) == 6
     for name in names:
