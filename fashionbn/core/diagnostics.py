@@ -69,10 +69,12 @@ def hidden_layers(model: nn.Module, x: Optional[torch.Tensor] = None) -> list[di
     is not a module of its own (torch.relu in forward, one module shared by several
     layers) has no activation to measure: it is left out (unmeasured_layers)."""
     if x is None:
-        leaves = [m for m in model.modules() if _own_leaf(m)]
-        shared: set[int] = set()
-    else:
-        leaves, shared = call_order(model, x)
+        return _layers([m for m in model.modules() if _own_leaf(m)], set())
+    return _layers(*call_order(model, x))
+
+
+def _layers(leaves: list[nn.Module], shared: set) -> list[dict]:
+    """hidden_layers from the leaves in order and the ids of shared ones."""
     layers: list[dict] = []
     for module in leaves:
         if isinstance(module, WEIGHT_LAYERS):
@@ -122,9 +124,9 @@ def call_order(model: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], set]
 def unmeasured_layers(model: nn.Module, x: torch.Tensor) -> int:
     """How many weight layers (not the last) have no activation module of their
     own to measure."""
-    leaves, _ = call_order(model, x)
+    leaves, shared = call_order(model, x)  # one pass for both counts
     weights = sum(isinstance(m, WEIGHT_LAYERS) for m in leaves)
-    return max(0, weights - 1 - len(hidden_layers(model, x)))
+    return max(0, weights - 1 - len(_layers(leaves, shared)))
 
 
 def per_unit(z: torch.Tensor) -> torch.Tensor:
