@@ -205,6 +205,7 @@ def agreement(args) -> None:
     """Train each of AGREEMENT_KINDS with optim.lr 0.01, 0.1 x seeds 0, 1 alone (the
     single-run path) and as one cohort, on the device the overrides choose, and
     print the largest difference of every metric over the runs and epochs."""
+    from fashionbn.config.settings import run_settings
     from fashionbn.core.batched import train_cohort
     from fashionbn.core.train import (
         checked_data,
@@ -230,12 +231,13 @@ def agreement(args) -> None:
             for lr in (0.01, 0.1)
             for seed in (0, 1)
         ]
-        device = resolve_device(cfgs[0].device, batched=True)
+        runs = [run_settings(cfg) for cfg in cfgs]
+        device = resolve_device(runs[0].device, batched=True)
         alone = [train_and_evaluate(cfg) for cfg in cfgs]
-        data = checked_data(cfgs[0], None, device)
+        data = checked_data(runs[0], None, device)
         together = [[] for _ in cfgs]
-        trainings = [start_training(cfg, device) for cfg in cfgs]
-        train_cohort(cfgs, trainings, data, together, None, device.type == "cpu")
+        trainings = [start_training(run, device) for run in runs]
+        train_cohort(runs, trainings, data, together, None, device.type == "cpu")
         largest: dict = {}
         for runs in zip(alone, together):
             for a, b in zip(*runs):

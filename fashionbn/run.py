@@ -17,6 +17,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from fashionbn.config import FashionbnError, register_configs
+from fashionbn.config.settings import run_settings
 from fashionbn.config.validation import available_cores
 from fashionbn.jobs.files import METRICS_FILE
 from fashionbn.jobs.job import JobBusy, run_job
@@ -165,10 +166,11 @@ def join_cohort(cfg: DictConfig):
 
     try:
         place = job_place(cfg)
+        run = run_settings(cfg)  # resolved once, in the job's own context
     except FashionbnError as err:
         raise failed(err, False) from None
-    return PendingJob(cfg, place.out_dir, place.log_root, place.name, place.job_num,
-                      alone=unsupported(cfg))  # fmt: skip
+    return PendingJob(run, place.out_dir, place.log_root, place.name, place.job_num,
+                      alone=unsupported(run))  # fmt: skip
 
 
 main = hydra.main(version_base="1.3", config_path="../conf", config_name="config")(

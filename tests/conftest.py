@@ -16,9 +16,10 @@ from omegaconf import OmegaConf
 import fashionbn.core.train
 from fashionbn.api import compose_config  # noqa: F401 - the tests' composer
 from fashionbn.config import register_configs
+from fashionbn.config.settings import run_identity
 from fashionbn.core.data import prepare_from_system_dir, raw_dir
 from fashionbn.jobs.files import write_diagnostics, write_metrics, write_status
-from fashionbn.jobs.job import run_identity, run_job
+from fashionbn.jobs.job import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"

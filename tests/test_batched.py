@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fashionbn.config.settings import run_identity, run_settings
 from fashionbn.core.batched import Cohort, train_cohort
 from fashionbn.core.order import epoch_order, shuffled_batches
 from fashionbn.core.stacking import cohort_key
@@ -24,7 +25,6 @@ from fashionbn.core.train import (
 )
 from fashionbn.jobs.checkpoint import load_checkpoint
 from fashionbn.jobs.files import read_metrics, read_status
-from fashionbn.jobs.job import run_identity
 from tests.conftest import compose_config, run_module, without_seconds
 
 CPU = torch.device("cpu")
@@ -50,10 +50,12 @@ def configs(real_data_root, extra: list[str], lrs=(0.01, 0.1), seeds=(0, 1), epo
 
 
 def cohort_records(cfgs, exact_losses: bool = True) -> tuple[list, list]:
-    data = checked_data(cfgs[0], None, CPU)
-    trainings = [start_training(cfg, CPU) for cfg in cfgs]
+    data = checked_data(run_settings(cfgs[0]), None, CPU)
+    trainings = [start_training(run_settings(cfg), CPU) for cfg in cfgs]
     records = [[] for _ in cfgs]
-    statuses = train_cohort(cfgs, trainings, data, records, None, exact_losses)
+    statuses = train_cohort(
+        [run_settings(c) for c in cfgs], trainings, data, records, None, exact_losses
+    )
     return records, statuses
 
 
@@ -87,10 +89,10 @@ def test_a_cohort_trains_every_run_bit_for_bit_as_alone(extra, real_data_root):
 
 def test_a_seed_starts_from_the_same_weights_and_batch_order(real_data_root):
     cfgs = configs(real_data_root, ["model=batchnorm"], lrs=(0.1,), seeds=(3, 4))
-    trainings = [start_training(cfg, CPU) for cfg in cfgs]
-    cohort = Cohort(trainings, cfgs, exact_losses=True)
+    trainings = [start_training(run_settings(cfg), CPU) for cfg in cfgs]
+    cohort = Cohort(trainings, [run_settings(c) for c in cfgs], exact_losses=True)
     for k, cfg in enumerate(cfgs):
-        alone = start_training(cfg, CPU)
+        alone = start_training(run_settings(cfg), CPU)
         for name, param in alone.model.named_parameters():
             assert torch.equal(cohort.params[name][k], param)
         # the single-run path's batches, concatenated, are the cohort's order
@@ -294,10 +296,17 @@ def test_on_cuda_a_cohort_replays_a_graph_and_stays_close_to_alone(real_data_roo
         for seed in (0, 1, 2)
     ]
     cuda = torch.device("cuda")
-    data = checked_data(cfgs[0], None, cuda)
-    trainings = [start_training(cfg, cuda) for cfg in cfgs]
+    data = checked_data(run_settings(cfgs[0]), None, cuda)
+    trainings = [start_training(run_settings(cfg), cuda) for cfg in cfgs]
     records = [[] for _ in cfgs]
-    train_cohort(cfgs, trainings, data, records, None, exact_losses=False)
+    train_cohort(
+        [run_settings(c) for c in cfgs],
+        trainings,
+        data,
+        records,
+        None,
+        exact_losses=False,
+    )
     for cfg, together in zip(cfgs, records):
         alone = train_and_evaluate(cfg)
         assert together[0]["test_acc"] == pytest.approx(alone[0]["test_acc"], abs=0.01)
@@ -327,12 +336,14 @@ def test_after_an_epoch_each_run_holds_what_it_holds_alone(real_data_root):
 
     cfgs = configs(real_data_root, ["model=batchnorm", "optim.momentum=0.9"], epochs=1)
     with torch_threads(1):
-        data = checked_data(cfgs[0], None, CPU)
-        trainings = [start_training(cfg, CPU) for cfg in cfgs]
-        train_cohort(cfgs, trainings, data, [[] for _ in cfgs])
+        data = checked_data(run_settings(cfgs[0]), None, CPU)
+        trainings = [start_training(run_settings(cfg), CPU) for cfg in cfgs]
+        train_cohort(
+            [run_settings(c) for c in cfgs], trainings, data, [[] for _ in cfgs]
+        )
         for cfg, together in zip(cfgs, trainings):
-            alone = start_training(cfg, CPU)
-            train_epochs(cfg, alone, data, [])
+            alone = start_training(run_settings(cfg), CPU)
+            train_epochs(run_settings(cfg), alone, data, [])
             a, b = training_state(alone), training_state(together)
             for key in ("model", "optimizer", "generator"):
                 assert_same(b[key], a[key], key)
@@ -447,12 +458,14 @@ def test_after_two_epochs_each_run_holds_what_it_holds_alone(real_data_root):
 
     cfgs = configs(real_data_root, ["model=batchnorm", "optim.momentum=0.9"], epochs=2)
     with torch_threads(1):
-        data = checked_data(cfgs[0], None, CPU)
-        trainings = [start_training(cfg, CPU) for cfg in cfgs]
-        train_cohort(cfgs, trainings, data, [[] for _ in cfgs])
+        data = checked_data(run_settings(cfgs[0]), None, CPU)
+        trainings = [start_training(run_settings(cfg), CPU) for cfg in cfgs]
+        train_cohort(
+            [run_settings(c) for c in cfgs], trainings, data, [[] for _ in cfgs]
+        )
         for cfg, together in zip(cfgs, trainings):
-            alone = start_training(cfg, CPU)
-            train_epochs(cfg, alone, data, [])
+            alone = start_training(run_settings(cfg), CPU)
+            train_epochs(run_settings(cfg), alone, data, [])
             a, b = training_state(alone), training_state(together)
             for key in ("model", "optimizer", "generator"):
                 assert_same(b[key], a[key], key)
@@ -469,7 +482,7 @@ def test_the_time_left_counts_the_run_epochs_still_to_come(monkeypatch):
     monkeypatch.setenv(progress.JOBS_VAR, "4")
     clock = [0.0]
     monkeypatch.setattr(progress.time, "time", lambda: clock[0])
-    jobs = [SimpleNamespace(cfg=SimpleNamespace(epochs=3), job_num=k, name=f"j{k}")
+    jobs = [SimpleNamespace(run=SimpleNamespace(epochs=3), job_num=k, name=f"j{k}")
             for k in range(4)]  # fmt: skip
     tracker = progress.CohortProgress({id(job): 3 for job in jobs})
     lines = []
@@ -592,7 +605,7 @@ def test_a_run_whose_epoch_cannot_be_saved_fails_alone(real_data_root, tmp_path,
 
     cfgs = configs(real_data_root, ["model=baseline"], lrs=(0.05,), seeds=(0, 1, 2),
                    epochs=3)  # fmt: skip
-    jobs = [PendingJob(cfg, tmp_path / str(k), tmp_path, str(k), k)
+    jobs = [PendingJob(run_settings(cfg), tmp_path / str(k), tmp_path, str(k), k)
             for k, cfg in enumerate(cfgs)]  # fmt: skip
     for job in jobs:
         job.out_dir.mkdir()

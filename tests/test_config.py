@@ -6,8 +6,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from fashionbn.config import ConfigError, normalise_identity
+from fashionbn.config.settings import run_identity, run_settings
 from fashionbn.config.validation import check_config
-from fashionbn.jobs.job import run_identity
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -213,3 +213,45 @@ def test_keys_that_cannot_matter_are_not_refused() -> None:
     ):
         with pytest.raises(ConfigError, match=key):
             check_config(compose_config(overrides))
+
+
+def test_run_settings_are_the_configs_values_read_once() -> None:
+    """run_settings: plain values with the schema's defaults applied, the identity,
+    and read-only plug-in specs; a value that cannot work is one ConfigError."""
+    cfg = compose_config(["model=batchnorm", "optim.lr=0.05", "seed=7", "epochs=3",
+                          "batch_size=32", "data.drop_last=true", "precise_bn=true",
+                          "data.eval_batch_size=500", "threads=1",
+                          "diagnostics=on", "diagnostics.every_steps=9"])  # fmt: skip
+    run = run_settings(cfg)
+    assert (run.seed, run.epochs, run.batch_size, run.threads) == (7, 3, 32, 1)
+    assert (run.drop_last, run.precise_bn, run.eval_batch_size) == (True, True, 500)
+    assert (run.divergence_loss, run.device, run.force, run.extend) == (
+        100.0, "auto", False, False,
+    )  # fmt: skip
+    assert (run.optim.name, run.optim.lr, run.optim.momentum) == ("sgd", 0.05, 0.0)
+    assert run.diagnostics.every_steps == 9 and run.diagnostics.enabled
+    assert run.diagnostics.step_sizes == (0.5, 1.0, 2.0, 4.0)
+    assert run.identity == run_identity(cfg)
+    assert run.identity["optim"]["lr"] == 0.05
+    assert run.model.norm == "batchnorm" and run.model.hidden == [64, 32]
+    with pytest.raises(Exception):  # the specs handed on cannot be changed
+        run.model.hidden = [8]
+    with pytest.raises(Exception):  # nor the settings themselves
+        run.seed = 8
+    defaults = run_settings(compose_config([]))
+    assert (defaults.drop_last, defaults.precise_bn, defaults.threads) == (
+        False, False, None,
+    )  # fmt: skip
+    assert defaults.diagnostics.every_steps is None and not defaults.diagnostics.enabled
+    with pytest.raises(ConfigError, match="epochs=0"):
+        run_settings(compose_config(["epochs=0"]))
+
+
+def test_run_settings_are_a_copy_of_the_config() -> None:
+    """The settings are read when they are made: changing the config afterwards
+    changes no run's settings (nor its specs)."""
+    cfg = compose_config([])
+    run = run_settings(cfg)
+    cfg.model.hidden = [8]
+    cfg.data.drop_last = True
+    assert run.model.hidden == [64, 32] and run.drop_last is False

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from fashionbn.config import ConfigError
+from fashionbn.config.settings import run_identity
 from fashionbn.config.validation import check_config
 from fashionbn.core.data import data_digest, data_facts, load_dataset, split_indices
 from fashionbn.core.model import build_model
 from fashionbn.core.train import train_and_evaluate
-from fashionbn.jobs.job import run_identity
 from tests.conftest import compose_config, run_module
 
 

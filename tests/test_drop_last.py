@@ -123,7 +123,7 @@ def test_drop_last_drops_only_the_incomplete_batch_of_the_same_order() -> None:
 
 
 def test_drop_last_is_part_of_a_runs_identity() -> None:
-    from fashionbn.jobs.job import run_identity
+    from fashionbn.config.settings import run_identity
 
     assert run_identity(compose_config(["data.drop_last=true"])) != run_identity(
         compose_config([])

@@ -16,6 +16,7 @@ import torch
 import fashionbn.core.evaluation
 import fashionbn.core.train
 from fashionbn.config import FashionbnError
+from fashionbn.config.settings import run_identity, run_settings
 from fashionbn.jobs.checkpoint import CHECKPOINT_MAGIC, load_checkpoint
 from fashionbn.jobs.files import (
     RESULTS_FORMAT,
@@ -24,7 +25,7 @@ from fashionbn.jobs.files import (
     read_metrics,
     read_status,
 )
-from fashionbn.jobs.job import JobBusy, JobDirError, run_identity, run_job
+from fashionbn.jobs.job import JobBusy, JobDirError, run_job
 from fashionbn.jobs.reading import read_job
 from tests.conftest import compose_config, kill_run, without_seconds
 
@@ -512,7 +513,7 @@ def test_every_training_state_round_trips_without_pickle(tmp_path, optim) -> Non
     from fashionbn.jobs.checkpoint import Checkpoint, save_checkpoint
 
     cfg = compose_config(["model=batchnorm", "model.hidden=[4]", *optim])
-    training = start_training(cfg, torch.device("cpu"))
+    training = start_training(run_settings(cfg), torch.device("cpu"))
     model, optimizer = training.model, training.optimizer
     for _ in range(2):  # optimizer state (momentum buffers, Adam's moments)
         for p in model.parameters():
@@ -526,7 +527,7 @@ def test_every_training_state_round_trips_without_pickle(tmp_path, optim) -> Non
                 torch.rand(3, generator=training.generator))  # fmt: skip
     checkpoint, problem = load_checkpoint(tmp_path)
     assert problem is None and checkpoint.records == [{"epoch": 1}]
-    again = start_training(cfg, torch.device("cpu"))
+    again = start_training(run_settings(cfg), torch.device("cpu"))
     restore_training(again, checkpoint.state)
     got = (torch.rand(3), np.random.rand(3), random.random(),
            torch.rand(3, generator=again.generator))  # fmt: skip

@@ -177,3 +177,34 @@ def test_metric_names_are_defined_once() -> None:
                if p.name != "records.py"]  # fmt: skip
     # no other module spells out a list of metric names
     assert not [s for s in sources if '["test_acc", "test_loss"' in s]
+
+
+# the two places a composed config enters the training stages (and is resolved once)
+CONFIG_ENTRIES = {"fashionbn.jobs.job": {"run_job"},
+                  "fashionbn.core.train": {"train_and_evaluate"}}  # fmt: skip
+
+
+def config_takers(source: str) -> set[str]:
+    """Functions of a source that take a whole config (a parameter named cfg or
+    cfgs)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names = [a.arg for a in [*node.args.args, *node.args.kwonlyargs]]
+            if "cfg" in names or "cfgs" in names:
+                found.add(node.name)
+    return found
+
+
+def test_the_config_is_resolved_once_at_the_entries():
+    """Below run_job and train_and_evaluate every function of core/ and jobs/ takes
+    a RunSettings (config.settings) or a plug-in spec, never the whole config."""
+    takers = {}
+    for stage in ("core", "jobs"):
+        for path in sorted((PACKAGE / stage).rglob("*.py")):
+            name = module_name(path)
+            found = config_takers(path.read_text()) - CONFIG_ENTRIES.get(name, set())
+            if found:
+                takers[name] = sorted(found)
+    assert not takers, f"take a whole config below the entries: {takers}"
+    assert config_takers("def f(x, cfg): pass\ndef g(run): pass") == {"f"}

@@ -15,6 +15,7 @@ from torch.optim.swa_utils import update_bn
 
 from fashionbn import api
 from fashionbn.config import ConfigError, FashionbnError
+from fashionbn.config.settings import run_identity, run_settings
 from fashionbn.config.validation import check_config
 from fashionbn.core.diagnostics import hidden_layers, measure
 from fashionbn.core.model import build_model, checked_model, count_parameters
@@ -23,7 +24,7 @@ from fashionbn.core.stacking import footprint, on_fast_path, unsupported
 from fashionbn.core.train import (
     checked_data,
 )
-from fashionbn.jobs.job import run_identity, run_job
+from fashionbn.jobs.job import run_job
 from tests.conftest import compose_config
 from tests.test_batched import configs
 from tests.test_plugins import assert_records_close, cohort_and_alone
@@ -117,11 +118,14 @@ def test_a_broken_model_plugin_is_one_line_at_set_up() -> None:
 
 def test_footprint_is_counted_by_hand() -> None:
     # the MLP: 52,650 weights; values: input 784, Flatten 784, 64+64, 32+32, 10
-    assert footprint(compose_config([])) == (52_650, 784 + 784 + 64 + 64 + 32 + 32 + 10)
+    assert footprint(run_settings(compose_config([]))) == (
+        52_650,
+        784 + 784 + 64 + 64 + 32 + 32 + 10,
+    )
     # the CNN: input 784, Unflatten 784, conv 16*28*28 (+ReLU), pool 16*14*14,
     # conv 32*14*14 (+ReLU), pool 32*7*7, Flatten 32*7*7, Linear 10
     values = 784 + 784 + 2 * 16 * 784 + 16 * 196 + 2 * 32 * 196 + 2 * 32 * 49 + 10
-    assert footprint(compose_config(["model=cnn"])) == (20_490, values)
+    assert footprint(run_settings(compose_config(["model=cnn"]))) == (20_490, values)
 
 
 @pytest.mark.parametrize("name", CNNS)
@@ -135,7 +139,7 @@ def test_a_cnn_cohort_trains_each_run_as_alone(name, real_data_root) -> None:
     if name == "cnn_batchnorm":
         extra.append("precise_bn=true")
     cfgs = configs(real_data_root, extra, lrs=(0.01,), epochs=1)
-    assert unsupported(cfgs[0]) is None  # it joins a cohort
+    assert unsupported(run_settings(cfgs[0])) is None  # it joins a cohort
     assert not on_fast_path(build_model(cfgs[0].model))
     records, alone, statuses = cohort_and_alone(cfgs)
     assert statuses == ["complete", "complete"]
@@ -232,7 +236,7 @@ def test_a_cnn_run_loads_back_and_a_users_factory_needs_trust(
     ]
     records = run_job(compose_config([*base, "model=cnn_groupnorm"]), tmp_path / "a")
     model = api.load_model(tmp_path / "a")
-    data = checked_data(compose_config(base), None, CPU)
+    data = checked_data(run_settings(compose_config(base)), None, CPU)
     with torch.no_grad():
         predicted = model(data.test_images).argmax(1)
     accuracy = (predicted == data.test_labels).sum().item() / len(data.test_labels)
@@ -319,7 +323,7 @@ def test_a_model_with_its_own_forward_trains_in_a_cohort(real_data_root) -> None
     extra = ["model=batchnorm", "model._target_=tests.test_model_plugins.Residual",
              "model.hidden=[16]", "precise_bn=true", "data.val_size=100"]  # fmt: skip
     cfgs = configs(real_data_root, extra, lrs=(0.01,), epochs=1)
-    assert unsupported(cfgs[0]) is None
+    assert unsupported(run_settings(cfgs[0])) is None
     records, alone, statuses = cohort_and_alone(cfgs)
     assert statuses == ["complete"] * 2
     assert alone[0][0]["test_acc_precise"] is not None  # BatchNorm in a submodule

@@ -18,6 +18,7 @@ from fashionbn.analysis.protocol import batch_norm_runs, evaluated
 from fashionbn.analysis.report import gap_lines, split_network_warning
 from fashionbn.analysis.table import AggregateError
 from fashionbn.config import ConfigError, FashionbnError
+from fashionbn.config.settings import run_identity, run_settings
 from fashionbn.config.validation import check_config
 from fashionbn.core.batched import Cohort, train_cohort
 from fashionbn.core.model import build_model, checked_model, count_parameters
@@ -28,7 +29,6 @@ from fashionbn.core.train import (
     torch_threads,
     train_and_evaluate,
 )
-from fashionbn.jobs.job import run_identity
 from tests.conftest import compose_config, run_module, without_seconds
 from tests.test_batched import KINDS, configs
 
@@ -132,7 +132,7 @@ def test_checking_a_plugin_draws_no_random_number() -> None:
     before = torch.get_rng_state()
     checked_model(cfg.model)
     assert stacking_problem([model, model]) is None
-    assert unsupported(cfg) is None
+    assert unsupported(run_settings(cfg)) is None
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -149,13 +149,19 @@ def test_the_fast_path_equals_the_generic_path_on_every_built_in_kind(
     against runs alone below.)"""
     cfgs = configs(real_data_root, extra, lrs=(0.01,), seeds=(0, 1), epochs=1)
     assert on_fast_path(build_model(cfgs[0].model))
-    data = checked_data(cfgs[0], None, CPU)
+    data = checked_data(run_settings(cfgs[0]), None, CPU)
     results = {}
     with torch_threads(1):
         for generic in (False, True):
-            trainings = [start_training(cfg, CPU) for cfg in cfgs]
+            trainings = [start_training(run_settings(cfg), CPU) for cfg in cfgs]
             records = [[] for _ in cfgs]
-            train_cohort(cfgs, trainings, data, records, generic=generic)
+            train_cohort(
+                [run_settings(c) for c in cfgs],
+                trainings,
+                data,
+                records,
+                generic=generic,
+            )
             results[generic] = (records, trainings)
     for fast, slow in zip(*[results[g][0] for g in (False, True)]):
         for a, b in zip(without_seconds(fast), without_seconds(slow)):
@@ -198,7 +204,7 @@ def test_a_plugin_cohort_trains_each_run_as_alone(extra, real_data_root) -> None
     """3 epochs, momentum: each run of the cohort as it trains alone."""
     cfgs = configs(real_data_root, [*extra, "optim.momentum=0.9"], lrs=(0.05,),
                    epochs=3)  # fmt: skip
-    assert unsupported(cfgs[0]) is None  # it joins a cohort
+    assert unsupported(run_settings(cfgs[0])) is None  # it joins a cohort
     assert not on_fast_path(build_model(cfgs[0].model))
     records, alone, statuses = cohort_and_alone(cfgs)
     assert statuses == ["complete", "complete"]
@@ -211,10 +217,12 @@ def cohort_and_alone(cfgs) -> tuple[list, list, list]:
     cohort's statuses), at one thread."""
     with torch_threads(1):
         alone = [without_seconds(train_and_evaluate(cfg)) for cfg in cfgs]
-        data = checked_data(cfgs[0], None, CPU)
-        trainings = [start_training(cfg, CPU) for cfg in cfgs]
+        data = checked_data(run_settings(cfgs[0]), None, CPU)
+        trainings = [start_training(run_settings(cfg), CPU) for cfg in cfgs]
         records = [[] for _ in cfgs]
-        statuses = train_cohort(cfgs, trainings, data, records)
+        statuses = train_cohort(
+            [run_settings(c) for c in cfgs], trainings, data, records
+        )
     return [without_seconds(run) for run in records], alone, statuses
 
 
@@ -308,7 +316,7 @@ def test_a_module_that_computes_otherwise_stacked_runs_alone() -> None:
         ["model=groupnorm", "model.norm._target_=tests.test_plugins.MaskNorm",
          "~model.norm.num_groups", "~model.norm.eps"]
     )  # fmt: skip
-    assert unsupported(cfg) == otherwise
+    assert unsupported(run_settings(cfg)) == otherwise
 
 
 def test_a_module_vmap_cannot_stack_runs_alone_with_its_reason() -> None:
@@ -322,7 +330,7 @@ def test_a_module_vmap_cannot_stack_runs_alone_with_its_reason() -> None:
         ["model=groupnorm", "model.norm._target_=tests.test_plugins.ItemNorm",
          "~model.norm.num_groups", "~model.norm.eps"]
     )  # fmt: skip
-    assert "cannot be stacked for a cohort" in unsupported(cfg)
+    assert "cannot be stacked for a cohort" in unsupported(run_settings(cfg))
 
 
 def test_a_plugins_integer_argument_is_described_as_written() -> None:
@@ -415,7 +423,7 @@ def test_a_cumulative_batchnorm_runs_alone() -> None:
         ]
     )
     assert not on_fast_path(build_model(cfg.model))
-    assert "cannot be stacked for a cohort (vmap:" in unsupported(cfg)
+    assert "cannot be stacked for a cohort (vmap:" in unsupported(run_settings(cfg))
 
 
 def test_a_subclass_of_a_fast_layer_takes_the_generic_path() -> None:
@@ -429,7 +437,9 @@ def test_a_subclass_of_a_fast_layer_takes_the_generic_path() -> None:
     assert not on_fast_path(sub)
     assert on_fast_path(build_model(compose_config(["model=batchnorm"]).model))
     gn = compose_config(["model=groupnorm"])
-    assert Cohort([start_training(gn, CPU)], [gn], exact_losses=True).generic
+    assert Cohort(
+        [start_training(run_settings(gn), CPU)], [run_settings(gn)], exact_losses=True
+    ).generic
 
 
 def test_the_help_lists_the_plug_in_models(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 
+from fashionbn.config.settings import run_settings
 from fashionbn.core.data import load_dataset
 from fashionbn.core.model import build_model
 from fashionbn.core.precise_bn import population_statistics, using_statistics
@@ -119,10 +120,10 @@ def test_the_precise_columns_are_an_evaluation_with_recomputed_statistics(
 
     cfg = compose_config([*small_real_overrides, "model=batchnorm", "epochs=1",
                           "precise_bn=true", "optim.lr=0.1"])  # fmt: skip
-    training = start_training(cfg, torch.device("cpu"))
+    training = start_training(run_settings(cfg), torch.device("cpu"))
     data = to_device(load_dataset(cfg.data), torch.device("cpu"))
     records: list[dict] = []
-    train_epochs(cfg, training, data, records)
+    train_epochs(run_settings(cfg), training, data, records)
     model = training.model
     x = data.train_images.flatten(1)
     for module in model:  # the population statistics, written out again

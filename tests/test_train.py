@@ -11,6 +11,7 @@ import fashionbn.core.data
 import fashionbn.core.evaluation
 import fashionbn.core.train
 from fashionbn.config import ConfigError
+from fashionbn.config.settings import run_settings
 from fashionbn.core.data import load_dataset, split_indices
 from fashionbn.core.evaluation import evaluate
 from fashionbn.core.model import build_model
@@ -86,7 +87,7 @@ def test_fast_sgd_update_is_bit_identical_to_optimizer_step(
 
     seed_everything(0)
     fast_model = build_model(cfg.model)
-    fast_optimizer = make_optimizer(fast_model.parameters(), cfg.optim)
+    fast_optimizer = make_optimizer(fast_model.parameters(), run_settings(cfg).optim)
     assert isinstance(fast_optimizer, PlainSGD)  # the shortcut is used
     generator = torch.Generator().manual_seed(0)
     for _ in range(2):
@@ -124,7 +125,22 @@ def test_fast_sgd_update_is_bit_identical_to_optimizer_step(
 def test_other_optimizers_are_torchs_own(overrides, kind) -> None:
     cfg = compose_config(overrides)
     model = build_model(cfg.model)
-    assert type(make_optimizer(model.parameters(), cfg.optim)) is kind
+    assert type(make_optimizer(model.parameters(), run_settings(cfg).optim)) is kind
+
+
+def test_the_optimizer_gets_every_setting_of_the_config() -> None:
+    """The settings read once from the config reach torch's optimizers: values
+    set by hand here, read back from the optimizer's own defaults."""
+    cfg = compose_config(["optim=adam", "optim.lr=0.002", "optim.betas=[0.8,0.95]",
+                          "optim.eps=1e-6", "optim.weight_decay=0.01"])  # fmt: skip
+    adam = make_optimizer(build_model(cfg.model).parameters(), run_settings(cfg).optim)
+    assert adam.defaults["betas"] == (0.8, 0.95)
+    assert (adam.defaults["lr"], adam.defaults["eps"]) == (0.002, 1e-6)
+    assert adam.defaults["weight_decay"] == 0.01
+    cfg = compose_config(["optim.lr=0.03", "optim.momentum=0.9", "optim.nesterov=true"])
+    sgd = make_optimizer(build_model(cfg.model).parameters(), run_settings(cfg).optim)
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"]) == (0.03, 0.9)
+    assert sgd.defaults["nesterov"] is True and sgd.defaults["weight_decay"] == 0
 
 
 @pytest.mark.slow

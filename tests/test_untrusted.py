@@ -16,8 +16,9 @@ import pytest
 from fashionbn import api
 from fashionbn.aggregate import main as aggregate_main
 from fashionbn.config import FashionbnError, identity_problem
+from fashionbn.config.settings import run_identity
 from fashionbn.jobs.files import read_status, status_problem
-from fashionbn.jobs.job import JobDirError, run_identity, run_job
+from fashionbn.jobs.job import JobDirError, run_job
 from fashionbn.jobs.preflight import LinkedDir, hydra_problems, refuse_links
 from fashionbn.jobs.untrusted import entry_problem, inside, job_dirs, read_bytes
 from tests.conftest import compose_config, make_tiny_system_dir, run_module

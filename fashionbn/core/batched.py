@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from fashionbn.config.settings import RunSettings
 from fashionbn.core.data import FashionData
 from fashionbn.core.evaluation import evaluate_epoch
 from fashionbn.core.model import ACTIVATIONS, has_batch_norm
@@ -56,13 +57,13 @@ class Cohort:
     def __init__(
         self,
         trainings: list[Training],
-        cfgs: list,
+        runs: list[RunSettings],
         exact_losses: bool,
         generic: Optional[bool] = None,
     ):
         """`generic`: None = the fast path when the model is on it (FAST_PATH),
         True = the generic path whatever the model (tests compare the two)."""
-        self.trainings, self.cfgs = trainings, cfgs
+        self.trainings, self.runs = trainings, runs
         self.exact_losses = exact_losses  # per-run loss values, as alone (CPU)
         template = self.template = trainings[0].model
         self.generic = bool(generic) or not on_fast_path(template)
@@ -80,12 +81,12 @@ class Cohort:
         def column(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device)
 
-        self.neg_lr = column([-float(c.optim.lr) for c in cfgs])
-        self.momentum = column([float(c.optim.momentum) for c in cfgs])
-        self.weight_decay = column([float(c.optim.weight_decay) for c in cfgs])
-        self.nesterov = bool(cfgs[0].optim.nesterov)
-        self.uses_momentum = bool(cfgs[0].optim.momentum)
-        self.uses_decay = bool(cfgs[0].optim.weight_decay)
+        self.neg_lr = column([-run.optim.lr for run in runs])
+        self.momentum = column([run.optim.momentum for run in runs])
+        self.weight_decay = column([run.optim.weight_decay for run in runs])
+        self.nesterov = runs[0].optim.nesterov
+        self.uses_momentum = bool(runs[0].optim.momentum)
+        self.uses_decay = bool(runs[0].optim.weight_decay)
         self.momentum_buffers = self._stacked_momentum()
         self.use_graphs = (
             device.type == "cuda" and not exact_losses and not self.generic
@@ -319,7 +320,7 @@ class Cohort:
         """Go on with only these runs (the others diverged or finished)."""
         select = torch.tensor(indices, device=self.neg_lr.device)
         self.trainings = [self.trainings[i] for i in indices]
-        self.cfgs = [self.cfgs[i] for i in indices]
+        self.runs = [self.runs[i] for i in indices]
         self.params = {
             n: p.detach().index_select(0, select).requires_grad_()
             for n, p in self.params.items()
@@ -335,7 +336,7 @@ class Cohort:
 
 
 def train_cohort(
-    cfgs: list,
+    runs: list[RunSettings],
     trainings: list[Training],
     data: FashionData,
     records: list[list[dict]],
@@ -352,30 +353,28 @@ def train_cohort(
     Each run's `seconds` is its share of the cohort's training time plus its own
     evaluation. on_step() is called after every step of the cohort. Returns
     COMPLETE or DIVERGED per run. `generic`: see Cohort."""
-    cfg = cfgs[0]
-    drop_last = cfg.data.drop_last
-    statuses = [COMPLETE] * len(cfgs)
-    active = list(range(len(cfgs)))
-    cohort = Cohort([trainings[k] for k in active], [cfgs[k] for k in active],
-                    exact_losses, generic)  # fmt: skip
-    for epoch in range(len(records[0]) + 1, cfg.epochs + 1):
+    run = runs[0]  # cohort_key: what the runs share
+    statuses = [COMPLETE] * len(runs)
+    active = list(range(len(runs)))
+    cohort = Cohort(list(trainings), list(runs), exact_losses, generic)
+    for epoch in range(len(records[0]) + 1, run.epochs + 1):
         start = time.perf_counter()
         losses, accuracies = cohort.train_epoch(
-            data, cfg.batch_size, drop_last, on_step
+            data, run.batch_size, run.drop_last, on_step
         )
         cohort.write_back()
         share = (time.perf_counter() - start) / len(active)
         going_on = []
         for position, k in enumerate(active):
             evaluation_start = time.perf_counter()
-            evaluated = evaluate_epoch(cfgs[k], trainings[k].model, data)
+            evaluated = evaluate_epoch(runs[k], trainings[k].model, data)
             seconds = share + time.perf_counter() - evaluation_start
             train_loss = losses[position]
             records[k].append({
                 "epoch": epoch, "train_loss": train_loss,
                 "train_acc": accuracies[position], "seconds": seconds, **evaluated,
             })  # fmt: skip
-            diverged = is_diverged(train_loss, cfgs[k].divergence_loss)
+            diverged = is_diverged(train_loss, runs[k].divergence_loss)
             go_on = on_epoch(k, records[k], diverged) if on_epoch else None
             if diverged:
                 statuses[k] = DIVERGED

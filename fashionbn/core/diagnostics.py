@@ -40,6 +40,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fashionbn.config import ConfigError
+from fashionbn.config.settings import DiagnosticsSettings
 from fashionbn.core.model import ACTIVATIONS, WEIGHT_LAYERS
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ class Diagnostics:
 
     def __init__(
         self,
-        diagnostics_cfg,
+        settings: DiagnosticsSettings,
         model: nn.Sequential,
         lr: float,
         probe_x: torch.Tensor,
@@ -309,12 +310,10 @@ class Diagnostics:
         state: Optional[dict] = None,
     ):
         self.model, self.lr, self.x, self.y = model, lr, probe_x, probe_y
-        self.step_sizes = [float(s) for s in diagnostics_cfg.step_sizes]
-        self.ics = bool(diagnostics_cfg.ics)
+        self.step_sizes = [float(s) for s in settings.step_sizes]
+        self.ics = bool(settings.ics)
         self.steps_per_epoch = steps_per_epoch
-        self.every = diagnostics_cfg.every_steps or max(
-            1, steps_per_epoch * epochs // POINTS
-        )
+        self.every = settings.every_steps or max(1, steps_per_epoch * epochs // POINTS)
         self.step = state["step"] if state else 0
         self.rows: list[dict] = list(state["rows"]) if state else []
         if missing := unmeasured_layers(model, probe_x):

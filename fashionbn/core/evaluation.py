@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashionbn.config.settings import RunSettings
 from fashionbn.core.data import FashionData
 from fashionbn.core.model import has_batch_norm
 from fashionbn.core.precise_bn import precise_evaluation
@@ -27,10 +28,10 @@ def evaluate(
     return loss_sum.item() / len(labels), correct.item() / len(labels)
 
 
-def evaluate_epoch(cfg, model: nn.Module, data: FashionData) -> dict:
+def evaluate_epoch(run: RunSettings, model: nn.Module, data: FashionData) -> dict:
     """test_loss, test_acc, val_loss, val_acc (None without a validation split) and
     the *_precise columns (None unless precise_bn=true and the model has BatchNorm)."""
-    batch = cfg.data.eval_batch_size
+    batch = run.eval_batch_size
     splits = {"test": (data.test_images, data.test_labels)}
     if len(data.val_labels):
         splits["val"] = (data.val_images, data.val_labels)
@@ -40,7 +41,7 @@ def evaluate_epoch(cfg, model: nn.Module, data: FashionData) -> dict:
             model, images, labels, batch
         )
     record.update(dict.fromkeys(PRECISE_COLUMNS))
-    if cfg.get("precise_bn", False) and has_batch_norm(model):
+    if run.precise_bn and has_batch_norm(model):
         record.update(
             precise_evaluation(
                 model,

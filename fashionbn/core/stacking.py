@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from fashionbn.config import FashionbnError, flatten, option_value
+from fashionbn.config.settings import RunSettings
 from fashionbn.core.data import data_facts
 from fashionbn.core.model import ACTIVATIONS, build_model, checked_model
 
@@ -69,38 +70,38 @@ def _fast_settings(module: nn.Module) -> bool:
     return True
 
 
-def unsupported(cfg) -> Optional[str]:
+def unsupported(run: RunSettings) -> Optional[str]:
     """Why a run cannot join a cohort (it then runs through the single-run path),
     or None. A model off the fast path is tried on the generic path here, at
     set-up (stacking_problem), never found wanting mid-sweep."""
-    if cfg.optim.name != "sgd":
-        return f"optim={cfg.optim.name} (the batched path trains SGD only)"
-    if cfg.diagnostics.enabled:
+    if run.optim.name != "sgd":
+        return f"optim={run.optim.name} (the batched path trains SGD only)"
+    if run.diagnostics.enabled:
         return "diagnostics=on (the probe measures one model at a time)"
-    if option_value(cfg.model.activation) not in ACTIVATIONS:
-        return f"model.activation={cfg.model.activation}"
+    if option_value(run.model.activation) not in ACTIVATIONS:
+        return f"model.activation={run.model.activation}"
     try:
-        facts = data_facts(cfg.data)
-        model = checked_model(cfg.model, *facts)
+        facts = data_facts(run.data)
+        model = checked_model(run.model, *facts)
     except FashionbnError:
         return None  # the job fails with this error where it is checked
     if on_fast_path(model):
         return None
     with torch.random.fork_rng(devices=[]):  # two runs' models, as seeds make them
         torch.manual_seed(0)
-        first = build_model(cfg.model, *facts)
+        first = build_model(run.model, *facts)
         torch.manual_seed(1)
-        second = build_model(cfg.model, *facts)
+        second = build_model(run.model, *facts)
     return stacking_problem([first, second], facts[0])
 
 
-def footprint(cfg) -> tuple[int, int]:
+def footprint(run: RunSettings) -> tuple[int, int]:
     """(parameters, values one sample's forward pass produces) of a run's model:
     what a cohort's memory rule counts per run. Built aside (forked random stream)
     and run on one input of zeros in evaluation mode."""
-    input_shape, num_classes = data_facts(cfg.data)
+    input_shape, num_classes = data_facts(run.data)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        model = build_model(cfg.model, input_shape, num_classes).eval()
+        model = build_model(run.model, input_shape, num_classes).eval()
         sizes: list[int] = []
         hooks = [
             m.register_forward_hook(lambda m, i, out: sizes.append(out.numel()))

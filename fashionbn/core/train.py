@@ -3,6 +3,8 @@
 `start_training` seeds everything and builds model, optimizer and shuffle generator;
 `train_epochs` runs the epochs and hands each finished epoch to a callback (which
 fashionbn.jobs.job uses to save it); `train_and_evaluate` does a whole run in memory.
+Everything here takes a run's RunSettings (fashionbn.config.settings: the config read
+once into plain values); only train_and_evaluate takes a config and resolves it.
 """
 
 import logging
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionbn.config import ConfigError
-from fashionbn.config.validation import check_config
+from fashionbn.config.settings import OptimSettings, RunSettings, run_settings
 from fashionbn.core.data import FashionData, data_facts, load_dataset
 from fashionbn.core.evaluation import evaluate_epoch
 from fashionbn.core.model import build_model, checked_model, has_batch_norm
@@ -103,28 +105,28 @@ class PlainSGD:
         self.param_groups[0]["lr"] = state["param_groups"][0]["lr"]
 
 
-def make_optimizer(params, optim_cfg):
+def make_optimizer(params, optim: OptimSettings):
     """SGD (PlainSGD when it has no momentum, weight decay or nesterov) or Adam."""
-    if optim_cfg.name == "sgd":
-        plain = (optim_cfg.momentum, optim_cfg.weight_decay) == (0, 0)
-        if plain and not optim_cfg.nesterov:
-            return PlainSGD(params, optim_cfg.lr)
+    if optim.name == "sgd":
+        plain = (optim.momentum, optim.weight_decay) == (0, 0)
+        if plain and not optim.nesterov:
+            return PlainSGD(params, optim.lr)
         return torch.optim.SGD(
             params,
-            lr=optim_cfg.lr,
-            momentum=optim_cfg.momentum,
-            weight_decay=optim_cfg.weight_decay,
-            nesterov=optim_cfg.nesterov,
+            lr=optim.lr,
+            momentum=optim.momentum,
+            weight_decay=optim.weight_decay,
+            nesterov=optim.nesterov,
         )
-    if optim_cfg.name == "adam":
+    if optim.name == "adam":
         return torch.optim.Adam(
             params,
-            lr=optim_cfg.lr,
-            betas=tuple(optim_cfg.betas),
-            eps=optim_cfg.eps,
-            weight_decay=optim_cfg.weight_decay,
+            lr=optim.lr,
+            betas=tuple(optim.betas),
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
         )
-    raise ConfigError(f"optim.name={optim_cfg.name}: known optimizers are sgd, adam")
+    raise ConfigError(f"optim.name={optim.name}: known optimizers are sgd, adam")
 
 
 def steps_per_epoch(
@@ -140,21 +142,20 @@ def steps_per_epoch(
     return (full if batch_size > 1 else 0) + int(rest > 1)
 
 
-def check_trainable(cfg, num_samples: int) -> None:
+def check_trainable(run: RunSettings, num_samples: int) -> None:
     """Refuse, before anything is trained or written, a run with no step to take or
     a model that cannot take one (core.model.checked_model)."""
-    model = checked_model(cfg.model, *data_facts(cfg.data))  # a plug-in's error here
+    model = checked_model(run.model, *data_facts(run.data))  # a plug-in's error here
     batch_norm = has_batch_norm(model)
-    drop_last = bool(cfg.data.get("drop_last", False))
-    if steps_per_epoch(num_samples, cfg.batch_size, batch_norm, drop_last) > 0:
+    if steps_per_epoch(num_samples, run.batch_size, batch_norm, run.drop_last) > 0:
         return
-    if drop_last and num_samples < cfg.batch_size:
+    if run.drop_last and num_samples < run.batch_size:
         raise ConfigError(
-            f"data.drop_last=true with batch_size={cfg.batch_size} and {num_samples} "
+            f"data.drop_last=true with batch_size={run.batch_size} and {num_samples} "
             "training sample(s) drops every batch: use a smaller batch_size or "
             "data.drop_last=false"
         )
-    raise only_one_sample_batches(cfg.batch_size, num_samples)
+    raise only_one_sample_batches(run.batch_size, num_samples)
 
 
 def only_one_sample_batches(batch_size: int, num_samples: int) -> ConfigError:
@@ -219,11 +220,11 @@ class Training:
     generator: torch.Generator
 
 
-def start_training(cfg, device: torch.device) -> Training:
-    """Seed everything from cfg.seed, then build the model and its optimizer."""
-    generator = seed_everything(cfg.seed)
-    model = build_model(cfg.model, *data_facts(cfg.data)).to(device)
-    return Training(model, make_optimizer(model.parameters(), cfg.optim), generator)
+def start_training(run: RunSettings, device: torch.device) -> Training:
+    """Seed everything from run.seed, then build the model and its optimizer."""
+    generator = seed_everything(run.seed)
+    model = build_model(run.model, *data_facts(run.data)).to(device)
+    return Training(model, make_optimizer(model.parameters(), run.optim), generator)
 
 
 def training_state(training: Training, rng: Optional[dict] = None) -> dict:
@@ -273,13 +274,13 @@ def restore_training(training: Training, state: dict) -> None:
     random.setstate(state["python"])
 
 
-def log_start(cfg, data: FashionData, device: torch.device) -> None:
+def log_start(run: RunSettings, data: FashionData, device: torch.device) -> None:
     log.info(
         "%s + %s(lr=%g), seed=%d, %d train / %d val / %d test samples, %d epochs on "
         "%s (%d torch threads)",
-        cfg.model.name, cfg.optim.name, cfg.optim.lr, cfg.seed,
+        run.model.name, run.optim.name, run.optim.lr, run.seed,
         len(data.train_labels), len(data.val_labels), len(data.test_labels),
-        cfg.epochs, device, torch.get_num_threads(),
+        run.epochs, device, torch.get_num_threads(),
     )  # fmt: skip
 
 
@@ -292,7 +293,7 @@ def is_diverged(train_loss: float, divergence_loss: float) -> bool:
 
 
 def train_epochs(
-    cfg,
+    run: RunSettings,
     training: Training,
     data: FashionData,
     records: list[dict],
@@ -303,25 +304,25 @@ def train_epochs(
     calling on_epoch(records, diverged) after each (and on_step() after every
     update); return COMPLETE or DIVERGED."""
     model, optimizer, generator = training.model, training.optimizer, training.generator
-    for epoch in range(len(records) + 1, cfg.epochs + 1):
+    for epoch in range(len(records) + 1, run.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            model, optimizer, data.train_images, data.train_labels, cfg.batch_size,
-            generator, on_step, bool(cfg.data.get("drop_last", False)),
+            model, optimizer, data.train_images, data.train_labels, run.batch_size,
+            generator, on_step, run.drop_last,
         )  # fmt: skip
-        evaluated = evaluate_epoch(cfg, model, data)
+        evaluated = evaluate_epoch(run, model, data)
         seconds = time.perf_counter() - start
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
         records.append({**record, "seconds": seconds, **evaluated})
-        diverged = is_diverged(train_loss, cfg.divergence_loss)
+        diverged = is_diverged(train_loss, run.divergence_loss)
         if on_epoch is not None:
             on_epoch(records, diverged)
         log.info(
-            "%s  (%.1fs, %.0f samples/s)", epoch_summary(records[-1], cfg.epochs),
+            "%s  (%.1fs, %.0f samples/s)", epoch_summary(records[-1], run.epochs),
             seconds, len(data.train_labels) / seconds,
         )  # fmt: skip
         if diverged:
-            log.warning("%s", divergence_message(records[-1], cfg.divergence_loss))
+            log.warning("%s", divergence_message(records[-1], run.divergence_loss))
             return DIVERGED
     return COMPLETE
 
@@ -361,24 +362,27 @@ def torch_threads(threads: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def checked_data(cfg, data: Optional[FashionData], device: torch.device) -> FashionData:
-    """The run's data (given, or loaded as cfg.data says) on the device, checked to be
-    trainable with cfg (ConfigError otherwise)."""
-    data = to_device(data if data is not None else load_dataset(cfg.data), device)
-    check_trainable(cfg, len(data.train_labels))
+def checked_data(
+    run: RunSettings, data: Optional[FashionData], device: torch.device
+) -> FashionData:
+    """The run's data (given, or loaded as run.data says) on the device, checked to
+    be trainable with these settings (ConfigError otherwise)."""
+    data = to_device(data if data is not None else load_dataset(run.data), device)
+    check_trainable(run, len(data.train_labels))
     return data
 
 
 def train_and_evaluate(cfg, data: Optional[FashionData] = None) -> list[dict]:
-    """A whole run in memory, no files: one record per epoch (tests, notebooks)."""
-    check_config(cfg)
-    device = resolve_device(cfg.device)
-    with torch_threads(cfg.threads):
-        data = checked_data(cfg, data, device)
-        training = start_training(cfg, device)
-        log_start(cfg, data, device)
+    """A whole run of a composed config in memory, no files: one record per epoch
+    (tests, notebooks). The config is checked and resolved once (run_settings)."""
+    run = run_settings(cfg)
+    device = resolve_device(run.device)
+    with torch_threads(run.threads):
+        data = checked_data(run, data, device)
+        training = start_training(run, device)
+        log_start(run, data, device)
         records: list[dict] = []
-        train_epochs(cfg, training, data, records)
+        train_epochs(run, training, data, records)
     return records
 
 

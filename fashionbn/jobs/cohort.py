@@ -24,7 +24,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from fashionbn.config import FashionbnError
-from fashionbn.config.validation import check_config
+from fashionbn.config.settings import RunSettings
 from fashionbn.core.batched import train_cohort
 from fashionbn.core.data import data_digest
 from fashionbn.core.records import STOPPED
@@ -43,7 +43,6 @@ from fashionbn.jobs.job import (
     job_lock,
     job_loggers,
     resumed_training,
-    run_identity,
     run_job,
     save_and_log,
     settle_job,
@@ -60,9 +59,10 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
 
 @dataclass
 class PendingJob:
-    """A job set up by the launcher, waiting for its cohort."""
+    """A job set up by the launcher, waiting for its cohort: its settings resolved
+    in its own job context (fashionbn.config.settings)."""
 
-    cfg: Any
+    run: RunSettings
     out_dir: Path
     log_root: Path
     name: str
@@ -82,7 +82,7 @@ class PendingJob:
 def run_cohorts(jobs: list[PendingJob], max_cohort: Optional[int] = None) -> None:
     """Train every pending job, in cohorts of at most `max_cohort` runs (None: as
     many as memory allows); each job's `result` is set."""
-    progress = CohortProgress({id(job): job.cfg.epochs for job in jobs})
+    progress = CohortProgress({id(job): job.run.epochs for job in jobs})
     try:
         for job in jobs:
             job.file_log = job_file_log(job.out_dir)
@@ -121,17 +121,16 @@ def run_turn(
             alone.append(job)
             continue
         try:
-            check_config(job.cfg)
-            device = resolve_device(job.cfg.device, batched=True)
+            device = resolve_device(job.run.device, batched=True)
         except FashionbnError as err:
             job_failed(job, err, progress)
             continue
         # where the data is read from is no part of a run's identity, but one cohort
         # trains on one copy of it: jobs pointed at different copies train apart
-        where = (str(job.cfg.data.root), str(job.cfg.data.system_dir))
-        groups[(str(device), where, cohort_key(run_identity(job.cfg)))].append(job)
+        where = (str(job.run.data.root), str(job.run.data.system_dir))
+        groups[(str(device), where, cohort_key(job.run.identity))].append(job)
     for (device, _, _), members in groups.items():
-        limit = max_cohort or cohort_limit(members[0].cfg, torch.device(device))
+        limit = max_cohort or cohort_limit(members[0].run, torch.device(device))
         for start in range(0, len(members), limit):
             cohort = members[start : start + limit]
             try:
@@ -144,15 +143,15 @@ def run_turn(
         run_alone(job, progress)
 
 
-def cohort_limit(cfg, device: torch.device) -> int:
+def cohort_limit(run: RunSettings, device: torch.device) -> int:
     """Runs per cohort: all on the CPU; on CUDA as many as half the free memory
     holds, at a generous estimate per run (weights, gradients, momentum and the
     activations of a batch, four times over)."""
     if device.type != "cuda":
         return 1_000_000
     free, _ = torch.cuda.mem_get_info(device)
-    weights, activations = footprint(cfg)  # numbers of float32 values
-    per_run = 4 * 4 * (3 * weights + cfg.batch_size * activations)
+    weights, activations = footprint(run)  # numbers of float32 values
+    per_run = 4 * 4 * (3 * weights + run.batch_size * activations)
     return max(1, int(free * 0.5 // per_run))
 
 
@@ -162,11 +161,11 @@ def train_group(
     """One cohort: its data checked first (nothing is touched when it is missing or
     cannot train these runs), then every job's dir locked and settled, its loggers
     started, and what is left trained."""
-    cfg = jobs[0].cfg
-    with torch_threads(cfg.threads), ExitStack() as locks:
+    run = jobs[0].run  # cohort_key: what the cohort's runs share
+    with torch_threads(run.threads), ExitStack() as locks:
         try:
-            data = checked_data(cfg, None, device)
-            digest = data_digest(cfg.data)
+            data = checked_data(run, None, device)
+            digest = data_digest(run.data)
         except FashionbnError as err:
             for job in jobs:
                 job_failed(job, err, progress)
@@ -205,7 +204,7 @@ def settle(
 ) -> bool:
     """prepare_job_dir for one job: False when it is finished (result set), True
     when it is to be trained (from epoch 1 or its checkpoint)."""
-    previous, files = settle_job(job.cfg, job.out_dir, device, digest,
+    previous, files = settle_job(job.run, job.out_dir, device, digest,
                                  {"launcher": "batched"})  # fmt: skip
     if files is None:
         job_log(job, logging.INFO, f"{job.out_dir.name} is {previous.status} already;"
@@ -215,7 +214,7 @@ def settle(
         return False
     job.files, job.records = files, list(previous.records)
     progress.starts_at(job, len(job.records))
-    job.training = resumed_training(job.cfg, previous, device, job.out_dir)
+    job.training = resumed_training(job.run, previous, device, job.out_dir)
     if previous.action == RESUME:
         job_log(job, logging.INFO, f"resuming after epoch {len(job.records)}")
     job.rng = global_rng_state()  # this run's, as the single-run path leaves them
@@ -225,7 +224,7 @@ def settle(
 
 def start_loggers(job: PendingJob):
     """The job's loggers, once its input and dir are checked."""
-    return job_loggers(job.cfg.logger, job.files, job.log_root, job.fresh, job.name)
+    return job_loggers(job.run.logger, job.files, job.log_root, job.fresh, job.name)
 
 
 def train_members(
@@ -244,7 +243,7 @@ def train_members(
         if job.loggers is not None:
             job.loggers.log(job.records, [])
     first = jobs[0]
-    bar = EpochBar(steps_per_run_epoch(first.cfg, first.training, data),
+    bar = EpochBar(steps_per_run_epoch(first.run, first.training, data),
                    len(first.records))  # fmt: skip
 
     def on_epoch(k: int, records: list[dict], diverged: bool) -> bool:
@@ -253,25 +252,25 @@ def train_members(
         bar.end_epoch(len(records))
         try:
             save_and_log(job.files, job.loggers, job.training, records, diverged,
-                         job.cfg.epochs, job.rng)  # fmt: skip
+                         job.run.epochs, job.rng)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - its dir fails this job only
             fail_job(job.files, job.loggers, err, len(records) == 1)
             job_failed(job, err, progress)
             return False
-        summary = epoch_summary(records[-1], job.cfg.epochs)
+        summary = epoch_summary(records[-1], job.run.epochs)
         job_log(job, logging.INFO, f"{summary}  (in a cohort of {len(jobs)})")
         progress.epoch(job)
         if diverged:
-            message = divergence_message(records[-1], job.cfg.divergence_loss)
+            message = divergence_message(records[-1], job.run.divergence_loss)
             job_log(job, logging.WARNING, message)
-        if diverged or len(records) == job.cfg.epochs:
+        if diverged or len(records) == job.run.epochs:
             job.result = records[-1]["test_acc"]
             progress.done(job)
         return True
 
     try:
         statuses = train_cohort(
-            [job.cfg for job in jobs], [job.training for job in jobs], data,
+            [job.run for job in jobs], [job.training for job in jobs], data,
             [job.records for job in jobs], on_epoch, device.type == "cpu",
             bar.step if bar.enabled else None,
         )  # fmt: skip
@@ -298,7 +297,7 @@ def run_alone(job: PendingJob, progress: "CohortProgress") -> None:
     failure: Optional[BaseException] = None
     with job_lines(job):
         try:
-            records = run_job(job.cfg, job.out_dir, log_root=job.log_root,
+            records = run_job(job.run, job.out_dir, log_root=job.log_root,
                               run_name=job.name)  # fmt: skip
         except JobBusy as busy:
             log.warning("%s", busy)

@@ -1,6 +1,7 @@
 """A job dir's life cycle: identity, lock, run or continue or skip, write every epoch.
 
-`run_job(cfg, job_dir)` trains cfg into job_dir, or finishes or skips what the dir
+`run_job(cfg, job_dir)` resolves the config once (fashionbn.config.settings.
+run_settings) and trains it into job_dir, or finishes or skips what the dir
 already holds (fashionbn.jobs.resume decides which, trusting only what it can verify).
 One process at a time: an exclusive lock (flock, released by the kernel when its holder
 dies) guards the dir; a job dir in use elsewhere is skipped with one line. After every
@@ -24,10 +25,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import OmegaConf
 
-from fashionbn.config import FashionbnError, normalise_identity
-from fashionbn.config.validation import check_config
+from fashionbn.config import FashionbnError
+from fashionbn.config.settings import RunSettings, run_settings
 from fashionbn.core.data import FashionData, data_digest
 from fashionbn.core.diagnostics import Diagnostics, probe_indices
 from fashionbn.core.model import has_batch_norm
@@ -67,13 +67,6 @@ log = logging.getLogger(__name__)
 
 class JobBusy(FashionbnError):
     """Another live process is training this job dir right now."""
-
-
-def run_identity(cfg) -> dict:
-    """What determines a run's numbers: the resolved config minus where/how it runs."""
-    return normalise_identity(
-        OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    )
 
 
 # --- the lock ----------------------------------------------------------------------
@@ -137,24 +130,24 @@ def run_job(
     run_name: Optional[str] = None,
     on_ready: Optional[Callable[[], None]] = None,
 ) -> list[dict]:
-    """Train cfg into job_dir, continue what it holds, or skip it if finished;
-    return one record per epoch. Raises FashionbnError (one line) for bad input,
-    a busy, foreign or damaged job dir, or a disk that cannot take the files.
-    `log_root` is where loggers keep what is shared by a sweep (its MLflow store);
-    by default the job dir; `run_name` what the loggers call the run (by default
-    the job dir's name); `on_ready` is called once the dir is accepted, before a
+    """Train cfg (a composed config, or its RunSettings) into job_dir, continue what it
+    holds, or skip it if finished; return one record per epoch. Raises FashionbnError
+    (one line) for bad input, a busy, foreign or damaged job dir, or a disk that cannot
+    take the files. `log_root` is where loggers keep what is shared by a sweep (its
+    MLflow store); by default the job dir; `run_name` what the loggers call the run (by
+    default the job dir's name); `on_ready` is called once the dir is accepted, before a
     run is trained or continued into it."""
-    check_config(cfg)
-    device = resolve_device(cfg.device)
+    run = cfg if isinstance(cfg, RunSettings) else run_settings(cfg)
+    device = resolve_device(run.device)
     job_dir = Path(job_dir)
     refuse_linked_dir(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    with torch_threads(cfg.threads):
+    with torch_threads(run.threads):
         # the input is checked before the dir is touched: a bad data.train_size or
         # a missing dataset leaves it as it was
-        data = checked_data(cfg, data, device)
+        data = checked_data(run, data, device)
         with job_lock(job_dir):
-            return run_locked(cfg, job_dir, data, device, log_root, run_name,
+            return run_locked(run, job_dir, data, device, log_root, run_name,
                               on_ready)  # fmt: skip
 
 
@@ -170,7 +163,7 @@ def refuse_linked_dir(job_dir: Path) -> None:
 
 
 def run_locked(
-    cfg,
+    run: RunSettings,
     job_dir: Path,
     data: FashionData,
     device: torch.device,
@@ -180,7 +173,7 @@ def run_locked(
 ) -> list[dict]:
     """run_job's work once the input is checked and the dir is locked: settle what
     the dir holds, then train what is left with the loggers; every epoch's record."""
-    previous, job = settle_job(cfg, job_dir, device, data_digest(cfg.data))
+    previous, job = settle_job(run, job_dir, device, data_digest(run.data))
     if job is None:
         log.info(
             "%s is %s already; skipping it (force=true re-runs)",
@@ -191,9 +184,9 @@ def run_locked(
         on_ready()
     previous.records = list(previous.records)
     fresh = previous.action == FRESH
-    loggers = job_loggers(cfg.logger, job, Path(log_root or job_dir), fresh, run_name)
+    loggers = job_loggers(run.logger, job, Path(log_root or job_dir), fresh, run_name)
     try:
-        status = train_job(cfg, job, previous, data, loggers, device)
+        status = train_job(run, job, previous, data, loggers, device)
     except WriteError as err:
         fail_job(job, loggers, err, fresh)
         raise WriteError(
@@ -211,14 +204,14 @@ def run_locked(
 
 
 def settle_job(
-    cfg, job_dir: Path, device: torch.device, digest: str, launcher=None
+    run: RunSettings, job_dir: Path, device: torch.device, digest: str, launcher=None
 ) -> tuple[Previous, Optional[JobFiles]]:
     """Decide what the locked dir holds (prepare_job_dir): (previous, None) when it
     holds this run finished (DONE), else (previous, the writer of the run's files),
     to train from epoch 1 or its checkpoint. `launcher`: what status.json's
     execution says of the launcher."""
-    identity = run_identity(cfg)
-    previous = prepare_job_dir(job_dir, identity, cfg.force, cfg.extend, digest)
+    identity = run.identity
+    previous = prepare_job_dir(job_dir, identity, run.force, run.extend, digest)
     if previous.action == DONE:
         return previous, None
     files = JobFiles(job_dir, identity, with_execution(previous, device, launcher))
@@ -228,10 +221,10 @@ def settle_job(
 
 
 def resumed_training(
-    cfg, previous: Previous, device: torch.device, job_dir: Path
+    run: RunSettings, previous: Previous, device: torch.device, job_dir: Path
 ) -> Training:
     """The run's training state: seeded and built, then its checkpoint's on RESUME."""
-    training = start_training(cfg, device)
+    training = start_training(run, device)
     if previous.action == RESUME:
         restored_from(training, previous.state or {}, job_dir)
     return training
@@ -272,7 +265,7 @@ def fail_job(
 
 
 def train_job(
-    cfg,
+    run: RunSettings,
     job: "JobFiles",
     previous: Previous,
     data: FashionData,
@@ -282,19 +275,19 @@ def train_job(
     """Start or continue training into job's files (and loggers); COMPLETE or
     DIVERGED. `previous.records` grows by one record per epoch."""
     records = previous.records
-    training = resumed_training(cfg, previous, device, job.job_dir)
+    training = resumed_training(run, previous, device, job.job_dir)
     state = previous.state or {}
     if previous.action == RESUME:
         log.info("resuming %s after epoch %d", job.job_dir, len(records))
-    if cfg.diagnostics.enabled:
-        probe = probe_indices(len(data.train_labels), cfg.diagnostics.probe_size)
-        job.diagnostics = make_diagnostics(cfg, training, data, probe, state)
+    if run.diagnostics.enabled:
+        probe = probe_indices(len(data.train_labels), run.diagnostics.probe_size)
+        job.diagnostics = make_diagnostics(run, training, data, probe, state)
     diagnostics = job.diagnostics
 
     def rows() -> list[dict]:
         return diagnostics.rows if diagnostics is not None else []
 
-    bar = EpochBar(steps_per_run_epoch(cfg, training, data), len(records))
+    bar = EpochBar(steps_per_run_epoch(run, training, data), len(records))
 
     def on_step() -> None:
         if diagnostics is not None:
@@ -303,16 +296,16 @@ def train_job(
 
     def on_epoch(done: list[dict], diverged: bool) -> None:
         bar.end_epoch(len(done))
-        save_and_log(job, loggers, training, done, diverged, cfg.epochs, None, rows())
+        save_and_log(job, loggers, training, done, diverged, run.epochs, None, rows())
 
     job.start(records)
     if loggers is not None:  # what the tools lack of an interrupted run
         loggers.log(records, rows())
-    log_start(cfg, data, device)
+    log_start(run, data, device)
     if diagnostics is not None:
         diagnostics.start()
     return train_epochs(
-        cfg, training, data, records, on_epoch,
+        run, training, data, records, on_epoch,
         on_step if diagnostics is not None or bar.enabled else None,
     )  # fmt: skip
 
@@ -334,24 +327,28 @@ def finish(loggers: Optional[Loggers], status: str, job_dir: Path) -> None:
         loggers.finish(status, job_dir)
 
 
-def steps_per_run_epoch(cfg, training: Training, data: FashionData) -> int:
+def steps_per_run_epoch(run: RunSettings, training: Training, data: FashionData) -> int:
     return steps_per_epoch(
-        len(data.train_labels), cfg.batch_size, has_batch_norm(training.model),
-        cfg.data.drop_last,
+        len(data.train_labels), run.batch_size, has_batch_norm(training.model),
+        run.drop_last,
     )  # fmt: skip
 
 
 def make_diagnostics(
-    cfg, training: Training, data: FashionData, probe: torch.Tensor, state: dict
+    run: RunSettings,
+    training: Training,
+    data: FashionData,
+    probe: torch.Tensor,
+    state: dict,
 ) -> Diagnostics:
     """The run's probe, continuing the measurements a resumed checkpoint holds."""
     probe = probe.to(data.train_images.device)
     return Diagnostics(
-        cfg.diagnostics, training.model, cfg.optim.lr,
+        run.diagnostics, training.model, run.optim.lr,
         data.train_images.index_select(0, probe),
         data.train_labels.index_select(0, probe),
-        steps_per_run_epoch(cfg, training, data),
-        cfg.epochs, state.get("diagnostics"),
+        steps_per_run_epoch(run, training, data),
+        run.epochs, state.get("diagnostics"),
     )  # fmt: skip
 
 

@@ -111,7 +111,7 @@ class CohortProgress:
 
     def starts_at(self, job: Any, epochs_done: int) -> None:
         """The job resumes after `epochs_done` epochs: less is left."""
-        self.left[id(job)] = max(0, job.cfg.epochs - epochs_done)
+        self.left[id(job)] = max(0, job.run.epochs - epochs_done)
 
     def started(self, job: Any) -> None:
         if self.since is None:

@@ -1,0 +1,132 @@
+"""A run's settings, resolved once from its Hydra config and passed as plain values.
+
+`run_settings(cfg)` checks the config (fashionbn.config.validation, one line for a
+value that cannot work) and reads everything training needs into frozen dataclasses:
+plain ints, floats, bools and tuples, with the schema's defaults applied once here
+(`drop_last` is `settings.drop_last`, not `cfg.data.get("drop_last", False)` in four
+places). The run's identity is computed here too. Only the two plug-in specs stay
+config nodes, because Hydra instantiates them: `model` (the built-in MLP's options or
+a `_target_`) and `data` (where FashionMNIST lives, or a data source's `_target_`),
+read-only, as is `logger` (which sinks, handed to fashionbn.jobs.loggers).
+
+The two entry points resolve a config once — fashionbn.jobs.job.run_job (a job dir)
+and fashionbn.core.train.train_and_evaluate (in memory), and the batched launcher
+when a job joins a cohort; everything below them takes a RunSettings.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from fashionbn.config.identity import normalise_identity
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """The optimizer: optim.name's schema, its defaults filled (SGD has no betas,
+    Adam no momentum: the unused ones keep their defaults and are never read)."""
+
+    name: str
+    lr: float
+    weight_decay: float
+    momentum: float = 0.0
+    nesterov: bool = False
+    betas: tuple[float, ...] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class DiagnosticsSettings:
+    enabled: bool
+    every_steps: Optional[int]  # None: a 50th of the run's steps
+    probe_size: int
+    step_sizes: tuple[float, ...]
+    ics: bool
+
+
+@dataclass(frozen=True, eq=False)
+class RunSettings:
+    """Everything a run's training, evaluation and job dir read from its config."""
+
+    seed: int
+    epochs: int
+    batch_size: int
+    drop_last: bool
+    eval_batch_size: int
+    precise_bn: bool
+    divergence_loss: float
+    device: str
+    threads: Optional[int]
+    force: bool
+    extend: bool
+    optim: OptimSettings
+    diagnostics: DiagnosticsSettings
+    identity: dict  # what determines the run's numbers (config.identity)
+    model: Any  # the model's spec: a read-only config node (core.model.build_model)
+    data: Any  # the data's spec: a read-only config node (core.data.load_dataset)
+    logger: Any  # which loggers: a read-only config node (jobs.loggers)
+
+
+def run_settings(cfg) -> RunSettings:
+    """cfg (a composed config) checked and resolved into a RunSettings; ConfigError
+    (one line naming the key) for a value that cannot work."""
+    from fashionbn.config.validation import check_config
+
+    check_config(cfg)
+    optim, diagnostics = cfg.optim, cfg.diagnostics
+    every = diagnostics.every_steps
+    return RunSettings(
+        seed=int(cfg.seed),
+        epochs=int(cfg.epochs),
+        batch_size=int(cfg.batch_size),
+        drop_last=bool(cfg.data.drop_last),
+        eval_batch_size=int(cfg.data.eval_batch_size),
+        precise_bn=bool(cfg.precise_bn),
+        divergence_loss=float(cfg.divergence_loss),
+        device=str(cfg.device),
+        threads=None if cfg.threads is None else int(cfg.threads),
+        force=bool(cfg.force),
+        extend=bool(cfg.extend),
+        optim=OptimSettings(
+            name=str(optim.name),
+            lr=float(optim.lr),
+            weight_decay=float(optim.weight_decay),
+            **{
+                key: kind(optim[key])
+                for key, kind in (
+                    ("momentum", float),
+                    ("nesterov", bool),
+                    ("betas", lambda b: tuple(float(x) for x in b)),
+                    ("eps", float),
+                )
+                if key in optim
+            },
+        ),
+        diagnostics=DiagnosticsSettings(
+            enabled=bool(diagnostics.enabled),
+            every_steps=None if every is None else int(every),
+            probe_size=int(diagnostics.probe_size),
+            step_sizes=tuple(float(s) for s in diagnostics.step_sizes),
+            ics=bool(diagnostics.ics),
+        ),
+        identity=run_identity(cfg),
+        model=read_only(cfg.model),
+        data=read_only(cfg.data),
+        logger=read_only(cfg.logger),
+    )
+
+
+def run_identity(cfg) -> dict:
+    """What determines a run's numbers: the resolved config minus where/how it runs."""
+    return normalise_identity(
+        OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    )
+
+
+def read_only(node):
+    """A resolved, read-only copy of a config node (interpolations fixed now: a
+    spec handed on never changes under its holder)."""
+    copy = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    OmegaConf.set_readonly(copy, True)
+    return copy
