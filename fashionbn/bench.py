@@ -13,8 +13,6 @@ same runs, and then what a process's start-up costs.
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +25,12 @@ from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
 from fashionbn.api import compose_config
+from fashionbn.bench_sweeps import (
+    LAUNCHER_SWEEPS,
+    launchers,
+    overhead,
+    whole_sweep,
+)
 from fashionbn.config import register_configs
 from fashionbn.core.data import clear_cache, dataset_name, ensure_dataset
 from fashionbn.core.model import build_model
@@ -94,15 +98,6 @@ def timed(runs: dict, repeats: int) -> tuple[dict, dict]:
     return {name: statistics.median(t) for name, t in seconds.items()}, results
 
 
-def process_seconds(command: list[str]) -> float:
-    """Wall time of a whole process (start-up included); it must succeed."""
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(command)}\n{result.stderr[-2000:]}")
-    return time.perf_counter() - start
-
-
 def reference_sweep(args) -> None:
     """The notebook's pipeline doing the default sweep's runs, in this one process."""
     register_configs()
@@ -110,85 +105,6 @@ def reference_sweep(args) -> None:
         for seed in range(args.seeds):
             overrides = [f"model={model}", f"epochs={args.epochs}", f"seed={seed}"]
             reference_run(compose_config([*overrides, *args.overrides]))
-
-
-def whole_sweep(args) -> None:
-    """Time, as whole processes, the default sweep with fashionbn.run -m (the basic
-    launcher, and local_parallel: 2 jobs x 1 thread) against the notebook's pipeline
-    doing the same runs (one process: a notebook's loop)."""
-    python = [sys.executable, "-m"]
-    register_configs()
-    cfg = compose_config(args.overrides)
-    ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
-                   dataset_name(cfg.data))  # fmt: skip
-    runs = f"{len(args.models)} models x {args.seeds} seeds, {args.epochs} epochs"
-    print(f"whole sweep as processes ({runs}), {args.repeats} repeat(s) (median)")
-    launchers = {"fashionbn": [], "fashionbn, local_parallel": [
-        "hydra/launcher=local_parallel"]}  # fmt: skip
-    seconds: dict = {name: [] for name in ["reference", *launchers]}
-    with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):
-            reference = [*python, "fashionbn.bench", "--reference-sweep",
-                         "--models", *args.models, "--seeds", str(args.seeds),
-                         "--epochs", str(args.epochs), *args.overrides]  # fmt: skip
-            seconds["reference"].append(process_seconds(reference))
-            for name, launcher in launchers.items():
-                sweep_dir = f"{tmp}/{len(launcher)}-{repeat}"  # a fresh one each time
-                sweep = [*python, "fashionbn.run", "-m",
-                         f"model={','.join(args.models)}",
-                         f"seed={','.join(map(str, range(args.seeds)))}",
-                         f"epochs={args.epochs}", f"hydra.sweep.dir={sweep_dir}",
-                         *launcher, *args.overrides]  # fmt: skip
-                seconds[name].append(process_seconds(sweep))
-    median = {name: statistics.median(times) for name, times in seconds.items()}
-    print(f"{'pipeline':<26} {'seconds':>8} {'ratio':>6}")
-    for name, value in median.items():
-        print(f"{name:<26} {value:>8.1f} {median['reference'] / value:>5.1f}x")
-    startup(python)
-
-
-# the sweeps --launchers times: the default one and the fair_lr preset
-LAUNCHER_SWEEPS = {
-    "default": ["model=baseline,batchnorm", "seed=0,1,2"],  # 6 runs
-    "fair_lr": ["experiment=fair_lr"],  # 60 runs
-}
-
-
-def launchers(args) -> None:
-    """Time, as whole processes in this one invocation, each sweep of
-    LAUNCHER_SWEEPS under the basic launcher and the batched one, on the device the
-    overrides choose (device=auto: CUDA where there is one). Also the training and
-    evaluation seconds the runs record (metrics.csv's `seconds`, summed)."""
-    import pandas as pd
-
-    python = [sys.executable, "-m"]
-    register_configs()
-    cfg = compose_config(args.overrides)
-    ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
-                   dataset_name(cfg.data))  # fmt: skip
-    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
-    print(f"torch {torch.__version__}; {cuda}; overrides: {' '.join(args.overrides)}")
-    print(f"{'sweep':<30} {'launcher':<8} {'wall s':>7} {'epochs s':>9} {'ratio':>6}")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.sweeps:
-            if name not in LAUNCHER_SWEEPS:
-                raise SystemExit(f"--sweeps {name}: one of {list(LAUNCHER_SWEEPS)}")
-            sweep, wall = LAUNCHER_SWEEPS[name], {}
-            for launcher in ("basic", "batched"):
-                sweep_dir = Path(tmp) / f"{len(wall)}-{name}"
-                command = [*python, "fashionbn.run", "-m", *sweep,
-                           f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}",
-                           *args.overrides]  # fmt: skip
-                wall[launcher] = process_seconds(command)
-                epochs = sum(
-                    pd.read_csv(path)["seconds"].sum()
-                    for path in sweep_dir.glob("*/metrics.csv")
-                )
-                ratio = wall["basic"] / wall[launcher]
-                runs = len(list(sweep_dir.glob("*/metrics.csv")))
-                label = f"{name} ({runs} runs)"
-                print(f"{label:<30} {launcher:<8} {wall[launcher]:>7.1f} "
-                      f"{epochs:>9.1f} {ratio:>5.1f}x")  # fmt: skip
 
 
 # --agreement: model kinds (overrides) trained alone and in a cohort of four
@@ -248,23 +164,6 @@ def agreement(args) -> None:
               + ", ".join(f"{k} {v:.1e}" for k, v in largest.items()))  # fmt: skip
 
 
-def startup(python: list[str]) -> None:
-    """What starting a process costs, and where it goes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        parts = {
-            "python -c 'import torch'": [python[0], "-c", "import torch"],
-            "python -c 'import fashionbn.run' (torch, hydra, fashionbn)": [
-                python[0], "-c", "import fashionbn.run"],
-            "python -m fashionbn.run, 1 epoch on 64 samples": [
-                *python, "fashionbn.run", "epochs=1", "data.train_size=64",
-                "data.test_size=64", f"hydra.run.dir={tmp}/run"],
-        }  # fmt: skip
-        print("process start-up, median of 3:")
-        for name, command in parts.items():
-            value = statistics.median(process_seconds(command) for _ in range(3))
-            print(f"  {value:5.2f} s  {name}")
-
-
 def make_parser() -> argparse.ArgumentParser:
     """The command's options (the docs' commands are checked against them)."""
     parser = argparse.ArgumentParser(
@@ -303,6 +202,20 @@ def make_parser() -> argparse.ArgumentParser:
         help=f"--launchers: which of {','.join(LAUNCHER_SWEEPS)} (comma-separated)",
     )  # fmt: skip
     parser.add_argument(
+        "--overhead", action="store_true",
+        help="time what a sweep costs beyond its training: 1 tiny job against --jobs "
+        "of them under the batched launcher, and --runs one-epoch runs under the "
+        "basic launcher and in cohorts of each --cohorts size",
+    )  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=64,
+                        help="--overhead: tiny jobs in the sweep (>= 2)")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=150,
+                        help="--overhead: runs of the cohort sweep")  # fmt: skip
+    parser.add_argument(
+        "--cohorts", type=lambda text: [int(n) for n in text.split(",")],
+        default=[4, 16, 64], help="--overhead: max_cohort sizes (comma-separated)",
+    )  # fmt: skip
+    parser.add_argument(
         "--agreement", action="store_true",
         help="how far a batched cohort's numbers are from the single-run path's, "
         "per model kind, on the current device",
@@ -326,6 +239,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         return whole_sweep(args)
     if args.launchers:
         return launchers(args)
+    if args.overhead:
+        if args.jobs < 2 or args.runs < 1 or min(args.cohorts, default=1) < 1:
+            raise SystemExit("--overhead: --jobs >= 2, --runs >= 1, --cohorts >= 1")
+        return overhead(args)
     if args.agreement:
         return agreement(args)
     args.repeats = args.repeats or 3
@@ -366,8 +283,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             }
             median, _ = timed(runs, args.repeats)
             for name in runs:
-                overhead = median[name] / median["off"] - 1
-                print(f"{model:<10} {name:<12} {median[name]:>8.2f} {overhead:>+8.1%}")
+                extra = median[name] / median["off"] - 1
+                print(f"{model:<10} {name:<12} {median[name]:>8.2f} {extra:>+8.1%}")
             continue
         median, accuracy = timed(
             {name: (lambda run=run: run(cfg)) for name, run in PIPELINES.items()},

@@ -5,8 +5,8 @@ the keys that determine a run's numbers; `identity` normalises a stored config i
 run's identity and checks one read from a job dir; `validation` holds the checks Hydra's
 types cannot express (positive widths, finite learning rates, a validation split that
 fits); `settings` reads a checked config once into the plain values a run uses
-(RunSettings), which everything below the two entry points takes. Imports nothing else
-from fashionbn: every other stage may import this one.
+(RunSettings), which everything below the two entry points takes.
+Imports nothing else from fashionbn: every other stage may import this one.
 """
 
 from fashionbn.config.identity import (  # noqa: F401 - the stage's public names

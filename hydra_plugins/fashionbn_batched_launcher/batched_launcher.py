@@ -43,6 +43,10 @@ class BatchedLauncherConf:
     # runs per cohort at most; null: all of a cohort on the CPU, and as many as half
     # the free memory holds on CUDA
     max_cohort: Optional[int] = None
+    # jobs that choose the same config groups share one composition, their values
+    # applied as Hydra applies them (fashionbn.jobs.composing); false: Hydra
+    # composes every job itself, twice (the sweeper's check, then the launcher)
+    compose_once: bool = True
 
 
 ConfigStore.instance().store(
@@ -90,8 +94,11 @@ def max_cohort_problem(value: object) -> Optional[str]:
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_cohort: Optional[int] = None) -> None:
+    def __init__(
+        self, max_cohort: Optional[int] = None, compose_once: bool = True
+    ) -> None:
         self.max_cohort = max_cohort
+        self.compose_once = compose_once
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -106,6 +113,10 @@ class BatchedLauncher(Launcher):
         self.hydra_context = hydra_context
         self.task_function = task_function
         self.config = config
+        if self.compose_once:  # the sweeper's checks share it (one HydraContext)
+            from fashionbn.jobs.composing import compose_once
+
+            compose_once(hydra_context)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int

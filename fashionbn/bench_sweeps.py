@@ -1,0 +1,191 @@
+"""`python -m fashionbn.bench --sweep | --launchers | --overhead`: sweeps timed as
+whole processes, what a user waits for, start-up included, each in a fresh sweep
+dir, in one invocation so that the machine's noise hits every variant alike
+(compare ratios measured in one run, not figures from different days). Part of the
+bench command (fashionbn.bench holds its options).
+"""
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fashionbn.api import compose_config
+from fashionbn.config import register_configs
+from fashionbn.core.data import dataset_name, ensure_dataset
+
+
+def process_seconds(command: list[str]) -> float:
+    """Wall time of a whole process (start-up included); it must succeed."""
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def whole_sweep(args) -> None:
+    """Time, as whole processes, the default sweep with fashionbn.run -m (the basic
+    launcher, and local_parallel: 2 jobs x 1 thread) against the notebook's pipeline
+    doing the same runs (one process: a notebook's loop)."""
+    python = [sys.executable, "-m"]
+    register_configs()
+    cfg = compose_config(args.overrides)
+    ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
+                   dataset_name(cfg.data))  # fmt: skip
+    runs = f"{len(args.models)} models x {args.seeds} seeds, {args.epochs} epochs"
+    print(f"whole sweep as processes ({runs}), {args.repeats} repeat(s) (median)")
+    launchers = {"fashionbn": [], "fashionbn, local_parallel": [
+        "hydra/launcher=local_parallel"]}  # fmt: skip
+    seconds: dict = {name: [] for name in ["reference", *launchers]}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            reference = [*python, "fashionbn.bench", "--reference-sweep",
+                         "--models", *args.models, "--seeds", str(args.seeds),
+                         "--epochs", str(args.epochs), *args.overrides]  # fmt: skip
+            seconds["reference"].append(process_seconds(reference))
+            for name, launcher in launchers.items():
+                sweep_dir = f"{tmp}/{len(launcher)}-{repeat}"  # a fresh one each time
+                sweep = [*python, "fashionbn.run", "-m",
+                         f"model={','.join(args.models)}",
+                         f"seed={','.join(map(str, range(args.seeds)))}",
+                         f"epochs={args.epochs}", f"hydra.sweep.dir={sweep_dir}",
+                         *launcher, *args.overrides]  # fmt: skip
+                seconds[name].append(process_seconds(sweep))
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    print(f"{'pipeline':<26} {'seconds':>8} {'ratio':>6}")
+    for name, value in median.items():
+        print(f"{name:<26} {value:>8.1f} {median['reference'] / value:>5.1f}x")
+    startup(python)
+
+
+# the sweeps --launchers times: the default one and the fair_lr preset
+LAUNCHER_SWEEPS = {
+    "default": ["model=baseline,batchnorm", "seed=0,1,2"],  # 6 runs
+    "fair_lr": ["experiment=fair_lr"],  # 60 runs
+}
+
+
+def launchers(args) -> None:
+    """Time, as whole processes in this one invocation, each sweep of
+    LAUNCHER_SWEEPS under the basic launcher and the batched one, on the device the
+    overrides choose (device=auto: CUDA where there is one). Also the training and
+    evaluation seconds the runs record (metrics.csv's `seconds`, summed)."""
+    import pandas as pd
+
+    python = [sys.executable, "-m"]
+    register_configs()
+    cfg = compose_config(args.overrides)
+    ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
+                   dataset_name(cfg.data))  # fmt: skip
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
+    print(f"torch {torch.__version__}; {cuda}; overrides: {' '.join(args.overrides)}")
+    print(f"{'sweep':<30} {'launcher':<8} {'wall s':>7} {'epochs s':>9} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.sweeps:
+            if name not in LAUNCHER_SWEEPS:
+                raise SystemExit(f"--sweeps {name}: one of {list(LAUNCHER_SWEEPS)}")
+            sweep, wall = LAUNCHER_SWEEPS[name], {}
+            for launcher in ("basic", "batched"):
+                sweep_dir = Path(tmp) / f"{len(wall)}-{name}"
+                command = [*python, "fashionbn.run", "-m", *sweep,
+                           f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}",
+                           *args.overrides]  # fmt: skip
+                wall[launcher] = process_seconds(command)
+                epochs = sum(
+                    pd.read_csv(path)["seconds"].sum()
+                    for path in sweep_dir.glob("*/metrics.csv")
+                )
+                ratio = wall["basic"] / wall[launcher]
+                runs = len(list(sweep_dir.glob("*/metrics.csv")))
+                label = f"{name} ({runs} runs)"
+                print(f"{label:<30} {launcher:<8} {wall[launcher]:>7.1f} "
+                      f"{epochs:>9.1f} {ratio:>5.1f}x")  # fmt: skip
+
+
+def startup(python: list[str]) -> None:
+    """What starting a process costs, and where it goes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = {
+            "python -c 'import torch'": [python[0], "-c", "import torch"],
+            "python -c 'import fashionbn.run' (torch, hydra, fashionbn)": [
+                python[0], "-c", "import fashionbn.run"],
+            "python -m fashionbn.run, 1 epoch on 64 samples": [
+                *python, "fashionbn.run", "epochs=1", "data.train_size=64",
+                "data.test_size=64", f"hydra.run.dir={tmp}/run"],
+        }  # fmt: skip
+        print("process start-up, median of 3:")
+        for name, command in parts.items():
+            value = statistics.median(process_seconds(command) for _ in range(3))
+            print(f"  {value:5.2f} s  {name}")
+
+
+# --overhead: a tiny job (its training a few ms), and the runs of the cohort sweep
+TINY_JOB = ["epochs=1", "data.train_size=640", "data.test_size=1000"]
+COHORT_SWEEP = ["model=baseline", "optim.lr=0.1", "epochs=1", "data.val_size=10000"]
+
+
+def overhead(args) -> None:
+    """What a sweep costs beyond its training, as whole processes under the batched
+    launcher: 1 tiny job against `--jobs` of them (the cost per job, with jobs
+    composed once per config-group choice and by Hydra for every job), then
+    `--runs` runs of one epoch under the basic launcher and in cohorts of each
+    `--cohorts` size (and the default size, named by the runs' status.json)."""
+    python = [sys.executable, "-m"]
+    register_configs()
+    cfg = compose_config(args.overrides)
+    ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
+                   dataset_name(cfg.data))  # fmt: skip
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
+    print(f"torch {torch.__version__}; {cuda}; overrides: {' '.join(args.overrides)}")
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def sweep(name: str, overrides: list[str]) -> tuple[float, Path]:
+            sweep_dir = Path(tmp) / name
+            command = [*python, "fashionbn.run", "-m", *overrides,
+                       f"hydra.sweep.dir={sweep_dir}", *args.overrides]  # fmt: skip
+            return process_seconds(command), sweep_dir
+
+        print(f"per job, batched launcher, a tiny job: {' '.join(TINY_JOB)}")
+        print(f"{'composed':<12} {'1 job s':>8} {f'{args.jobs} jobs s':>10} "
+              f"{'ratio':>6} {'per job ms':>11}")  # fmt: skip
+        for compose, setting in (("once", "true"), ("every job", "false")):
+            launcher = [
+                "hydra/launcher=batched",
+                f"hydra.launcher.compose_once={setting}",
+                *TINY_JOB,
+            ]
+            one, _ = sweep(f"one-{setting}", [*launcher, "seed=0"])
+            many, _ = sweep(f"many-{setting}",
+                            [*launcher, f"seed=range(0,{args.jobs})"])  # fmt: skip
+            per_job = (many - one) / (args.jobs - 1) * 1000
+            print(f"{compose:<12} {one:>8.1f} {many:>10.1f} {many / one:>5.1f}x "
+                  f"{per_job:>11.0f}")  # fmt: skip
+        runs = [*COHORT_SWEEP, f"seed=range(0,{args.runs})"]
+        print(f"{args.runs} runs x 1 epoch: {' '.join(COHORT_SWEEP)}")
+        print(f"{'launcher':<10} {'cohort':>7} {'wall s':>7} {'ratio':>6}")
+        basic, _ = sweep("basic", [*runs, "hydra/launcher=basic"])
+        print(f"{'basic':<10} {'-':>7} {basic:>7.1f} {1:>5.1f}x")
+        for size in [None, *args.cohorts]:
+            setting = "null" if size is None else str(size)
+            wall, sweep_dir = sweep(f"cohort-{setting}", [
+                *runs, "hydra/launcher=batched", f"hydra.launcher.max_cohort={setting}",
+            ])  # fmt: skip
+            label = str(size) if size else f"auto {largest_cohort(sweep_dir)}"
+            print(f"{'batched':<10} {label:>7} {wall:>7.1f} {basic / wall:>5.1f}x")
+
+
+def largest_cohort(sweep_dir: Path) -> int:
+    """The largest cohort a sweep's runs were trained in (their status.json)."""
+    import json
+
+    sizes = [
+        execution.get("cohort", 1)
+        for path in sweep_dir.glob("*/status.json")
+        for execution in json.loads(path.read_text()).get("execution", [])
+    ]
+    return max(sizes, default=0)

@@ -1,0 +1,158 @@
+"""fashionbn.jobs.composing: jobs composed once per config-group choice give what
+Hydra composes for each job itself, byte for byte (configs and `.hydra/` files), and
+what cannot be derived is composed by Hydra (with Hydra's own error)."""
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import initialize_config_dir
+from hydra._internal.callbacks import Callbacks  # (tests may read Hydra's internals)
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the expansion
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, run_job
+from hydra.types import HydraContext, RunMode
+from omegaconf import OmegaConf, open_dict
+
+from fashionbn.config import register_configs
+from fashionbn.jobs.composing import ComposeOnce
+from tests.conftest import CONF_DIR
+
+PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+class Loaders:
+    """Hydra's own config loader, a ComposeOnce in front of it, and the master
+    config of a multirun command line, as Hydra's multirun makes it."""
+
+    def __init__(self, arguments: list[str], sweep_dir: Path) -> None:
+        self.hydra = GlobalHydra.instance().config_loader()
+        self.once = ComposeOnce(self.hydra)
+        hydra_args = [f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=batched"]
+        self.master = self.hydra.load_configuration(
+            "config", [*arguments, *hydra_args], RunMode.MULTIRUN
+        )
+        parser = OverridesParser.create(config_loader=self.hydra)
+        params = self.master.hydra.sweeper.params or {}
+        task = [f"{key}={value}" for key, value in params.items()] + arguments
+        # Hydra's BasicSweeper's own expansion into jobs (its order, its lines)
+        self.jobs = BasicSweeper.split_arguments(parser.parse_overrides(task), None)[0]
+
+    def both(self, job: list[str]):
+        """(Hydra's composition, ComposeOnce's) of one job, after ComposeOnce was
+        asked for it once before (the sweeper's check)."""
+        return (self.hydra.load_sweep_config(self.master, job),
+                self.once.load_sweep_config(self.master, job))  # fmt: skip
+
+
+@pytest.fixture
+def hydra_conf():
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+
+
+def hydra_files(cfg, job_num: int, context: HydraContext) -> dict[str, bytes]:
+    """The `.hydra/` files Hydra's run_job writes for cfg (then removed)."""
+    cfg = copy.deepcopy(cfg)  # run_job changes the config it is given
+    with open_dict(cfg):
+        cfg.hydra.job.id = cfg.hydra.job.num = job_num
+    ret: JobReturn = run_job(
+        hydra_context=context, task_function=lambda c: None, config=cfg,
+        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
+        configure_logging=False,
+    )  # fmt: skip
+    out = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+    files = {p.name: p.read_bytes() for p in sorted((out / ".hydra").iterdir())}
+    shutil.rmtree(out)
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_job_of_every_preset_is_composed_as_hydra_composes_it(
+    preset, hydra_conf, tmp_path
+):
+    loaders = Loaders([f"experiment={preset}"], tmp_path / "sweep")
+    assert len(loaders.jobs) > 1
+    for job in loaders.jobs:  # the sweeper checks every job first
+        loaders.once.load_sweep_config(loaders.master, job)
+    context = HydraContext(config_loader=loaders.hydra, callbacks=Callbacks())
+    for num, job in enumerate(loaders.jobs):
+        plain, once = loaders.both(job)
+        assert OmegaConf.to_yaml(once) == OmegaConf.to_yaml(plain), job
+        if num < 4 or num % 16 == 0:  # the files are that YAML's parts; a sample
+            assert hydra_files(once, num, context) == hydra_files(plain, num, context)
+    # one composition per config-group choice (the jobs' lines without the values
+    # the presets sweep), the other jobs derived
+    choices = {tuple(o for o in job if o.split("=")[0] not in VALUES)
+               for job in loaders.jobs}  # fmt: skip
+    assert loaders.once.composed == len(choices) < len(loaders.jobs)
+    assert loaders.once.derived == len(loaders.jobs) - len(choices)
+
+
+VALUES = {"optim.lr", "seed", "data.drop_last"}
+
+
+def outcome(compose, job: list[str]):
+    """A composition's YAML, or its error's type and message."""
+    try:
+        return OmegaConf.to_yaml(compose(job))
+    except Exception as err:  # noqa: BLE001 - compared between the two loaders
+        return type(err), str(err)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["model=baseline,groupnorm", "model.hidden=[8],[16,8]", "seed=0,1"],
+        ["data=fashion_mnist,digits", "optim.lr=0.1,${seed}", "seed=1,2"],
+        ["model=cnn", "+model.args.width=4,8", "seed=0,1"],  # an added key
+        ["optim.lr=0.1,0.01", "++optim.lr=0.5"],  # one key twice: the last one wins
+        ["model=cnn", "model.args={width:4},{depth:2}"],  # merged into the node
+        ["model.norm=none,{_target_:torch.nn.GroupNorm,num_groups:2}", "seed=0,1"],
+        ["model.norm=none,batchnorm", "optim=sgd,adam", "optim.lr=1e-3,3"],
+        ["seed=0,1", "model.init_std='0.5',0.25", "model.init=normal"],
+        ["model.name=a,'b c',null", "seed=0"],
+    ],
+)  # fmt: skip
+def test_odd_sweeps_are_composed_as_hydra_composes_them(
+    arguments, hydra_conf, tmp_path
+):
+    loaders = Loaders(arguments, tmp_path / "sweep")
+    hydra, once = loaders.hydra, loaders.once
+    first = [outcome(lambda j: once.load_sweep_config(loaders.master, j), job)
+             for job in loaders.jobs]  # fmt: skip
+    for job, checked in zip(loaders.jobs, first):
+        ours = outcome(lambda j: once.load_sweep_config(loaders.master, j), job)
+        assert ours == checked  # the launcher gets what the sweeper checked
+        assert ours == outcome(
+            lambda j: hydra.load_sweep_config(loaders.master, j), job
+        )
+
+
+def test_a_value_hydra_refuses_gets_hydras_own_error(hydra_conf, tmp_path):
+    loaders = Loaders(["seed=1,abc", "model=baseline"], tmp_path / "sweep")
+    good, bad = loaders.jobs
+    assert loaders.once.load_sweep_config(loaders.master, good).seed == 1
+    with pytest.raises(Exception) as hydras:
+        loaders.hydra.load_sweep_config(loaders.master, bad)
+    with pytest.raises(Exception) as ours:
+        loaders.once.load_sweep_config(loaders.master, bad)
+    assert type(ours.value) is type(hydras.value)
+    assert str(ours.value) == str(hydras.value) and "seed=abc" in str(ours.value)
+
+
+def test_only_plain_values_of_the_config_are_derived(hydra_conf, tmp_path):
+    """Group choices, dict values, added keys and keys given twice are composed by
+    Hydra; plain values are derived from the first job of their group choice."""
+    loaders = Loaders(["model=baseline,batchnorm", "seed=0,1,2"], tmp_path / "s")
+    for job in loaders.jobs:
+        loaders.once.load_sweep_config(loaders.master, job)
+    assert (loaders.once.composed, loaders.once.derived) == (2, 4)
+    odd = Loaders(["+model.args.width=4,8", "model=cnn"], tmp_path / "t")
+    for job in odd.jobs:
+        odd.once.load_sweep_config(odd.master, job)
+    assert (odd.once.composed, odd.once.derived) == (2, 0)
