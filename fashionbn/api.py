@@ -3,6 +3,7 @@
     from fashionbn import api
     cfg = api.config(["model=batchnorm", "epochs=2"])   # composed like the CLI
     records = api.train(cfg)                            # in memory, or job_dir=...
+    api.sweep(["model=baseline,batchnorm", "seed=0,1,2"], "multirun/sweep")  # -m
     sweep = api.load_sweep("multirun/sweep")            # tables the report is made of
     model = api.load_model("multirun/sweep/model=batchnorm,seed=0")
 
@@ -11,6 +12,8 @@ thread count back as it found it.
 """
 
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -97,6 +100,55 @@ class LoadedSweep:
     # duplicate, shorter: the start of a longer run), reason
     skipped: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)  # what else the report would say
+
+
+class SweepFailed(FashionbnError):
+    """A sweep started by api.sweep ended with failed jobs (or did not start)."""
+
+
+def sweep(
+    overrides: Sequence[str],
+    sweep_dir: str | Path,
+    launcher: str = "batched",
+    echo: bool = True,
+) -> "LoadedSweep":
+    """Run the multirun `python -m fashionbn.run -m <overrides>
+    hydra/launcher=<launcher> hydra.sweep.dir=<sweep_dir>` — the same command, in
+    its own process (a Hydra multirun owns its process's logging) — and return
+    load_sweep(sweep_dir). Same job dirs as from the shell: finished jobs are
+    skipped and interrupted ones continue when it is called again. `launcher`:
+    batched (cohorts: a notebook's sweep at the command's speed), basic,
+    local_parallel or slurm. The command's lines are printed as they come (echo);
+    SweepFailed (its `error:` lines) when a job fails; an interrupt (Kernel ->
+    Interrupt) stops the sweep as Ctrl-C does, its finished epochs saved."""
+    if isinstance(overrides, str):
+        raise TypeError(
+            "api.sweep(): overrides is a list of strings, one per override "
+            '(["model=baseline,batchnorm", "seed=0,1,2"]), not one string'
+        )
+    command = [sys.executable, "-m", "fashionbn.run", "-m", *map(str, overrides),
+               f"hydra/launcher={launcher}",
+               f"hydra.sweep.dir={Path(sweep_dir).resolve()}"]  # fmt: skip
+    lines = []
+    process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if echo:
+                print(line, end="", flush=True)
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.terminate()  # SIGTERM: the command stops its jobs as on Ctrl-C
+        process.wait()
+        raise
+    if code != 0:
+        errors = [line for line in lines if "error" in line.lower()] or lines[-5:]
+        raise SweepFailed(
+            f"the sweep ended with exit code {code}: " + " | ".join(errors[-5:])
+        )
+    return load_sweep(sweep_dir)
 
 
 def load_sweep(

@@ -173,3 +173,28 @@ def test_train_into_a_refused_dir_leaves_it_as_it_was(small, tmp_path):
         api.train(api.config([*small, "epochs=1", "optim.lr=0.5"]), job)
     assert not (job / ".hydra").exists()
     assert files() == before
+
+
+@pytest.mark.slow
+def test_a_sweep_from_the_api_is_the_commands_multirun(small, tmp_path, capsys):
+    """api.sweep: the command's job dirs (by Hydra's names), its numbers (the same
+    run trained alone by api.train), skipped when called again; a failing job is
+    SweepFailed with its error line; a string for the overrides is refused."""
+    sweep_dir = tmp_path / "sweep"
+    overrides = ["model=baseline,batchnorm", "seed=3", "threads=1", *small]
+    loaded = api.sweep(overrides, sweep_dir)
+    names = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert len(names) == 2 and all("seed=3" in n for n in names)
+    assert [("model=baseline" in n, "model=batchnorm" in n) for n in names] == [
+        (True, False), (False, True)]  # fmt: skip
+    assert sorted(loaded.results["model"].unique()) == ["baseline", "batchnorm"]
+    assert "cohort" in capsys.readouterr().out  # the command's lines, echoed
+    alone = api.train(api.config([o.split(",")[0] for o in overrides]))
+    got = loaded.results.query("model == 'baseline'")["test_acc"].tolist()
+    assert got == [alone[-1]["test_acc"]]
+    again = api.sweep(overrides, sweep_dir, echo=False)
+    assert again.results["test_acc"].tolist() == loaded.results["test_acc"].tolist()
+    with pytest.raises(api.SweepFailed, match="epochs=0: must be >= 1"):
+        api.sweep(["epochs=0", *small], tmp_path / "bad", echo=False)
+    with pytest.raises(TypeError, match="list of strings"):
+        api.sweep("model=baseline,batchnorm seed=0", tmp_path / "x")

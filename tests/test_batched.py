@@ -645,3 +645,32 @@ def test_a_job_hydra_cannot_set_up_fails_alone(real_data_root, tmp_path):
     assert "error: job #0 could not be set up (FileExistsError" in result.stderr
     assert read_status(tmp_path / "s" / "job1")[0]["status"] == "complete"
     assert (tmp_path / "s" / "job0").read_text() == "not a dir"
+
+
+def test_a_cpu_cohort_holds_what_the_largest_cache_holds(tmp_path, monkeypatch):
+    """sizing: the largest cache from sysfs (sizes written by hand), and the runs it
+    holds: the MLP's 52,650 weights x 3 (weights, gradients, momentum) plus 64
+    samples x 1,770 activations, 4 bytes each = 1,084,920 bytes a run."""
+    from fashionbn.jobs import sizing
+
+    for index, size in enumerate(["32K", "512K", "32768K", "not a size"]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "size").write_text(f"{size}\n")
+    assert sizing.cpu_cache_bytes(tmp_path) == 32 * 2**20
+    assert sizing.cpu_cache_bytes(tmp_path / "absent") == 8 * 2**20
+    run = run_settings(compose_config([]))
+    monkeypatch.setattr(sizing, "cpu_cache_bytes", lambda: 32 * 2**20)
+    assert sizing.cohort_limit(run, CPU) == 33_554_432 // 1_084_920 == 30
+    monkeypatch.setattr(sizing, "cpu_cache_bytes", lambda: 1_000_000)
+    assert sizing.cohort_limit(run, CPU) == 1  # never none
+
+
+def test_runs_are_split_into_even_cohorts_unless_max_cohort_says_otherwise():
+    from fashionbn.jobs.sizing import split
+
+    runs = list(range(150))
+    even = split(runs, 29, even=True)
+    assert [len(c) for c in even] == [25] * 6 and sum(even, []) == runs
+    assert [len(c) for c in split(runs[:7], 3, even=True)] == [3, 2, 2]
+    assert [len(c) for c in split(runs[:7], 3, even=False)] == [3, 3, 1]
+    assert split(runs[:2], 30, even=True) == [[0, 1]]

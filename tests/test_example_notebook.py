@@ -41,10 +41,12 @@ def test_the_example_notebook_runs_and_draws_both_figures(real_data_root, tmp_pa
     assert len(images) == 2  # the two figures
     assert len(list(sweep.glob("*/metrics.csv"))) == 4
     # the last table: the gap per epoch, mean over seeds, from the runs' own files
-    runs = {p.parent.name: pd.read_csv(p) for p in sweep.glob("*/metrics.csv")}
+    # (dirs named by Hydra from the sweep's overrides: ...,model=batchnorm,seed=0)
+    runs = {tuple(p.parent.name.split(",")[-2:]): pd.read_csv(p)
+            for p in sweep.glob("*/metrics.csv")}  # fmt: skip
     gaps = pd.DataFrame({
-        seed: runs[f"model=batchnorm,seed={seed}"]["test_acc"]
-        - runs[f"model=baseline,seed={seed}"]["test_acc"] for seed in (0, 1)
+        seed: runs[("model=batchnorm", f"seed={seed}")]["test_acc"]
+        - runs[("model=baseline", f"seed={seed}")]["test_acc"] for seed in (0, 1)
     })  # fmt: skip
     table = outputs[-1]["data"]["text/plain"].splitlines()[2:]  # epoch, mean, std
     means = [float(line.split()[1]) for line in table]

@@ -6,9 +6,10 @@ fashionbn.analysis may import from here, with `reading`, which reads and verifie
 job dir, and `untrusted`, the one place a job dir is opened: a dir is untrusted input);
 `job` runs one job into its dir, `cohort` a sweep's jobs in cohorts (`launching`: what a
 launcher and a job agree on; `composing`: a sweep's jobs composed once per config-group
-choice), `writer` writes a run's files after every epoch, `resume` decides what a dir's
-contents allow (`previous`: what it found, `extension`: continuing a finished run to
-more epochs), `checkpoint` reads and writes the state, `preflight` refuses dirs Hydra
-would write through a link, `loggers` (a package, one module per sink) and `progress`
-report. May import fashionbn.config and fashionbn.core.
+choice; `sizing`: how many runs a cohort holds), `writer` writes a run's files after
+every epoch, `resume` decides what a dir's contents allow (`previous`: what it found,
+`extension`: continuing a finished run to more epochs), `checkpoint` reads and writes
+the state, `preflight` refuses dirs Hydra would write through a link, `loggers` (a
+package, one module per sink) and `progress` report. May import fashionbn.config and
+fashionbn.core.
 """

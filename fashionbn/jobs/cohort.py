@@ -28,7 +28,7 @@ from fashionbn.config.settings import RunSettings
 from fashionbn.core.batched import train_cohort
 from fashionbn.core.data import data_digest
 from fashionbn.core.records import STOPPED
-from fashionbn.core.stacking import cohort_key, footprint
+from fashionbn.core.stacking import cohort_key
 from fashionbn.core.train import (
     checked_data,
     divergence_message,
@@ -51,6 +51,7 @@ from fashionbn.jobs.job import (
 from fashionbn.jobs.preflight import file_problem
 from fashionbn.jobs.previous import FRESH, RESUME
 from fashionbn.jobs.progress import CohortProgress, EpochBar
+from fashionbn.jobs.sizing import cohort_limit, split
 from fashionbn.jobs.writer import JobFiles
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,7 @@ def run_turn(
         groups[(str(device), where, cohort_key(job.run.identity))].append(job)
     for (device, _, _), members in groups.items():
         limit = max_cohort or cohort_limit(members[0].run, torch.device(device))
-        for start in range(0, len(members), limit):
-            cohort = members[start : start + limit]
+        for cohort in split(members, limit, even=max_cohort is None):
             try:
                 train_group(cohort, torch.device(device), progress)
             except Exception as err:  # noqa: BLE001 - a bug fails its cohort only
@@ -141,18 +141,6 @@ def run_turn(
                         job_failed(job, err, progress)
     for job in alone:
         run_alone(job, progress)
-
-
-def cohort_limit(run: RunSettings, device: torch.device) -> int:
-    """Runs per cohort: all on the CPU; on CUDA as many as half the free memory
-    holds, at a generous estimate per run (weights, gradients, momentum and the
-    activations of a batch, four times over)."""
-    if device.type != "cuda":
-        return 1_000_000
-    free, _ = torch.cuda.mem_get_info(device)
-    weights, activations = footprint(run)  # numbers of float32 values
-    per_run = 4 * 4 * (3 * weights + run.batch_size * activations)
-    return max(1, int(free * 0.5 // per_run))
 
 
 def train_group(

@@ -40,8 +40,9 @@ class BatchedLauncherConf:
     _target_: str = (
         "hydra_plugins.fashionbn_batched_launcher.batched_launcher.BatchedLauncher"
     )
-    # runs per cohort at most; null: all of a cohort on the CPU, and as many as half
-    # the free memory holds on CUDA
+    # runs per cohort at most; null: as many as the largest CPU cache holds on the
+    # CPU (fashionbn/jobs/sizing.py), as many as half the free memory holds on CUDA,
+    # in cohorts of even size
     max_cohort: Optional[int] = None
     # jobs that choose the same config groups share one composition, their values
     # applied as Hydra applies them (fashionbn.jobs.composing); false: Hydra
@@ -88,8 +89,8 @@ def max_cohort_problem(value: object) -> Optional[str]:
         return None
     return (
         f"error: hydra.launcher.max_cohort={value}: must be >= 1 (runs per cohort at "
-        "most) or null (as many as fit: all on the CPU, as many as half the free "
-        "memory holds on CUDA)"
+        "most) or null (as many as fit: what the CPU's largest cache holds, or half "
+        "the free memory on CUDA)"
     )
 
 
