@@ -70,6 +70,17 @@ LAUNCHER_SWEEPS = {
 }
 
 
+def announce(overrides: list[str]) -> None:
+    """The dataset the overrides name made ready (before any timing), and a line
+    saying what runs where."""
+    register_configs()
+    cfg = compose_config(overrides)
+    ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
+                   dataset_name(cfg.data))  # fmt: skip
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
+    print(f"torch {torch.__version__}; {cuda}; overrides: {' '.join(overrides)}")
+
+
 def launchers(args) -> None:
     """Time, as whole processes in this one invocation, each sweep of
     LAUNCHER_SWEEPS under the basic launcher and the batched one, on the device the
@@ -78,12 +89,7 @@ def launchers(args) -> None:
     import pandas as pd
 
     python = [sys.executable, "-m"]
-    register_configs()
-    cfg = compose_config(args.overrides)
-    ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
-                   dataset_name(cfg.data))  # fmt: skip
-    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
-    print(f"torch {torch.__version__}; {cuda}; overrides: {' '.join(args.overrides)}")
+    announce(args.overrides)
     print(f"{'sweep':<30} {'launcher':<8} {'wall s':>7} {'epochs s':>9} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sweeps:
@@ -136,12 +142,7 @@ def overhead(args) -> None:
     `--runs` runs of one epoch under the basic launcher and in cohorts of each
     `--cohorts` size (and the default size, named by the runs' status.json)."""
     python = [sys.executable, "-m"]
-    register_configs()
-    cfg = compose_config(args.overrides)
-    ensure_dataset(cfg.data.root, cfg.data.system_dir, cfg.data.download,
-                   dataset_name(cfg.data))  # fmt: skip
-    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
-    print(f"torch {torch.__version__}; {cuda}; overrides: {' '.join(args.overrides)}")
+    announce(args.overrides)
     with tempfile.TemporaryDirectory() as tmp:
 
         def sweep(name: str, overrides: list[str]) -> tuple[float, Path]:
