@@ -190,11 +190,12 @@ def test_a_sweep_from_the_api_is_the_commands_multirun(small, tmp_path, capsys):
     assert sorted(loaded.results["model"].unique()) == ["baseline", "batchnorm"]
     assert "cohort" in capsys.readouterr().out  # the command's lines, echoed
     alone = api.train(api.config([o.split(",")[0] for o in overrides]))
-    got = loaded.results.query("model == 'baseline'")["test_acc"].tolist()
-    assert got == [alone[-1]["test_acc"]]
+    baseline = loaded.results.query("model == 'baseline'")  # one row per epoch
+    assert baseline["epoch"].tolist() == [1, 2]
+    assert baseline["test_acc"].tolist() == [row["test_acc"] for row in alone]
     again = api.sweep(overrides, sweep_dir, echo=False)
     assert again.results["test_acc"].tolist() == loaded.results["test_acc"].tolist()
     with pytest.raises(api.SweepFailed, match="epochs=0: must be >= 1"):
-        api.sweep(["epochs=0", *small], tmp_path / "bad", echo=False)
+        api.sweep([*small, "epochs=0"], tmp_path / "bad", echo=False)
     with pytest.raises(TypeError, match="list of strings"):
         api.sweep("model=baseline,batchnorm seed=0", tmp_path / "x")
