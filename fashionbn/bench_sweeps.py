@@ -135,6 +135,41 @@ TINY_JOB = ["epochs=1", "data.train_size=640", "data.test_size=1000"]
 COHORT_SWEEP = ["model=baseline", "optim.lr=0.1", "epochs=1", "data.val_size=10000"]
 
 
+# --overhead: a run-epoch's files as the MLP writes them (checkpoint, metrics, status)
+RUN_EPOCH_FILES = {"checkpoint.pt": 240_000, "metrics.csv": 600, "status.json": 1_300}
+
+
+def durable_writes(cohorts: tuple[int, ...] = (1, 16, 150), epochs: int = 3) -> None:
+    """Milliseconds per run-epoch to write a run's files (the MLP's sizes) as a
+    cohort of each size writes them: each file synced and renamed at once, and
+    every run's files of an epoch made durable together (two syncs)."""
+    from fashionbn.core.atomic import atomic_write, durable_together, one_by_one
+
+    print(f"durable writes, ms per run-epoch ({', '.join(RUN_EPOCH_FILES)}; "
+          f"{epochs} epochs)")  # fmt: skip
+    print(f"{'runs':>5} {'one by one':>11} {'together':>9} {'ratio':>6}")
+    with tempfile.TemporaryDirectory(dir=".") as tmp:  # the disk job dirs are on
+        for runs in cohorts:
+            dirs = [Path(tmp) / f"{runs}-{k}" for k in range(runs)]
+            for directory in dirs:
+                directory.mkdir()
+            seconds = {}
+            for name, block in (("one by one", one_by_one),
+                                ("together", durable_together)):  # fmt: skip
+                start = time.perf_counter()
+                for _ in range(epochs):
+                    with block():
+                        for directory in dirs:
+                            for file, size in RUN_EPOCH_FILES.items():
+                                data = bytes(size)
+                                atomic_write(directory / file,
+                                             lambda f: f.write(data), "wb")  # fmt: skip
+                seconds[name] = (time.perf_counter() - start) / (runs * epochs)
+            apart, together = seconds["one by one"], seconds["together"]
+            print(f"{runs:>5} {apart * 1000:>11.2f} {together * 1000:>9.2f} "
+                  f"{apart / together:>5.1f}x")  # fmt: skip
+
+
 def overhead(args) -> None:
     """What a sweep costs beyond its training, as whole processes under the batched
     launcher: 1 tiny job against `--jobs` of them (the cost per job, with jobs
@@ -143,6 +178,7 @@ def overhead(args) -> None:
     `--cohorts` size (and the default size, named by the runs' status.json)."""
     python = [sys.executable, "-m"]
     announce(args.overrides)
+    durable_writes()
     with tempfile.TemporaryDirectory() as tmp:
 
         def sweep(name: str, overrides: list[str]) -> tuple[float, Path]:

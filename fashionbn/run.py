@@ -21,7 +21,7 @@ from fashionbn.config.settings import run_settings
 from fashionbn.config.validation import available_cores
 from fashionbn.jobs.files import METRICS_FILE
 from fashionbn.jobs.job import JobBusy, run_job
-from fashionbn.jobs.launching import JobFailed, deferring
+from fashionbn.jobs.launching import JobFailed, deferring, sweep_memo
 from fashionbn.jobs.progress import run_name, sweep_line
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def join_cohort(cfg: DictConfig):
     except FashionbnError as err:
         raise failed(err, False) from None
     return PendingJob(run, place.out_dir, place.log_root, place.name, place.job_num,
-                      alone=unsupported(run))  # fmt: skip
+                      alone=unsupported(run, sweep_memo()))  # fmt: skip
 
 
 main = hydra.main(version_base="1.3", config_path="../conf", config_name="config")(

@@ -509,3 +509,31 @@ def test_one_model_name_for_several_networks_is_reported() -> None:
     )
     (line,) = gap_lines(pd.DataFrame(), ["model", "model.norm"], "baseline")
     assert line.endswith("with matching seeds within a group of equal model.norm.")
+
+
+def test_a_sweep_checks_each_model_once(monkeypatch) -> None:
+    """The set-up check of a model (two stacked copies built and compared) runs once
+    per model and data spec in one sweep (deferred_jobs), again for another spec
+    or another sweep; its answer is each job's as when checked alone."""
+    import fashionbn.core.stacking as stacking
+    from fashionbn.jobs.launching import deferred_jobs, sweep_memo
+
+    checked = []
+    real = stacking.model_problem
+    monkeypatch.setattr(stacking, "model_problem",
+                        lambda run: checked.append(run.seed) or real(run))  # fmt: skip
+    item = ["model=groupnorm", "model.norm._target_=tests.test_plugins.ItemNorm",
+            "~model.norm.num_groups", "~model.norm.eps"]  # fmt: skip
+    runs = [run_settings(compose_config([*item, f"seed={s}", f"optim.lr={lr}"]))
+            for s, lr in ((0, 0.1), (1, 0.1), (2, 0.5))]  # fmt: skip
+    groupnorm = run_settings(compose_config(["model=groupnorm", "seed=3"]))
+    with deferred_jobs():
+        answers = [unsupported(run, sweep_memo()) for run in [*runs, groupnorm]]
+    assert checked == [0, 3]  # ItemNorm once for three jobs, GroupNorm once
+    assert all("cannot be stacked for a cohort" in a for a in answers[:3])
+    assert answers[3] is None
+    with deferred_jobs():
+        unsupported(runs[1], sweep_memo())
+    assert checked == [0, 3, 1]  # another sweep checks again
+    assert unsupported(runs[2], sweep_memo()) == answers[2]  # outside: no memo
+    assert checked == [0, 3, 1, 2]

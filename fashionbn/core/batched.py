@@ -34,7 +34,8 @@ Nothing here reads or writes files.
 
 import time
 from collections.abc import Callable
-from typing import Optional
+from contextlib import nullcontext
+from typing import ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -344,6 +345,7 @@ def train_cohort(
     exact_losses: bool = True,
     on_step: Optional[Callable[[], None]] = None,
     generic: Optional[bool] = None,
+    saving: Callable[[], ContextManager] = nullcontext,
 ) -> list[str]:
     """train_epochs for K runs at the same epoch: each epoch trained at once, then
     every run evaluated by the single-run path's own evaluate_epoch; records[k] grows
@@ -352,7 +354,8 @@ def train_cohort(
     on_epoch returns False (STOPPED); the others go on unchanged.
     Each run's `seconds` is its share of the cohort's training time plus its own
     evaluation. on_step() is called after every step of the cohort. Returns
-    COMPLETE or DIVERGED per run. `generic`: see Cohort."""
+    COMPLETE or DIVERGED per run. `generic`: see Cohort. An epoch's on_epoch calls
+    run within one `saving()` block (the job files' writes made durable together)."""
     run = runs[0]  # cohort_key: what the runs share
     statuses = [COMPLETE] * len(runs)
     active = list(range(len(runs)))
@@ -365,23 +368,24 @@ def train_cohort(
         cohort.write_back()
         share = (time.perf_counter() - start) / len(active)
         going_on = []
-        for position, k in enumerate(active):
-            evaluation_start = time.perf_counter()
-            evaluated = evaluate_epoch(runs[k], trainings[k].model, data)
-            seconds = share + time.perf_counter() - evaluation_start
-            train_loss = losses[position]
-            records[k].append({
-                "epoch": epoch, "train_loss": train_loss,
-                "train_acc": accuracies[position], "seconds": seconds, **evaluated,
-            })  # fmt: skip
-            diverged = is_diverged(train_loss, runs[k].divergence_loss)
-            go_on = on_epoch(k, records[k], diverged) if on_epoch else None
-            if diverged:
-                statuses[k] = DIVERGED
-            elif go_on is False:  # its caller stopped it (e.g. it cannot be saved)
-                statuses[k] = STOPPED
-            else:
-                going_on.append(position)
+        with saving():  # every run's files of the epoch
+            for position, k in enumerate(active):
+                evaluation_start = time.perf_counter()
+                evaluated = evaluate_epoch(runs[k], trainings[k].model, data)
+                seconds = share + time.perf_counter() - evaluation_start
+                train_loss = losses[position]
+                records[k].append({
+                    "epoch": epoch, "train_loss": train_loss,
+                    "train_acc": accuracies[position], "seconds": seconds, **evaluated,
+                })  # fmt: skip
+                diverged = is_diverged(train_loss, runs[k].divergence_loss)
+                go_on = on_epoch(k, records[k], diverged) if on_epoch else None
+                if diverged:
+                    statuses[k] = DIVERGED
+                elif go_on is False:  # its caller stopped it (e.g. it cannot be saved)
+                    statuses[k] = STOPPED
+                else:
+                    going_on.append(position)
         if len(going_on) < len(active):
             active = [active[p] for p in going_on]
             if not active:

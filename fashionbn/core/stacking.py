@@ -12,10 +12,12 @@ Nothing here trains or touches a run's state.
 """
 
 import copy
+import json
 import math
 from typing import Optional
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
@@ -70,16 +72,28 @@ def _fast_settings(module: nn.Module) -> bool:
     return True
 
 
-def unsupported(run: RunSettings) -> Optional[str]:
+def unsupported(run: RunSettings, memo: Optional[dict] = None) -> Optional[str]:
     """Why a run cannot join a cohort (it then runs through the single-run path),
     or None. A model off the fast path is tried on the generic path here, at
-    set-up (stacking_problem), never found wanting mid-sweep."""
+    set-up (stacking_problem), never found wanting mid-sweep; `memo` keeps the
+    answer per model and data spec for the other jobs of a sweep."""
     if run.optim.name != "sgd":
         return f"optim={run.optim.name} (the batched path trains SGD only)"
     if run.diagnostics.enabled:
         return "diagnostics=on (the probe measures one model at a time)"
     if option_value(run.model.activation) not in ACTIVATIONS:
         return f"model.activation={run.model.activation}"
+    specs = [OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+             for node in (run.model, run.data)]  # fmt: skip
+    key = ("unsupported", json.dumps(specs, sort_keys=True, default=repr))
+    memo = {} if memo is None else memo
+    if key not in memo:  # a sweep's jobs mostly share their model
+        memo[key] = model_problem(run)
+    return memo[key]
+
+
+def model_problem(run: RunSettings) -> Optional[str]:
+    """Why a run's model cannot be stacked (unsupported), or None."""
     try:
         facts = data_facts(run.data)
         model = checked_model(run.model, *facts)

@@ -25,6 +25,7 @@ import torch
 
 from fashionbn.config import FashionbnError
 from fashionbn.config.settings import RunSettings
+from fashionbn.core.atomic import durable_together
 from fashionbn.core.batched import train_cohort
 from fashionbn.core.data import data_digest
 from fashionbn.core.records import STOPPED
@@ -44,7 +45,6 @@ from fashionbn.jobs.job import (
     job_loggers,
     resumed_training,
     run_job,
-    save_and_log,
     settle_job,
     steps_per_run_epoch,
 )
@@ -224,43 +224,62 @@ def train_members(
         "a cohort of %d runs on %s from epoch %d: %s", len(jobs), device,
         len(jobs[0].records) + 1, ", ".join(job.name for job in jobs),
     )  # fmt: skip
-    for job in jobs:
-        progress.started(job)
-        job.files.execution[-1]["cohort"] = len(jobs)  # the runs trained together
-        job.files.start(job.records)
-        if job.loggers is not None:
-            job.loggers.log(job.records, [])
+    with durable_together():  # every run's files: synced and renamed together
+        for job in jobs:
+            progress.started(job)
+            job.files.execution[-1]["cohort"] = len(jobs)  # the runs trained together
+            job.files.start(job.records)
+            if job.loggers is not None:
+                job.loggers.log(job.records, [])
     first = jobs[0]
     bar = EpochBar(steps_per_run_epoch(first.run, first.training, data),
                    len(first.records))  # fmt: skip
 
+    saved: list[tuple[PendingJob, list[dict], bool]] = []  # this epoch's, in order
+
     def on_epoch(k: int, records: list[dict], diverged: bool) -> bool:
-        """Save run k's epoch; False (it leaves the cohort) when that fails."""
+        """Write run k's files of the epoch; False (it leaves the cohort) when that
+        fails or failed at the last epoch."""
         job = jobs[k]
         bar.end_epoch(len(records))
+        if isinstance(job.result, BaseException):
+            return False  # its last epoch's files were not all renamed, or logged
         try:
-            save_and_log(job.files, job.loggers, job.training, records, diverged,
-                         job.run.epochs, job.rng)  # fmt: skip
+            job.files.save_epoch(job.training, records, diverged, job.run.epochs,
+                                 job.rng)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - its dir fails this job only
             fail_job(job.files, job.loggers, err, len(records) == 1)
             job_failed(job, err, progress)
             return False
-        summary = epoch_summary(records[-1], job.run.epochs)
-        job_log(job, logging.INFO, f"{summary}  (in a cohort of {len(jobs)})")
-        progress.epoch(job)
-        if diverged:
-            message = divergence_message(records[-1], job.run.divergence_loss)
-            job_log(job, logging.WARNING, message)
-        if diverged or len(records) == job.run.epochs:
-            job.result = records[-1]["test_acc"]
-            progress.done(job)
+        saved.append((job, records, diverged))
         return True
+
+    def not_renamed(failures: dict[Path, Exception]) -> None:
+        """Jobs whose files of the epoch did not all land fail, with the epochs
+        before it (files land in write order: status.json did not)."""
+        for job, records, _ in saved:
+            err = failures.get(job.files.job_dir)
+            if err is not None:
+                job.files.epochs_on_disk = len(records) - 1
+                fail_job(job.files, job.loggers, err, len(records) == 1)
+                job_failed(job, err, progress)
+
+    @contextmanager
+    def saving() -> Iterator[None]:
+        """Every run's files of an epoch synced and renamed together; then, for each
+        run whose files landed, its loggers and its lines (the files first)."""
+        saved.clear()
+        with durable_together(not_renamed):
+            yield
+        for job, records, diverged in saved:
+            if not isinstance(job.result, BaseException):
+                epoch_saved(job, records, diverged, len(jobs), progress)
 
     try:
         statuses = train_cohort(
             [job.run for job in jobs], [job.training for job in jobs], data,
             [job.records for job in jobs], on_epoch, device.type == "cpu",
-            bar.step if bar.enabled else None,
+            bar.step if bar.enabled else None, saving=saving,
         )  # fmt: skip
     except Exception as err:  # the finished epochs stay; a re-run continues
         for job in jobs:
@@ -270,11 +289,38 @@ def train_members(
             job_failed(job, err, progress)
         return
     for job, status in zip(jobs, statuses):
-        if status == STOPPED:
+        if status == STOPPED or isinstance(job.result, BaseException):
             continue  # failed, with its error line, when its epoch was not saved
         if job.loggers is not None:
             job.loggers.finish(status, job.out_dir)
         job.result = job.records[-1]["test_acc"]
+
+
+def epoch_saved(
+    job: PendingJob,
+    records: list[dict],
+    diverged: bool,
+    cohort: int,
+    progress: "CohortProgress",
+) -> None:
+    """After a run's files of the epoch landed: its loggers (one that fails fails
+    the job), its epoch line, its end when it diverged or finished."""
+    try:
+        if job.loggers is not None:
+            job.loggers.log(records, [])
+    except Exception as err:  # noqa: BLE001 - fails this job only
+        fail_job(job.files, job.loggers, err, len(records) == 1)
+        job_failed(job, err, progress)
+        return
+    summary = epoch_summary(records[-1], job.run.epochs)
+    job_log(job, logging.INFO, f"{summary}  (in a cohort of {cohort})")
+    progress.epoch(job)
+    if diverged:
+        message = divergence_message(records[-1], job.run.divergence_loss)
+        job_log(job, logging.WARNING, message)
+    if diverged or len(records) == job.run.epochs:
+        job.result = records[-1]["test_acc"]
+        progress.done(job)
 
 
 def run_alone(job: PendingJob, progress: "CohortProgress") -> None:

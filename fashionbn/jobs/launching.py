@@ -7,11 +7,14 @@ other launcher."""
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
+from typing import Iterator, Optional
 
 from hydra.errors import CompactHydraException
 
-_deferring: ContextVar[bool] = ContextVar("fashionbn_deferring_jobs", default=False)
+# inside deferred_jobs: what the sweep's jobs found out once for all (by question)
+_deferring: ContextVar[Optional[dict]] = ContextVar(
+    "fashionbn_deferring_jobs", default=None
+)
 
 
 class JobFailed(CompactHydraException):
@@ -21,7 +24,7 @@ class JobFailed(CompactHydraException):
 @contextmanager
 def deferred_jobs() -> Iterator[None]:
     """Within the block, fashionbn jobs return what they would train (a PendingJob)."""
-    token = _deferring.set(True)
+    token = _deferring.set({})
     try:
         yield
     finally:
@@ -30,4 +33,11 @@ def deferred_jobs() -> Iterator[None]:
 
 def deferring() -> bool:
     """Whether a job started now is to be trained later, in a cohort."""
-    return _deferring.get()
+    return _deferring.get() is not None
+
+
+def sweep_memo() -> dict:
+    """Answers the deferred jobs of one sweep share (e.g. whether a model can be
+    stacked): one dict per deferred_jobs block, a fresh one outside."""
+    memo = _deferring.get()
+    return {} if memo is None else memo

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from fashionbn.config import FashionbnError
+from fashionbn.core.atomic import durable_together, one_by_one
 from fashionbn.core.diagnostics import Diagnostics
 from fashionbn.core.train import Training, training_state
 from fashionbn.jobs.checkpoint import Checkpoint, save_checkpoint
@@ -81,11 +82,13 @@ class JobFiles:
             state["diagnostics"] = self.diagnostics.state()
         checkpoint = Checkpoint(self.identity, status, records, state,
                                 self.data_sha256, self.extensions)  # fmt: skip
-        if self.extending:
-            self._save_first_extended_epoch(checkpoint)
+        if self.extending:  # its order with links and removals matters
+            with one_by_one():
+                self._save_first_extended_epoch(checkpoint)
             return
-        save_checkpoint(self.job_dir, checkpoint)
-        self._status(status, **self._write_files(records))
+        with durable_together():  # two syncs, not two per file (or the cohort's)
+            save_checkpoint(self.job_dir, checkpoint)
+            self._status(status, **self._write_files(records))
 
     def _save_first_extended_epoch(self, checkpoint: Checkpoint) -> None:
         """The finished checkpoint kept aside, the new checkpoint, status.json (the
