@@ -27,6 +27,7 @@ from fashionbn.analysis.report import (
     write_report,
 )
 from fashionbn.analysis.robustness import robustness, verdict
+from fashionbn.analysis.selection import SELECT_STATS
 from fashionbn.analysis.summary import analyse
 from fashionbn.analysis.table import AggregateError, load_sweep, read_sweep
 from fashionbn.config import FashionbnError
@@ -50,17 +51,19 @@ def aggregate(
     metric: str = "default",
     at_epoch: Optional[int] = None,
     budgets: Optional[list[int]] = None,
+    select_stat: str = "mean",
 ) -> Path:
     """Write the tables, plots and report.md into out_dir; return the report. Gaps
     are every model − `baseline` (default: the model named baseline; a name given
     here must be one of the runs' models), on the test/val metrics of `metric`
     (default, or precise BatchNorm statistics), at epoch `at_epoch` of every run that
     lasted that long (default: each run's last). `budgets`: the epochs of the
-    robustness section's cells (default: 5 and the runs' last)."""
+    robustness section's cells (default: 5 and the runs' last). `select_stat`: the
+    statistic over seeds (mean, median, iqm) of `select_by` that selects."""
     from fashionbn.analysis import plot  # matplotlib is only needed here
 
     options = checked(threshold, precision, select_by, baseline, metric, at_epoch,
-                      budgets)  # fmt: skip
+                      budgets, select_stat)  # fmt: skip
     full = read_sweep(sweep_dirs, at_epoch)
     sweep = at_budget(full, at_epoch) if at_epoch is not None else full
     out_dir = Path(out_dir or sweep_dirs[0])
@@ -81,11 +84,12 @@ def aggregate(
     for model, keys in sweep.split_models.items():
         print(f"warning: {split_network_warning(model, keys)}", file=sys.stderr)
     keys = sweep.group_keys
-    analysis = analyse(sweep, threshold, precision, select_by, reference, metric)
+    analysis = analyse(sweep, threshold, precision, select_by, reference, metric,
+                       select_stat)  # fmt: skip
     analysis.at_epoch = at_epoch
     analysis.robustness = robustness(  # at --at-epoch E, every budget is <= E
         sweep if at_epoch is not None else full, precision, reference, select_by,
-        budgets, sweep.notes,
+        budgets, sweep.notes, select_stat,
     )  # fmt: skip
     for _, row in analysis.collapses.iterrows():
         print(f"collapsed {row.run}: train {row.train_acc:.4f}, test "
@@ -117,10 +121,17 @@ def aggregate(
     if analysis.selection is not None:
         selection = analysis.selection
         files["selection.csv"] = csv_bytes(selection.table)
-        figure = plot.tuning(selection.grid, selection.tuned, selection.by)
+        figure = plot.tuning(selection.grid, selection.tuned, selection.by,
+                             selection.last)  # fmt: skip
         files["tuning.png"] = plot.png(figure)
     elif analysis.selection_note:
         print(analysis.selection_note, file=sys.stderr)
+    if analysis.profile is not None and not analysis.profile.empty:
+        files["profile.csv"] = csv_bytes(analysis.profile)
+        figure = plot.profile(analysis.profile, "model", "test_acc",
+                              analysis.profile_where)  # fmt: skip
+        files["profile.png"] = plot.png(figure)
+        figures.append("profile.png")
     if analysis.tuned_note:
         print(analysis.tuned_note, file=sys.stderr)
     if analysis.diagnostics is not None:
@@ -231,6 +242,12 @@ def make_parser() -> argparse.ArgumentParser:
         "hyperparameters (default: val_acc, the highest mean); none: no selection",
     )  # fmt: skip
     parser.add_argument(
+        "--select-stat", choices=SELECT_STATS, default="mean",
+        help="the statistic over seeds of --select-by that chooses each model's "
+        "setting: mean (default), median, or iqm (the interquartile mean); the "
+        "report shows what each of them chooses",
+    )  # fmt: skip
+    parser.add_argument(
         "--baseline", default=None, metavar="NAME",
         help="the model every gap is measured against, e.g. --baseline layernorm "
         "(default: baseline)",
@@ -266,7 +283,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         sweep_dirs = args.sweep_dirs or [newest_sweep()]
         report = aggregate(
             sweep_dirs, args.out, args.threshold, args.precision, args.select_by,
-            args.baseline, args.metric, args.at_epoch, args.budgets,
+            args.baseline, args.metric, args.at_epoch, args.budgets, args.select_stat,
         )  # fmt: skip
     except (AggregateError, FashionbnError, OutputError, PairingError) as err:
         print(f"error: {err}", file=sys.stderr)

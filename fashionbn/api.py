@@ -100,6 +100,8 @@ class LoadedSweep:
     # duplicate, shorter: the start of a longer run), reason
     skipped: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)  # what else the report would say
+    # profile.csv: per model, the share of its seeds at or above each test accuracy
+    profile: Optional[pd.DataFrame] = None
 
 
 class SweepFailed(FashionbnError):
@@ -158,6 +160,7 @@ def load_sweep(
     metric: str = "default",
     at_epoch: Optional[int] = None,
     precision: float = 0.01,
+    select_stat: str = "mean",
 ) -> LoadedSweep:
     """Read the job dirs under `sweep_dirs` (nothing is written) into the tables of
     `python -m fashionbn.aggregate` with the same options, checked as the command
@@ -168,7 +171,8 @@ def load_sweep(
     from fashionbn.analysis.summary import analyse
     from fashionbn.analysis.table import read_sweep
 
-    options = checked(0.7, precision, select_by, baseline, metric, at_epoch)
+    options = checked(0.7, precision, select_by, baseline, metric, at_epoch,
+                      select_stat=select_stat)  # fmt: skip
     if len(sweep_dirs) == 1 and isinstance(sweep_dirs[0], (list, tuple)):
         sweep_dirs = tuple(sweep_dirs[0])  # load_sweep([a, b]) as load_sweep(a, b)
     if not sweep_dirs:
@@ -179,7 +183,7 @@ def load_sweep(
         sweep = at_budget(sweep, at_epoch)
     check_baseline(sweep, None if baseline == "baseline" else baseline)
     analysis = analyse(sweep, options.threshold, options.precision, select_by,
-                       baseline, metric)  # fmt: skip
+                       baseline, metric, select_stat)  # fmt: skip
     left_out = [
         *[(run, "skipped", why) for run, why in sweep.skipped],
         *[(run, "diverged", how) for run, how in sweep.diverged],
@@ -196,6 +200,7 @@ def load_sweep(
         group_keys=sweep.group_keys,
         skipped=pd.DataFrame(left_out, columns=["run", "kind", "reason"]),
         notes=list(sweep.notes),
+        profile=analysis.profile,
     )
 
 

@@ -365,8 +365,8 @@ def test_stale_outputs_of_an_earlier_aggregate_are_removed(tmp_path) -> None:
     aggregate([only_bn], out_dir=out)
     assert not (out / "accuracy_gap.png").exists()
     assert sorted(p.name for p in out.iterdir()) == [
-        MANIFEST, "report.md", "results.csv", "summary.csv", "summary.md",
-        "test_accuracy.png",
+        MANIFEST, "profile.csv", "profile.png", "report.md", "results.csv",
+        "summary.csv", "summary.md", "test_accuracy.png",
     ]  # fmt: skip
     assert set(OUTPUTS) > {p.name for p in out.iterdir()} - {MANIFEST}
 

@@ -14,10 +14,13 @@ from fashionbn.analysis.stats import (
     comparisons,
     generalisation,
     holm,
+    iqm,
     paired_p_value,
+    percentile_interval,
     probability_of_improvement,
     seeds_needed,
     t_interval,
+    tails,
     wilson_interval,
 )
 from tests.conftest import T_975  # Student t quantiles 0.975 from a printed table
@@ -159,3 +162,83 @@ def test_t_interval_of_gaps_without_spread_is_the_gap_itself() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "precision loss" warning in a report
         assert t_interval(pd.Series([0.02, 0.02, 0.02])) == (0.02, 0.02)
+
+
+# --- robust statistics -------------------------------------------------------------
+
+
+def test_iqm_is_the_mean_of_the_middle_half_by_hand() -> None:
+    assert iqm([8, 1, 7, 2, 6, 3, 5, 4]) == (3 + 4 + 5 + 6) / 4  # 2 cut each end
+    # 10 values: int(2.5) = 2 cut from each end, the middle 6 averaged
+    ten = [0.9, 0.1, 0.5, 0.5, 0.6, 0.4, 0.7, 0.3, 0.8, 0.2]
+    assert iqm(ten) == pytest.approx((0.3 + 0.4 + 0.5 + 0.5 + 0.6 + 0.7) / 6)
+    assert iqm([0.84, 0.85, 0.86, 0.10]) == pytest.approx((0.84 + 0.85) / 2)
+    assert math.isnan(iqm([]))
+
+
+def test_percentile_interval_of_the_median_by_enumeration() -> None:
+    """Three seeds 0, 1, 10: of the 27 equally likely resamples, 7 have median 0
+    and 7 median 10, so the 2.5 % and 97.5 % quantiles are 0 and 10."""
+    assert percentile_interval([0.0, 1.0, 10.0], "median") == (0.0, 10.0)
+    # nine seeds: by hand with numpy, the documented draw
+    values = np.array([0.80, 0.81, 0.83, 0.84, 0.84, 0.85, 0.86, 0.87, 0.40])
+    draws = values[np.random.default_rng(0).integers(0, 9, (9_999, 9))]
+    medians = np.sort(draws, axis=1)[:, 4]
+    middle = np.sort(draws, axis=1)[:, 2:7].mean(axis=1)  # int(9/4) = 2 cut each end
+    expected = {"median": medians, "iqm": middle}
+    for statistic, spread in expected.items():
+        low, high = percentile_interval(values, statistic)
+        assert (low, high) == pytest.approx(tuple(np.quantile(spread, [0.025, 0.975])))
+        assert percentile_interval(values, statistic) == (low, high)  # fixed state
+        assert low <= np.median(values) <= high
+    assert percentile_interval([0.2] * 5, "iqm") == (0.2, 0.2)
+    assert all(math.isnan(v) for v in percentile_interval([0.2], "median"))
+
+
+def excess_kurtosis_by_hand(values: np.ndarray) -> float:
+    """The unbiased estimator G2 from the sample moments."""
+    n = len(values)
+    d = values - values.mean()
+    m2, m4 = (d**2).mean(), (d**4).mean()
+    g2 = m4 / m2**2 - 3
+    return ((n + 1) * g2 + 6) * (n - 1) / ((n - 2) * (n - 3))
+
+
+def test_tails_by_hand() -> None:
+    calm = np.array([0.010, 0.012, 0.008, 0.011, 0.009, 0.013, 0.007, 0.010])
+    got = tails(calm)
+    assert got["kurtosis"] == pytest.approx(excess_kurtosis_by_hand(calm))
+    assert got["far_out"] == 0 and not got["heavy_tailed"]
+    # quartiles by linear interpolation: positions 1.75 and 5.25 of the sorted 8
+    ordered = np.sort(calm)
+    q1 = ordered[1] + 0.75 * (ordered[2] - ordered[1])
+    q3 = ordered[5] + 0.25 * (ordered[6] - ordered[5])
+    assert got["robust_sd"] == pytest.approx((q3 - q1) / 1.349)
+    # one collapsed seed among nine: past the far-out fence, heavy
+    collapsed = np.array([0.84, 0.85, 0.83, 0.84, 0.86, 0.85, 0.84, 0.83, 0.41])
+    got = tails(collapsed)
+    assert got["far_out"] == 1 and got["heavy_tailed"]
+    assert got["kurtosis"] == pytest.approx(excess_kurtosis_by_hand(collapsed))
+    assert got["kurtosis"] > 3
+    assert not tails([0.1, 0.5, 0.9])["heavy_tailed"]  # too few to judge
+    assert math.isnan(tails([0.1, 0.5, 0.9])["kurtosis"])
+
+
+def test_a_planted_heavy_tail_where_mean_and_iqm_disagree() -> None:
+    """Eight pairs where the model is ahead by about 0.01, two collapsed seeds at
+    −0.2 and −0.25: the mean says behind, the IQM and the median say ahead."""
+    gaps = [0.010, 0.012, 0.008, 0.011, 0.009, 0.013, 0.007, 0.010, -0.20, -0.25]
+    got = compare(gaps, precision=0.005)
+    assert got["mean"] == pytest.approx(sum(gaps) / 10)
+    assert got["mean"] < 0
+    middle = sorted(gaps)[2:8]  # int(10 / 4) = 2 cut from each end
+    assert got["iqm"] == pytest.approx(sum(middle) / 6) and got["iqm"] > 0
+    # sorted: −0.25, −0.20, 0.007, 0.008, 0.009 | 0.010, 0.010, 0.011, 0.012, 0.013
+    assert got["median"] == pytest.approx((0.009 + 0.010) / 2)
+    assert got["signs_differ"] and got["heavy_tailed"] and got["far_out"] == 2
+    assert got["iqm_low"] <= got["iqm"] <= got["iqm_high"]
+    assert got["median_low"] <= got["median"] <= got["median_high"]
+    assert got["ci_low"] < 0 < got["ci_high"]  # the mean's interval is not
+    assert got["seeds_needed_robust"] < got["seeds_needed"]
+    calm = compare(gaps[:8], precision=0.005)
+    assert not calm["signs_differ"] and not calm["heavy_tailed"]

@@ -74,3 +74,29 @@ def p_text(p: float) -> str:
     if not math.isfinite(p):
         return "—"
     return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def robust_cell(row, name: str) -> str:
+    """'+0.0100 [+0.0085, +0.0112]': a gap's IQM or median with its bootstrap
+    interval (no interval below the bootstrap's pairs)."""
+    value = signed(row[name])
+    bounds = interval(row[f"{name}_low"], row[f"{name}_high"])
+    return value if bounds == "—" else f"{value} {bounds}"
+
+
+def tail_note(row) -> str:
+    """What a gap's distribution says about its mean, or '—': mean and IQM point
+    different ways, heavy tails (excess kurtosis, seeds past the far-out fence)."""
+    notes = []
+    if bool(row.get("signs_differ", False)):
+        notes.append("**mean and IQM differ in sign**")
+    if bool(row.get("heavy_tailed", False)):
+        facts = []
+        kurtosis = row.get("kurtosis", math.nan)
+        if isinstance(kurtosis, float) and math.isfinite(kurtosis):
+            facts.append(f"excess kurtosis {kurtosis:.2f}")
+        far = int(row.get("far_out", 0) or 0)
+        if far:
+            facts.append(plural(far, "far-out pair"))
+        notes.append(f"heavy tails ({', '.join(facts)}): read the IQM")
+    return "; ".join(notes) or "—"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from fashionbn.analysis.protocol import EVALUATIONS
-from fashionbn.analysis.selection import SELECT_BY
+from fashionbn.analysis.selection import SELECT_BY, SELECT_STATS
 from fashionbn.analysis.table import AggregateError, Sweep
 
 SELECT_CHOICES = (*SELECT_BY, "none")
@@ -30,6 +30,7 @@ class Options:
     metric: str = "default"  # which evaluation of BatchNorm: default or precise
     at_epoch: Optional[int] = None  # every run cut at this epoch
     budgets: Optional[tuple[int, ...]] = None  # the protocol section's epochs
+    select_stat: str = "mean"  # the statistic over seeds that selects (SELECT_STATS)
 
 
 def _number(value: Any) -> bool:
@@ -50,6 +51,7 @@ def checked(
     metric: Any = "default",
     at_epoch: Any = None,
     budgets: Any = None,
+    select_stat: Any = "mean",
 ) -> Options:
     """The options as given, or OptionError naming the first that cannot be used."""
     if not (_number(threshold) and 0 < threshold <= 1):
@@ -65,6 +67,11 @@ def checked(
     if select_by not in SELECT_CHOICES or not isinstance(select_by, str):
         raise OptionError(
             f"select_by={select_by!r}: choose one of {', '.join(SELECT_CHOICES)}"
+        )
+    if select_stat not in SELECT_STATS or not isinstance(select_stat, str):
+        raise OptionError(
+            f"select_stat={select_stat!r}: choose one of {', '.join(SELECT_STATS)} "
+            "(the statistic over seeds of the validation metric that selects)"
         )
     if baseline is not None and not (isinstance(baseline, str) and baseline):
         raise OptionError(f"baseline={baseline!r}: give a model's name, e.g. baseline")
@@ -85,7 +92,7 @@ def checked(
         if not budgets:
             raise OptionError("budgets=[]: give at least one epoch, e.g. [5, 20]")
     return Options(float(threshold), float(precision), select_by, baseline, metric,
-                   at_epoch, budgets)  # fmt: skip
+                   at_epoch, budgets, select_stat)  # fmt: skip
 
 
 def check_baseline(sweep: Sweep, baseline: Optional[str]) -> None:

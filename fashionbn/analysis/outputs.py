@@ -50,6 +50,8 @@ OUTPUTS = (
     "smoothness.png",
     "robustness.csv",
     "robustness.png",
+    "profile.csv",
+    "profile.png",
     "report.md",
 )
 

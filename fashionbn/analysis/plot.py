@@ -135,13 +135,23 @@ def log_scaled(key: str, values: pd.Series) -> bool:
     return key.split(".")[-1] in ("lr", "eps") or numbers.max() >= 10 * numbers.min()
 
 
-def tuning(grid: pd.DataFrame, tuned: list[str], by: str) -> Figure:
+def tuning(
+    grid: pd.DataFrame, tuned: list[str], by: str, last: pd.DataFrame | None = None
+) -> Figure:
     """Mean validation metric (±1 std across seeds) against the first tuned key, a
-    line per model; one panel per value of the other tuned keys."""
-    x, mean, std = tuned[0], f"{by}_mean", f"{by}_std"
-    frame = grid.assign(
-        low=grid[mean] - grid[std].fillna(0), high=grid[mean] + grid[std].fillna(0)
-    )
+    line per model; one panel per value of the other tuned keys. Where a setting's
+    values are heavy-tailed (the grid's heavy_tailed), what the data is instead: the
+    median, the interquartile range as the band, and each run of `last` as a dot."""
+    x = tuned[0]
+    robust = "heavy_tailed" in grid and bool(grid["heavy_tailed"].any())
+    if robust:
+        mean = f"{by}_median"
+        frame = grid.assign(low=grid[f"{by}_q1"], high=grid[f"{by}_q3"])
+    else:
+        mean, std = f"{by}_mean", f"{by}_std"
+        frame = grid.assign(
+            low=grid[mean] - grid[std].fillna(0), high=grid[mean] + grid[std].fillna(0)
+        )
     numeric = pd.to_numeric(frame[x], errors="coerce").notna().all()
     if not numeric:
         frame[x] = frame[x].astype(str)
@@ -149,15 +159,44 @@ def tuning(grid: pd.DataFrame, tuned: list[str], by: str) -> Figure:
     colors = _palette(frame["model"])
     for ax, part, _ in axes:
         band_lines(ax, part, x, mean, "low", "high", "model", colors)
+        if robust and last is not None and not last.empty:
+            keys = ["model", *tuned]
+            seeds = last.assign(**{x: last[x] if numeric else last[x].astype(str)})
+            seeds = seeds.merge(part[keys].drop_duplicates(), on=keys)
+            for model, dots in seeds.groupby("model", sort=True):
+                ax.scatter(dots[x], dots[by], s=12, color=colors[model], alpha=0.6,
+                           zorder=3)  # fmt: skip
         if numeric and log_scaled(x, frame[x]):
             ax.set_xscale("log")
     n_min, n_max = int(grid["n"].min()), int(grid["n"].max())
     n = f"n={n_max}" if n_min == n_max else f"n={n_min}–{n_max}"
-    title = (
-        f"Validation: {by} at the last epoch against {x}\n"
-        f"line = mean, band = ±1 std across seeds ({n} runs per point)"
+    shown = (
+        "line = median, band = interquartile range, dots = each seed\n(heavy tails; "
+        f"{n} runs per point)"
+        if robust
+        else f"line = mean, band = ±1 std across seeds ({n} runs per point)"
     )
+    title = f"Validation: {by} at the last epoch against {x}\n{shown}"
     return _finish(fig, axes, title, x, by)
+
+
+def profile(table: pd.DataFrame, group: str, metric: str, where: str) -> Figure:
+    """A performance profile per `group` value (stats.performance_profile): the
+    share of its runs at or above each value of `metric`, as a step line."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colors = _palette(table[group])
+    for name, line in table.groupby(group, sort=True):
+        line = line.sort_values("tau")
+        ax.step(line["tau"], line["share"], where="post", color=colors[name],
+                label=f"{name} (n={int(line['n'].iloc[0])})")  # fmt: skip
+    ax.set_xlabel(f"{metric} τ")
+    ax.set_ylabel(f"share of seeds with {metric} ≥ τ")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="best")
+    ax.set_title(f"Performance profile: {where}\neach seed counted, no mean taken")
+    fig.tight_layout()
+    return fig
 
 
 def _diagnostic(summary: pd.DataFrame, keys: list[str], quantities, layers=None):

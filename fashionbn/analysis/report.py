@@ -16,12 +16,13 @@ from fashionbn.analysis.sections import (
     comparisons_section,
     generalisation_line,
     robustness_section,
-    tuned_section,
     why_section,
 )
+from fashionbn.analysis.seeds import seeds_section
 from fashionbn.analysis.stats import last_epochs
 from fashionbn.analysis.summary import Analysis
 from fashionbn.analysis.table import Sweep
+from fashionbn.analysis.tuned import tuned_section
 
 
 def protocol_lines(sweep: Sweep, analysis: Analysis) -> list[str]:
@@ -253,9 +254,12 @@ def write_report(
             analysis.selection, analysis.selection_note or analysis.tuned_note,
             analysis.comparisons, analysis.tuned_generalisation,
             None if val_size is None else int(val_size.iloc[0]), analysis.reference,
+            analysis.by_statistic,
         )  # fmt: skip
     if analysis.robustness is not None:
         lines += robustness_section(analysis.robustness, analysis.verdict)
+    lines += seeds_section(analysis.comparisons, analysis.robustness, sweep.results,
+                           sweep_dirs, analysis.precision, keys)  # fmt: skip
     if not analysis.collapses.empty:
         lines += collapse_section(
             analysis.collapses, analysis.collapse_reasons, sweep.results, keys

@@ -75,6 +75,7 @@ def robustness(
     select_by: str,
     budgets: Optional[list[int]] = None,
     notes: Optional[list[str]] = None,
+    select_stat: str = "mean",
 ) -> Optional[pd.DataFrame]:
     """One row per protocol cell and comparison: each arm's chosen setting and test
     accuracy, the tuned gap and its statistics, p corrected over the cells (Holm);
@@ -120,7 +121,8 @@ def robustness(
                     f"protocol cell {describe_cell(cell)} left out: {why.rstrip('.')}"
                 )
             continue
-        selection = select(results, keys, select_by, part.diverged_params)
+        selection = select(results, keys, select_by, part.diverged_params,
+                           select_stat)  # fmt: skip
         gaps = tuned_gaps(selection.chosen, reference)
         table = tuned_comparisons(gaps, precision, "")
         for _, row in table.iterrows():
@@ -167,7 +169,7 @@ def arm(prefix: str, selection, model: str) -> dict:
     row = selection.table[selection.table["model"] == model].iloc[0]
     setting = ", ".join(f"{k}={row[k]}" for k in selection.tuned)
     return {f"{prefix}_setting": setting,
-            f"{prefix}_val": row[f"{selection.by}_mean"],
+            f"{prefix}_val": row[selection.column],
             f"{prefix}_test": row["test_acc_mean"],
             f"{prefix}_test_std": row["test_acc_std"]}  # fmt: skip
 
@@ -225,6 +227,34 @@ def verdict(table: pd.DataFrame) -> list[str]:
         sentences.append(
             f"{comparison}: the sign of the {gap} is not the same in every "
             f"cell{how}{unjudged}; {held}."
+        )
+    return [*sentences, *robust_verdict(table)]
+
+
+def robust_verdict(table: pd.DataFrame) -> list[str]:
+    """Per comparison whose cells have heavy tails or a mean and an IQM of
+    different signs, one sentence: the verdict by the IQM, and where the mean
+    alone would mislead."""
+    if "iqm" not in table:
+        return []  # tables of older versions
+    sentences = []
+    for comparison, whole in table.groupby("comparison", sort=False):
+        part = whole[whole["n"] >= MIN_PAIRS]
+        heavy = part[part["heavy_tailed"].astype(bool)]
+        differ = part[part["signs_differ"].astype(bool)]
+        if heavy.empty and differ.empty:
+            continue
+        positive = int((part["iqm"] > 0).sum())
+        where = "; ".join(
+            f"{describe_cell(row)}: mean {row['mean']:+.4f}, IQM {row['iqm']:+.4f}"
+            for _, row in differ.iterrows()
+        )
+        sentences.append(
+            f"{comparison}, not by the mean alone: {plural(len(heavy), 'cell')} of "
+            f"{len(part)} {'has' if len(heavy) == 1 else 'have'} heavy-tailed gaps "
+            f"and in {plural(len(differ), 'cell')} the mean and the IQM differ in "
+            f"sign{f' ({where})' if where else ''}; by the IQM the gap is positive "
+            f"in {positive} of {plural(len(part), 'cell')}."
         )
     return sentences
 

@@ -2,8 +2,9 @@
 
 When a sweep varies a hyperparameter besides model and seed (the *tuned* keys), every
 model gets the setting with the best mean validation metric at its runs' last epoch,
-across seeds. The test set never takes part in the choice; it is only reported at the
-chosen setting.
+across seeds (or the best median or interquartile mean: `stat`, which a few collapsed
+seeds do not decide). The test set never takes part in the choice; it is only
+reported at the chosen setting.
 """
 
 from dataclasses import dataclass, field
@@ -11,10 +12,12 @@ from typing import Optional
 
 import pandas as pd
 
-from fashionbn.analysis.stats import last_epochs
+from fashionbn.analysis.stats import iqm, last_epochs, tails
 
 # selection metric -> whether larger is better
 SELECT_BY = {"val_acc": True, "val_loss": False}
+# the statistic of the metric over seeds that chooses (mean: the original report's)
+SELECT_STATS = ("mean", "median", "iqm")
 # means closer than this are a tie (accuracies are fractions of a split: float noise)
 TIE_TOLERANCE = 1e-12
 
@@ -28,6 +31,13 @@ class Selection:
     results: pd.DataFrame  # the results rows of every model at its chosen setting
     chosen: pd.DataFrame  # of those, each run's row at the epoch the choice used
     warnings: list[str] = field(default_factory=list)
+    stat: str = "mean"  # the statistic over seeds that chose (SELECT_STATS)
+    last: pd.DataFrame = field(default_factory=pd.DataFrame)  # every run's last row
+
+    @property
+    def column(self) -> str:
+        """The grid's and table's column the choice was made on."""
+        return f"{self.by}_{self.stat}"
 
 
 def tuned_keys(group_keys: list[str]) -> list[str]:
@@ -74,16 +84,26 @@ def select(
     group_keys: list[str],
     by: str,
     diverged: Optional[pd.DataFrame] = None,
+    stat: str = "mean",
 ) -> Selection:
-    """Per model, the setting of the tuned keys with the best mean `by` at the runs'
-    last epoch (ties: the first setting in sorted order, with a warning).
-    `diverged`: the parameters of runs that diverged, which an edge warning names."""
+    """Per model, the setting of the tuned keys with the best `stat` (mean, median
+    or IQM over seeds) of `by` at the runs' last epoch (ties: the first setting in
+    sorted order, with a warning). `diverged`: the parameters of runs that
+    diverged, which an edge warning names."""
     tuned = tuned_keys(group_keys)
     last = last_epochs(results, ["run"])
     grouped = last.groupby(["model", *tuned], dropna=False)
     grid = grouped.agg(
         n=("run", "size"),
-        **{f"{by}_mean": (by, "mean"), f"{by}_std": (by, "std")},
+        **{
+            f"{by}_mean": (by, "mean"),
+            f"{by}_std": (by, "std"),
+            f"{by}_median": (by, "median"),
+            f"{by}_iqm": (by, iqm),
+            f"{by}_q1": (by, lambda values: values.quantile(0.25)),
+            f"{by}_q3": (by, lambda values: values.quantile(0.75)),
+            "heavy_tailed": (by, lambda values: tails(values)["heavy_tailed"]),
+        },
         test_acc_mean=("test_acc", "mean"),
         test_acc_std=("test_acc", "std"),
     ).reset_index()
@@ -91,11 +111,11 @@ def select(
     chosen_rows, warnings = [], []
     for model, part in grid.groupby("model", sort=True):
         order = part.sort_values(
-            f"{by}_mean", ascending=not higher_is_better, kind="stable"
+            f"{by}_{stat}", ascending=not higher_is_better, kind="stable"
         )
         chosen = order.iloc[0]
         chosen_rows.append(chosen)
-        warnings += _tie_warnings(model, order, tuned, by)
+        warnings += _tie_warnings(model, order, tuned, by, stat)
         failed = (
             diverged[diverged["model"] == model]
             if diverged is not None and "model" in diverged
@@ -109,24 +129,28 @@ def select(
                 "are missing, so its mean is over the survivors only"
             )
     table = pd.DataFrame(chosen_rows).reset_index(drop=True)
-    table = table[["model", *tuned, "n", f"{by}_mean", "test_acc_mean", "test_acc_std"]]
+    chose = [f"{by}_{stat}"] if stat != "mean" else []  # selection.csv's columns
+    table = table[["model", *tuned, "n", f"{by}_mean", *chose, "test_acc_mean",
+                   "test_acc_std"]]  # fmt: skip
     at_choice = results.merge(table[["model", *tuned]], on=["model", *tuned])
     chosen_epochs = last_epochs(at_choice, ["run"])
-    return Selection(tuned, by, table, grid, at_choice, chosen_epochs, warnings)
+    return Selection(tuned, by, table, grid, at_choice, chosen_epochs, warnings, stat,
+                     last)  # fmt: skip
 
 
 def _tie_warnings(
-    model: str, order: pd.DataFrame, tuned: list[str], by: str
+    model: str, order: pd.DataFrame, tuned: list[str], by: str, stat: str = "mean"
 ) -> list[str]:
-    """Say so when the best mean is shared: the choice is then only the grid's order."""
-    best = order[f"{by}_mean"].iloc[0]
-    tied = order[(order[f"{by}_mean"] - best).abs() <= TIE_TOLERANCE]
+    """Say so when the best value is shared: the choice is then only the grid's
+    order."""
+    best = order[f"{by}_{stat}"].iloc[0]
+    tied = order[(order[f"{by}_{stat}"] - best).abs() <= TIE_TOLERANCE]
     if len(tied) < 2:
         return []
     settings = [", ".join(f"{k}={row[k]}" for k in tuned) for _, row in tied.iterrows()]
     return [
-        f"{model}: {' and '.join(settings)} tie at mean {by} {best:.4f}; the first in "
-        f"sorted order ({settings[0]}) was taken, the others would do as well"
+        f"{model}: {' and '.join(settings)} tie at {stat} {by} {best:.4f}; the first "
+        f"in sorted order ({settings[0]}) was taken, the others would do as well"
     ]
 
 

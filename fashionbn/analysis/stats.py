@@ -119,6 +119,92 @@ def bootstrap_interval(
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def iqm(values: Sequence[float]) -> float:
+    """The interquartile mean: the mean of the middle half, a quarter of the values
+    cut from each end (scipy's trim_mean at 0.25, as rliable computes it)."""
+    values = np.asarray(values, dtype=float)
+    return float(stats.trim_mean(values, 0.25)) if len(values) else math.nan
+
+
+def percentile_interval(
+    values: Sequence[float],
+    statistic: str,
+    level: float = LEVEL,
+    seed: int = 0,
+    resamples: int = 9_999,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the `statistic` ("median" or "iqm") of
+    `values`: `resamples` resamples of the seeds with replacement, drawn as
+    default_rng(seed).integers(0, n, (resamples, n)), and the statistic's
+    (1 - level) / 2 and (1 + level) / 2 quantiles over them (linear)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    if no_spread(values):
+        return float(values[0]), float(values[0])
+    draws = values[
+        np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    ]
+    if statistic == "median":
+        spread = np.median(draws, axis=1)
+    else:
+        spread = stats.trim_mean(draws, 0.25, axis=1)
+    low, high = np.quantile(spread, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+# a distribution is heavy-tailed here beyond either mark: the excess kurtosis of a
+# Laplace distribution, or one value past Tukey's far-out fence (3 IQR beyond a
+# quartile: a collapsed seed among a few)
+HEAVY_KURTOSIS = 3.0
+FAR_OUT_IQRS = 3.0
+MIN_TAIL_VALUES = 4  # fewer: neither kurtosis nor quartiles say anything
+
+
+def tails(values: Sequence[float]) -> dict:
+    """How heavy `values`' tails are: excess kurtosis (unbiased; NaN for fewer than
+    4 values or no spread), the values beyond the far-out fences, the robust
+    standard deviation (IQR / 1.349, a normal distribution's std), and whether
+    either mark of a heavy tail is passed."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < MIN_TAIL_VALUES:
+        return {"kurtosis": math.nan, "far_out": 0, "robust_sd": math.nan,
+                "heavy_tailed": False}  # fmt: skip
+    q1, q3 = np.percentile(values, [25, 75])
+    iqr = q3 - q1
+    far = int(np.sum((values < q1 - FAR_OUT_IQRS * iqr)
+                     | (values > q3 + FAR_OUT_IQRS * iqr)))  # fmt: skip
+    kurtosis = (
+        math.nan if no_spread(values)
+        else float(stats.kurtosis(values, fisher=True, bias=False))
+    )  # fmt: skip
+    heavy = far > 0 or (math.isfinite(kurtosis) and kurtosis > HEAVY_KURTOSIS)
+    return {"kurtosis": kurtosis, "far_out": far, "robust_sd": float(iqr / 1.349),
+            "heavy_tailed": bool(heavy)}  # fmt: skip
+
+
+def performance_profile(
+    runs: pd.DataFrame, group: str, metric: str = "test_acc"
+) -> pd.DataFrame:
+    """rliable's performance profile of each `group` value: at every value τ of
+    `metric` any of the runs reached, the share of that group's runs whose `metric`
+    is at least τ (one row per group and τ: group, tau, share, n)."""
+    taus = np.unique(runs[metric].dropna().to_numpy(dtype=float))
+    rows = []
+    for name, part in runs.groupby(group, sort=True):
+        values = part[metric].dropna().to_numpy(dtype=float)
+        for tau in taus:
+            rows.append({group: name, "tau": float(tau), "n": len(values),
+                         "share": float(np.mean(values >= tau))})  # fmt: skip
+    return pd.DataFrame(rows, columns=[group, "tau", "n", "share"])
+
+
+def signs_differ(a: float, b: float) -> bool:
+    """Whether two estimates of a gap point different ways (neither zero)."""
+    tol = SPREAD_TOLERANCE
+    return (a > tol and b < -tol) or (a < -tol and b > tol)
+
+
 def probability_of_improvement(gaps: Sequence[float]) -> float:
     """Share of seed pairs in which the model beats the baseline, ties counting half
     (rliable's P(X > Y), over matched seed pairs instead of all pairs)."""
@@ -189,12 +275,25 @@ def compare(gaps: Sequence[float], precision: float) -> dict:
     share_low, share_high = wilson_interval(share, n)
     std = float(np.std(gaps, ddof=1)) if n > 1 else math.nan
     p_value, p_test = paired_p_value(gaps)
+    robust = {}
+    for name, value in (("median", float(np.median(gaps)) if n else math.nan),
+                        ("iqm", iqm(gaps))):  # fmt: skip
+        interval = (
+            percentile_interval(gaps, name)
+            if n >= MIN_BOOTSTRAP_PAIRS else (math.nan, math.nan)
+        )  # fmt: skip
+        robust.update({name: value, f"{name}_low": interval[0],
+                       f"{name}_high": interval[1]})  # fmt: skip
+    tail = tails(gaps)
+    mean = float(np.mean(gaps)) if n else math.nan
     return {
-        "n": n, "mean": float(np.mean(gaps)), "ci_low": low, "ci_high": high,
+        "n": n, "mean": mean, "ci_low": low, "ci_high": high,
         "boot_low": boot[0], "boot_high": boot[1], "p_improve": share,
         "p_improve_low": share_low, "p_improve_high": share_high,
         "p_value": p_value, "p_test": p_test,
-        "seeds_needed": seeds_needed(std, precision),
+        "seeds_needed": seeds_needed(std, precision), **robust, **tail,
+        "signs_differ": signs_differ(mean, robust["iqm"]),
+        "seeds_needed_robust": seeds_needed(tail["robust_sd"], precision),
     }  # fmt: skip
 
 

@@ -10,13 +10,21 @@ import pandas as pd
 from fashionbn.analysis.markdown import plural
 from fashionbn.analysis.pairing import BASELINE, paired_gaps, tuned_gaps
 from fashionbn.analysis.protocol import collapses, evaluated, why_collapsed
-from fashionbn.analysis.selection import Selection, select, tuned_keys, why_no_selection
+from fashionbn.analysis.selection import (
+    SELECT_STATS,
+    Selection,
+    select,
+    tuned_keys,
+    why_no_selection,
+)
 from fashionbn.analysis.stats import (
     comparisons,
     diagnostics_summary,
     epochs_to_reach,
     gap_intervals,
     generalisation,
+    last_epochs,
+    performance_profile,
     summarize,
     tuned_comparisons,
     why_numbers,
@@ -50,6 +58,9 @@ class Analysis:
     at_epoch: Optional[int] = None  # the budget the runs were cut at, if any
     collapses: pd.DataFrame = field(default_factory=pd.DataFrame)  # protocol.collapses
     collapse_reasons: list[str] = field(default_factory=list)  # one per collapse
+    by_statistic: pd.DataFrame = field(default_factory=pd.DataFrame)  # by_statistic
+    profile: Optional[pd.DataFrame] = None  # stats.performance_profile per model
+    profile_where: str = ""  # which runs the profile counts
     robustness: Optional[pd.DataFrame] = None  # robustness.robustness, one row a cell
     verdict: list[str] = field(default_factory=list)  # robustness.verdict
 
@@ -61,9 +72,11 @@ def analyse(
     select_by: str,
     reference: str = BASELINE,
     evaluation: str = "default",
+    select_stat: str = "mean",
 ) -> Analysis:
     """Every table the outputs are made of; gaps are every model − `reference`, on
-    the metrics of `evaluation` (protocol.evaluated)."""
+    the metrics of `evaluation` (protocol.evaluated); each model's setting chosen by
+    the `select_stat` of `select_by` over seeds."""
     results, keys = evaluated(sweep.results, evaluation), sweep.group_keys
     gaps = paired_gaps(results, keys, reference)
     table = comparisons(gaps, keys, precision)
@@ -84,9 +97,13 @@ def analyse(
         why_collapsed(row) for _, row in analysis.collapses.iterrows()
     ]
     if analysis.selection_note is None and tuned_keys(keys):
-        selection = select(results, keys, select_by, sweep.diverged_params)
+        selection = select(results, keys, select_by, sweep.diverged_params,
+                           select_stat)  # fmt: skip
         tuned = tuned_comparisons(
             tuned_gaps(selection.chosen, reference), precision, TUNED
+        )
+        analysis.by_statistic = by_statistic(
+            results, keys, select_by, sweep, reference, precision
         )
         if tuned.empty:
             analysis.tuned_note = why_no_tuned_gap(selection, sweep, reference)
@@ -95,10 +112,48 @@ def analyse(
         analysis.selection = selection
         analysis.tuned_generalisation = generalisation(selection.chosen, ["model"])
     analysis.comparisons = with_holm(table)
+    if analysis.selection is not None:
+        analysis.profile = performance_profile(analysis.selection.chosen, "model")
+        analysis.profile_where = "each model at its chosen setting"
+    elif keys == ["model"]:
+        last = last_epochs(results, ["run"])
+        analysis.profile = performance_profile(last, "model")
+        analysis.profile_where = "each model, its runs' last epoch"
     if not sweep.diagnostics.empty:
         analysis.diagnostics = diagnostics_summary(sweep.diagnostics, keys)
         analysis.why = why_numbers(analysis.diagnostics, keys)
     return analysis
+
+
+def by_statistic(
+    results: pd.DataFrame,
+    keys: list[str],
+    select_by: str,
+    sweep: Sweep,
+    reference: str,
+    precision: float,
+) -> pd.DataFrame:
+    """Whether the statistic that selects changes the answer: per statistic over
+    seeds (SELECT_STATS) and comparison, each model's chosen setting and the tuned
+    gap's mean and IQM."""
+    rows = []
+    for stat in SELECT_STATS:
+        selection = select(results, keys, select_by, sweep.diverged_params, stat)
+        settings = {
+            row["model"]: ", ".join(f"{k}={row[k]}" for k in selection.tuned)
+            for _, row in selection.table.iterrows()
+        }
+        gaps = tuned_gaps(selection.chosen, reference)
+        for _, row in tuned_comparisons(gaps, precision, "").iterrows():
+            model = row["comparison"].split(" − ")[0]
+            rows.append({
+                "select_stat": stat, "comparison": row["comparison"],
+                "model_setting": settings.get(model, ""),
+                "reference_setting": settings.get(reference, ""), "n": row["n"],
+                "mean": row["mean"], "iqm": row["iqm"], "ci_low": row["ci_low"],
+                "ci_high": row["ci_high"],
+            })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def why_no_tuned_gap(selection: Selection, sweep: Sweep, reference: str) -> str:
