@@ -10,6 +10,7 @@ choice; `sizing`: how many runs a cohort holds), `writer` writes a run's files a
 every epoch, `resume` decides what a dir's contents allow (`previous`: what it found,
 `extension`: continuing a finished run to more epochs), `checkpoint` reads and writes
 the state, `preflight` refuses dirs Hydra would write through a link, `loggers` (a
-package, one module per sink) and `progress` report. May import fashionbn.config and
+package, one module per sink) and `progress` report; `scheduler` asks SLURM for job
+states where its accounting does not answer. May import fashionbn.config and
 fashionbn.core.
 """
