@@ -23,7 +23,6 @@ from fashionbn.jobs.files import METRICS_FILE
 from fashionbn.jobs.job import JobBusy, run_job
 from fashionbn.jobs.launching import JobFailed, deferring, sweep_memo
 from fashionbn.jobs.progress import run_name, sweep_line
-from fashionbn.jobs.scheduler import ask_squeue_without_accounting, slurm_in
 
 if TYPE_CHECKING:
     from fashionbn.jobs.cohort import PendingJob
@@ -187,8 +186,6 @@ def interrupt(signum: int, frame) -> None:
 def cli() -> int:
     """The command: main(), with SIGTERM/SIGINT stopping every job of the sweep."""
     signal.signal(signal.SIGTERM, interrupt)
-    if slurm_in(sys.argv):  # job states from squeue where sacct does not answer
-        ask_squeue_without_accounting()
     try:
         main()
     except KeyboardInterrupt:

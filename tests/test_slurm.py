@@ -4,9 +4,12 @@ no stream of sacct warnings on a cluster without accounting. Skipped, with the c
 that starts a cluster, where none answers; FASHIONBN_REQUIRE_SLURM=1 (set by .ci/run)
 turns the skip into a failure."""
 
+import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -85,3 +88,63 @@ def test_squeue_answers_as_sacct_would(tmp_path) -> None:
     assert output.splitlines()[0] == "JobID|State|NodeList"
     info = SlurmInfoWatcher().read_info(output)
     assert info[job]["State"] in {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"}
+
+
+def test_a_cancelled_job_fails_alone_and_the_same_command_resumes_it(
+    real_data_root, tmp_path
+):
+    """scancel of one running job: that job fails with its one line (state
+    CANCELLED, run the same command again), the other finishes; the same command
+    then resumes it from its last saved epoch and both end with the numbers of an
+    uninterrupted sweep."""
+    common = ["model=batchnorm,baseline", "seed=0", "epochs=40", "threads=1",
+              f"data.root={real_data_root}", "data.train_size=30000",
+              "data.test_size=500", "device=cpu"]  # fmt: skip
+    sweep = tmp_path / "slurm"
+    command = [sys.executable, "-m", "fashionbn.run", "-m", *common, *SLURM,
+               f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    running = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    batchnorm = None
+    while time.time() < deadline:
+        found = list(sweep.glob("*model=batchnorm*/metrics.csv"))
+        if found and len(found[0].read_text().splitlines()) >= 4:  # 3 epochs saved
+            batchnorm = found[0].parent
+            break
+        time.sleep(0.2)
+    assert batchnorm is not None, "the batchnorm job saved no 3 epochs in 300 s"
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True,
+                          text=True, check=True).stdout.split()  # fmt: skip
+    first = [job for job in jobs if job.endswith("_0")][0]  # #0: model=batchnorm
+    subprocess.run(["scancel", first], check=True)
+    output, _ = running.communicate(timeout=300)
+    assert running.returncode == 1, output[-3000:]
+    assert "error: job #0 (model=batchnorm seed=0" in output
+    assert "ended on the scheduler as CANCELLED before it finished; it was " in output
+    assert "run the same command again to continue from there" in output
+    assert "Traceback" not in output
+    status = json.loads((batchnorm / "status.json").read_text())
+    assert status["status"] == "running" and 3 <= status["epochs_done"] < 40
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.err"))
+    assert f"after epoch {status['epochs_done']}" in logs  # resumed, not restarted
+    alone = run_module(["fashionbn.run", "-m", *common,
+                        f"hydra.sweep.dir={tmp_path / 'basic'}"], REPO)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert metrics(sweep) == metrics(tmp_path / "basic")
+
+
+def test_the_line_of_a_job_past_its_time_limit() -> None:
+    from hydra_plugins.fashionbn_slurm_launcher.slurm_launcher import ended_line
+
+    assert ended_line(3, ["model=baseline", "seed=1", "hydra.launcher.x=1"],
+                      "TIMEOUT", 5) == (
+        "error: job #3 (model=baseline seed=1) ended on the scheduler as TIMEOUT "
+        "before it finished; it ran past hydra.launcher.timeout_min=5: raise it. Its "
+        "dir keeps the epochs saved so far: run the same command again to continue "
+        "from there"
+    )  # fmt: skip
+    assert "as CANCELLED before" in ended_line(0, [], "CANCELLED by 0", 5)

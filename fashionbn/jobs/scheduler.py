@@ -48,8 +48,3 @@ def ask_squeue_without_accounting() -> None:
 
     make_command.asks_squeue = True  # type: ignore[attr-defined]
     SlurmInfoWatcher._make_command = make_command
-
-
-def slurm_in(argv: list[str]) -> bool:
-    """Whether a command line asks for a submitit SLURM launcher."""
-    return any("launcher=slurm" in word or "submitit_slurm" in word for word in argv)

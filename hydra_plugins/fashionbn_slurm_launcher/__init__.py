@@ -1,0 +1,1 @@
+"""hydra/launcher=slurm: submitit's SLURM launcher as fashionbn runs it."""
