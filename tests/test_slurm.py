@@ -148,3 +148,17 @@ def test_the_line_of_a_job_past_its_time_limit() -> None:
         "from there"
     )  # fmt: skip
     assert "as CANCELLED before" in ended_line(0, [], "CANCELLED by 0", 5)
+
+
+def test_a_dataset_missing_on_the_node_fails_with_its_line(tmp_path) -> None:
+    missing = tmp_path / "nowhere"
+    sweep = tmp_path / "sweep"
+    done = run_module(["fashionbn.run", "-m", "model=baseline", "seed=0", "epochs=1",
+                       f"data.root={missing}", f"data.system_dir={missing}",
+                       "data.train_size=600", "data.test_size=500", "threads=1",
+                       *SLURM, f"hydra.sweep.dir={sweep}"], REPO)  # fmt: skip
+    assert done.returncode == 1
+    output = done.stdout + done.stderr
+    assert f"error: FashionMNIST not found: no IDX files in {missing}" in output
+    assert "Traceback" not in output
+    assert not list(sweep.glob("*/status.json"))  # nothing started
