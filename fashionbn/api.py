@@ -104,6 +104,10 @@ class LoadedSweep:
     profile: Optional[pd.DataFrame] = None
 
 
+# what Hydra's override grammar reads as syntax in a value
+HYDRA_SYNTAX = ",'\"=[]{}()$\\"
+
+
 class SweepFailed(FashionbnError):
     """A sweep started by api.sweep ended with failed jobs (or did not start)."""
 
@@ -123,14 +127,24 @@ def sweep(
     local_parallel or slurm. The command's lines are printed as they come (echo);
     SweepFailed (its `error:` lines) when a job fails; an interrupt (Kernel ->
     Interrupt) stops the sweep as Ctrl-C does, its finished epochs saved."""
-    if isinstance(overrides, str):
+    if isinstance(overrides, (str, bytes)) or not all(
+        isinstance(o, str)
+        for o in (overrides if isinstance(overrides, Sequence) else [None])  # fmt: skip
+    ):
         raise TypeError(
             "api.sweep(): overrides is a list of strings, one per override "
-            '(["model=baseline,batchnorm", "seed=0,1,2"]), not one string'
+            '(["model=baseline,batchnorm", "seed=0,1,2"]), not '
+            f"{overrides!r}"[:200]
         )
-    command = [sys.executable, "-m", "fashionbn.run", "-m", *map(str, overrides),
-               f"hydra/launcher={launcher}",
-               f"hydra.sweep.dir={Path(sweep_dir).resolve()}"]  # fmt: skip
+    where = Path(sweep_dir).expanduser().resolve()
+    odd = sorted(set(str(where)) & set(HYDRA_SYNTAX))
+    if odd:
+        raise ValueError(
+            f"api.sweep(): sweep_dir {str(where)!r} has characters Hydra's command "
+            f"line reads as syntax ({' '.join(odd)}): choose a dir without them"
+        )
+    command = [sys.executable, "-m", "fashionbn.run", "-m", *overrides,
+               f"hydra/launcher={launcher}", f"hydra.sweep.dir={where}"]  # fmt: skip
     lines = []
     process = subprocess.Popen(command, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -146,7 +160,12 @@ def sweep(
         process.wait()
         raise
     if code != 0:
-        errors = [line for line in lines if "error" in line.lower()] or lines[-5:]
+        said = [line.strip() for line in lines if line.strip()
+                and "HYDRA_FULL_ERROR" not in line]  # fmt: skip
+        # fashionbn's `error:` lines and exceptions; else Hydra's own message, which
+        # comes first, before any log line
+        errors = [line for line in said if "error" in line.lower()] or [
+            line for line in said if not line.startswith("[")][:2]  # fmt: skip
         raise SweepFailed(
             f"the sweep ended with exit code {code}: " + " | ".join(errors[-5:])
         )

@@ -199,3 +199,11 @@ def test_a_sweep_from_the_api_is_the_commands_multirun(small, tmp_path, capsys):
         api.sweep([*small, "epochs=0"], tmp_path / "bad", echo=False)
     with pytest.raises(TypeError, match="list of strings"):
         api.sweep("model=baseline,batchnorm seed=0", tmp_path / "x")
+    for odd in (None, [b"model=baseline"], ["seed=0", 1]):
+        with pytest.raises(TypeError, match="list of strings"):
+            api.sweep(odd, tmp_path / "x")
+    with pytest.raises(ValueError, match=r"reads as syntax \(\$ , \{ \}\)"):
+        api.sweep(["seed=0"], tmp_path / "a,b_${now:%Y}")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(api.SweepFailed, match="Could not find 'hydra/launcher/nope'"):
+        api.sweep([*small, "seed=0"], tmp_path / "nope", launcher="nope", echo=False)

@@ -171,3 +171,22 @@ def test_a_kill_between_renames_leaves_earlier_files_new_and_later_old(tmp_path,
     assert result.returncode == -signal.SIGKILL
     texts = [(a / n).read_text() for n in FILES]
     assert texts == ["new " * 1000] * (at - 1) + ["old"] * (4 - at)
+
+
+def test_a_killed_writers_temporary_files_go_when_the_dir_is_taken_up(tmp_path):
+    """A kill between the writes and the renames of durable_together leaves
+    temporary files; the next process that locks the dir removes them (and nothing
+    else), whether the run then starts, resumes or is found finished."""
+    from fashionbn.config.settings import run_identity
+    from fashionbn.jobs.resume import prepare_job_dir
+    from tests.conftest import compose_config
+
+    job = tmp_path / "job"
+    job.mkdir()
+    debris = [".checkpoint.pt.partial-4242", ".metrics.csv.partial-4242",
+              ".status.json.partial-17"]  # fmt: skip
+    for name in debris:
+        (job / name).write_bytes(b"half")
+    (job / ".notes").write_text("mine")
+    prepare_job_dir(job, run_identity(compose_config([])), force=False)
+    assert sorted(p.name for p in job.iterdir()) == [".notes"]

@@ -280,3 +280,86 @@ def test_following_the_command_adds_exactly_the_missing_seeds(real_data_root,
     assert main([str(sweep), "--precision", repr(precision)]) == 0
     table = pd.read_csv(sweep / "comparisons.csv")
     assert set(table["n"]) == {6}
+
+
+def lr_grid(sweep: Path, lrs: dict[str, tuple], seeds=range(5)) -> None:
+    """model -> the lrs it ran; test accuracy 0.80 (baseline) and 0.81 + a little
+    per seed (batchnorm), validation the same."""
+    for model, values in lrs.items():
+        for lr in values:
+            for seed in seeds:
+                acc = 0.80 if model == "baseline" else round(0.81 + seed / 997, 4)
+                make_job(sweep, [f"model={model}", f"optim.lr={lr}", f"seed={seed}",
+                                 "data.val_size=100"], [0.5, acc],
+                         val_accuracy=[0.5, acc + lr / 10])  # fmt: skip
+
+
+def commands_in(report: str) -> list[str]:
+    return [line for line in report.splitlines()
+            if line.startswith("python -m fashionbn.run")]  # fmt: skip
+
+
+def test_the_command_covers_every_setting_the_job_dirs_hold(tmp_path) -> None:
+    """Two commands ran into one dir (lr 0.05 and 0.2, then 0.1): multirun.yaml
+    holds the second only, the job dirs hold all three; a sweep that is no grid
+    gets a command per setting."""
+    sweep = tmp_path / "grid"
+    lr_grid(sweep, {"baseline": (0.05, 0.2, 0.1), "batchnorm": (0.05, 0.2, 0.1)})
+    saved = {"hydra": {"overrides": {"task": ["model=baseline,batchnorm",
+                                              "optim.lr=0.1"]}}}  # fmt: skip
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(saved))
+    assert main([str(sweep), "--precision", "0.0001"]) == 0
+    found = commands_in(report_of(sweep))
+    assert len(found) == 1
+    words = shlex.split(found[0])
+    assert words[4:6] == ["model=baseline,batchnorm", "optim.lr=0.05,0.1,0.2"]
+    assert words[6:8] == ["data.val_size=100", "epochs=2"]  # make_job's epochs
+    assert words[8].startswith("seed=range(5,")
+    assert words[-1] == f"hydra.sweep.dir={sweep}"
+    ragged = tmp_path / "ragged"
+    lr_grid(ragged, {"baseline": (0.1,), "batchnorm": (0.1, 0.3)})
+    assert main([str(ragged), "--precision", "0.0001"]) == 0
+    found = [shlex.split(c)[4:6] for c in commands_in(report_of(ragged))]
+    assert sorted(found) == [
+        ["model=baseline", "optim.lr=0.1"],
+        ["model=batchnorm", "optim.lr=0.1"],
+        ["model=batchnorm", "optim.lr=0.3"],
+    ]
+
+
+def test_nothing_read_from_a_dir_makes_the_command_write_elsewhere(tmp_path) -> None:
+    """A hydra.* override planted in a job's overrides.yaml, an overrides.yaml that
+    is a symbolic link, a multirun.yaml that is a directory, a sweep dir whose name
+    Hydra would parse: the report is written, with the count of seeds to add and
+    no command."""
+    sweep = tmp_path / "planted"
+    lr_grid(sweep, {"baseline": (0.1,), "batchnorm": (0.1,)})
+    (sweep / "multirun.yaml").mkdir()
+    job = next(p for p in sweep.iterdir() if p.is_dir() and "seed=0" in p.name)
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    planted = [*overrides, "hydra.sweep.subdir=../../OUTSIDE"]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(planted))
+    assert main([str(sweep), "--precision", "0.0001"]) == 0
+    report = report_of(sweep)
+    assert not commands_in(report) and "OUTSIDE" not in report
+    assert "seeds 5–" in report and "to every setting of the sweep, then aggregate " \
+        "again." in report  # fmt: skip
+    (job / ".hydra" / "overrides.yaml").unlink()
+    (job / ".hydra" / "overrides.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    (tmp_path / "elsewhere.yaml").write_text(yaml.safe_dump(overrides))
+    assert main([str(sweep), "--precision", "0.0001"]) == 0
+    assert not commands_in(report_of(sweep))
+    odd = tmp_path / "a,b"
+    lr_grid(odd, {"baseline": (0.1,), "batchnorm": (0.1,)})
+    assert main([str(odd), "--precision", "0.0001"]) == 0
+    assert not commands_in(report_of(odd))
+
+
+def test_a_spread_beyond_any_seed_count_is_said_not_called_enough(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    planted_sweep(sweep, CALM[:5])
+    assert main([str(sweep), "--precision", "0.000001"]) == 0
+    report = report_of(sweep)
+    assert "pairs; its spread needs more than 100,000 for ±1e-06." in report
+    assert "Every cell has the seeds" not in report
+    assert "1 cell would need more than 100,000 seeds for ±1e-06" in report

@@ -182,7 +182,8 @@ def test_percentile_interval_of_the_median_by_enumeration() -> None:
     assert percentile_interval([0.0, 1.0, 10.0], "median") == (0.0, 10.0)
     # nine seeds: by hand with numpy, the documented draw
     values = np.array([0.80, 0.81, 0.83, 0.84, 0.84, 0.85, 0.86, 0.87, 0.40])
-    draws = values[np.random.default_rng(0).integers(0, 9, (9_999, 9))]
+    ordered = np.array([0.40, 0.80, 0.81, 0.83, 0.84, 0.84, 0.85, 0.86, 0.87])
+    draws = ordered[np.random.default_rng(0).integers(0, 9, (9_999, 9))]
     medians = np.sort(draws, axis=1)[:, 4]
     middle = np.sort(draws, axis=1)[:, 2:7].mean(axis=1)  # int(9/4) = 2 cut each end
     expected = {"median": medians, "iqm": middle}
@@ -190,6 +191,7 @@ def test_percentile_interval_of_the_median_by_enumeration() -> None:
         low, high = percentile_interval(values, statistic)
         assert (low, high) == pytest.approx(tuple(np.quantile(spread, [0.025, 0.975])))
         assert percentile_interval(values, statistic) == (low, high)  # fixed state
+        assert percentile_interval(values[::-1], statistic) == (low, high)  # order
         assert low <= np.median(values) <= high
     assert percentile_interval([0.2] * 5, "iqm") == (0.2, 0.2)
     assert all(math.isnan(v) for v in percentile_interval([0.2], "median"))

@@ -258,8 +258,12 @@ def write_report(
         )  # fmt: skip
     if analysis.robustness is not None:
         lines += robustness_section(analysis.robustness, analysis.verdict)
-    lines += seeds_section(analysis.comparisons, analysis.robustness, sweep.results,
-                           sweep_dirs, analysis.precision, keys)  # fmt: skip
+    diverged = sweep.diverged_params
+    runs = {*sweep.results["run"], *([] if diverged.empty else diverged["run"])}
+    lines += seeds_section(
+        analysis.comparisons, analysis.robustness, sweep.results, sweep_dirs,
+        analysis.precision, keys, sorted(runs),
+    )  # fmt: skip
     if not analysis.collapses.empty:
         lines += collapse_section(
             analysis.collapses, analysis.collapse_reasons, sweep.results, keys

@@ -135,9 +135,10 @@ def percentile_interval(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the `statistic` ("median" or "iqm") of
     `values`: `resamples` resamples of the seeds with replacement, drawn as
-    default_rng(seed).integers(0, n, (resamples, n)), and the statistic's
-    (1 - level) / 2 and (1 + level) / 2 quantiles over them (linear)."""
-    values = np.asarray(values, dtype=float)
+    default_rng(seed).integers(0, n, (resamples, n)) from the values sorted (so the
+    interval does not depend on the order the runs were read in), and the
+    statistic's (1 - level) / 2 and (1 + level) / 2 quantiles over them (linear)."""
+    values = np.sort(np.asarray(values, dtype=float))
     if len(values) < 2:
         return math.nan, math.nan
     if no_spread(values):

@@ -94,13 +94,16 @@ def prepare_job_dir(
     extend: bool = False,
     data_sha256: Optional[str] = None,
 ) -> Previous:
-    """Make job_dir ready for this run and say how it starts: keep a finished run
+    """Make job_dir (locked by this process) ready for this run and say how it
+    starts, temporary files of interrupted writes removed: keep a finished run
     (DONE), resume from its checkpoint, restore damaged files from the checkpoint, or
     discard what cannot be trusted (FRESH; files are removed). Raise JobDirError if
     it must not be touched (another config or data, another fashionbn's results,
     unrestorable damage, entries that are not fashionbn's files). `data_sha256`: the
     digest of the data this run would train on (None: not checked)."""
     foreign_entries(job_dir)
+    for debris in partial_debris(job_dir):  # a killed writer's: the lock is ours now
+        remove_entry(debris)
     present = [name for name in RUN_FILES if (job_dir / name).exists()]
     if force or not present:
         if force and present:
