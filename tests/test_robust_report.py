@@ -363,3 +363,16 @@ def test_a_spread_beyond_any_seed_count_is_said_not_called_enough(tmp_path) -> N
     assert "pairs; its spread needs more than 100,000 for ±1e-06." in report
     assert "Every cell has the seeds" not in report
     assert "1 cell would need more than 100,000 seeds for ±1e-06" in report
+
+
+def test_the_summary_gives_each_level_as_median_and_iqm(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    planted_sweep(sweep, PLANTED)
+    aggregate([sweep])
+    summary = pd.read_csv(sweep / "summary.csv").set_index(["model", "epoch"])
+    levels = [round(round(0.80 + s / 1000, 4) + g, 4) for s, g in enumerate(PLANTED)]
+    row = summary.loc[("batchnorm", 2)]
+    assert row["test_acc_median"] == pytest.approx(float(np.median(levels)))
+    assert row["test_acc_iqm"] == pytest.approx(float(np.mean(sorted(levels)[2:8])))
+    assert row["test_acc_mean"] == pytest.approx(float(np.mean(levels)))
+    assert math.isnan(row["val_acc_iqm"])  # no validation split

@@ -18,12 +18,22 @@ LEVEL = 0.95  # every interval's confidence level
 MIN_BOOTSTRAP_PAIRS = 8  # fewer pairs: a bootstrap interval is not worth reporting
 
 
+ROBUST_LEVELS = ["test_acc", "val_acc"]  # levels also given as median and IQM
+
+
 def summarize(results: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
-    """Per group and epoch: n, mean and std (across seeds) of every metric."""
+    """Per group and epoch: n, mean and std (across seeds) of every metric; then
+    the median and the IQM of the accuracies (ROBUST_LEVELS), which a few
+    collapsed seeds do not move."""
     grouped = results.groupby([*group_keys, "epoch"], dropna=False)
     summary = grouped[METRICS].agg(["mean", "std"])
     summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
     summary.insert(0, "n", grouped.size())
+    for metric in ROBUST_LEVELS:
+        summary[f"{metric}_median"] = grouped[metric].median()
+        summary[f"{metric}_iqm"] = grouped[metric].agg(
+            lambda values: iqm(values.dropna()) if values.notna().any() else math.nan
+        )
     return summary.reset_index()
 
 
