@@ -8,6 +8,7 @@ from typing import Optional
 import pandas as pd
 
 from fashionbn.analysis.markdown import plural
+from fashionbn.analysis.mechanism import diagnostics_summary, why_numbers
 from fashionbn.analysis.pairing import BASELINE, paired_gaps, tuned_gaps
 from fashionbn.analysis.protocol import collapses, evaluated, why_collapsed
 from fashionbn.analysis.selection import (
@@ -19,7 +20,6 @@ from fashionbn.analysis.selection import (
 )
 from fashionbn.analysis.stats import (
     comparisons,
-    diagnostics_summary,
     epochs_to_reach,
     gap_intervals,
     generalisation,
@@ -27,7 +27,6 @@ from fashionbn.analysis.stats import (
     performance_profile,
     summarize,
     tuned_comparisons,
-    why_numbers,
     with_holm,
 )
 from fashionbn.analysis.table import Sweep
@@ -51,8 +50,10 @@ class Analysis:
     selection_note: Optional[str] = None
     tuned_note: Optional[str] = None  # why a selection has no tuned gap
     tuned_generalisation: Optional[pd.DataFrame] = None
-    diagnostics: Optional[pd.DataFrame] = None  # stats.diagnostics_summary
-    why: Optional[pd.DataFrame] = None  # stats.why_numbers, when runs have diagnostics
+    diagnostics: Optional[pd.DataFrame] = None  # mechanism.diagnostics_summary
+    why: Optional[pd.DataFrame] = (
+        None  # mechanism.why_numbers, when runs have diagnostics
+    )
     why_figures: list[str] = field(default_factory=list)  # the diagnostics' figures
     evaluation: str = "default"  # which evaluation of BatchNorm the metrics are
     at_epoch: Optional[int] = None  # the budget the runs were cut at, if any
