@@ -11,9 +11,6 @@ from typing import Any, Sequence
 from unittest import mock
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
-    SlurmLauncher as SubmititSlurmLauncher,
-)
 
 from fashionbn.jobs.launching import JobFailed
 from fashionbn.jobs.scheduler import ask_squeue_without_accounting
@@ -68,22 +65,31 @@ class Outcome:
             return [ret]
 
 
-class SlurmLauncher(SubmititSlurmLauncher):
-    def launch(
-        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-    ) -> Sequence[JobReturn]:
-        import submitit
+try:  # hydra-submitit-launcher comes with the `launchers` extra
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
+        SlurmLauncher as SubmititSlurmLauncher,
+    )
+except ImportError:  # without it there is no SLURM launcher (nor a warning from
+    SubmititSlurmLauncher = None  # Hydra's plugin scan, which imports this module)
 
-        ask_squeue_without_accounting()
-        submit = submitit.AutoExecutor.map_array
-        timeout = self.params.get("timeout_min")
+if SubmititSlurmLauncher is not None:
 
-        def map_array(executor, function, *iterables):
-            jobs = submit(executor, function, *iterables)
-            return [
-                Outcome(job, initial_job_idx + k, job_overrides[k], timeout)
-                for k, job in enumerate(jobs)
-            ]
+    class SlurmLauncher(SubmititSlurmLauncher):
+        def launch(
+            self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+        ) -> Sequence[JobReturn]:
+            import submitit
 
-        with mock.patch.object(submitit.AutoExecutor, "map_array", map_array):
-            return super().launch(job_overrides, initial_job_idx)
+            ask_squeue_without_accounting()
+            submit = submitit.AutoExecutor.map_array
+            timeout = self.params.get("timeout_min")
+
+            def map_array(executor, function, *iterables):
+                jobs = submit(executor, function, *iterables)
+                return [
+                    Outcome(job, initial_job_idx + k, job_overrides[k], timeout)
+                    for k, job in enumerate(jobs)
+                ]
+
+            with mock.patch.object(submitit.AutoExecutor, "map_array", map_array):
+                return super().launch(job_overrides, initial_job_idx)
