@@ -96,9 +96,11 @@ def test_a_cancelled_job_fails_alone_and_the_same_command_resumes_it(
     """scancel of one running job: that job fails with its one line (state
     CANCELLED, run the same command again), the other finishes; the same command
     then resumes it from its last saved epoch and both end with the numbers of an
-    uninterrupted sweep."""
+    uninterrupted sweep. (The whole train set and 40 epochs: submitit's job process
+    ignores SIGTERM, so a cancelled job trains on until KillWait's SIGKILL, 5 s on
+    the one-node cluster, and a short one would finish.)"""
     common = ["model=batchnorm,baseline", "seed=0", "epochs=40", "threads=1",
-              f"data.root={real_data_root}", "data.train_size=30000",
+              f"data.root={real_data_root}", "data.train_size=60000",
               "data.test_size=500", "device=cpu"]  # fmt: skip
     sweep = tmp_path / "slurm"
     command = [sys.executable, "-m", "fashionbn.run", "-m", *common, *SLURM,
