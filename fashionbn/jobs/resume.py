@@ -63,11 +63,10 @@ log = logging.getLogger(__name__)
 
 
 def discard(job_dir: Path) -> None:
-    """Remove every file a run wrote (and debris of interrupted atomic writes)."""
+    """Remove every file a run wrote (prepare_job_dir has removed the debris of
+    interrupted atomic writes already)."""
     for name in RUN_FILES:
         remove_entry(job_dir / name)
-    for debris in partial_debris(job_dir):
-        remove_entry(debris)
 
 
 def foreign_entries(job_dir: Path) -> None:
