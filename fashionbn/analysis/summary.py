@@ -100,12 +100,18 @@ def analyse(
     if analysis.selection_note is None and tuned_keys(keys):
         selection = select(results, keys, select_by, sweep.diverged_params,
                            select_stat)  # fmt: skip
-        tuned = tuned_comparisons(
-            tuned_gaps(selection.chosen, reference), precision, TUNED
+        plain = tuned_comparisons(
+            tuned_gaps(selection.chosen, reference), precision, ""
+        )
+        tuned = (
+            plain
+            if plain.empty
+            else plain.assign(comparison=plain["comparison"] + TUNED)
         )
         analysis.by_statistic = by_statistic(
-            results, keys, select_by, sweep, reference, precision
-        )
+            results, keys, select_by, sweep, reference, precision,
+            {select_stat: (selection, plain)},
+        )  # fmt: skip
         if tuned.empty:
             analysis.tuned_note = why_no_tuned_gap(selection, sweep, reference)
         table = pd.concat([table, tuned], ignore_index=True)
@@ -133,19 +139,25 @@ def by_statistic(
     sweep: Sweep,
     reference: str,
     precision: float,
+    known: dict[str, tuple[Selection, pd.DataFrame]],
 ) -> pd.DataFrame:
     """Whether the statistic that selects changes the answer: per statistic over
     seeds (SELECT_STATS) and comparison, each model's chosen setting and the tuned
-    gap's mean and IQM."""
+    gap's mean and IQM. `known`: the selection and unlabelled tuned comparisons a
+    statistic already gave (the report's own), not computed again."""
     rows = []
     for stat in SELECT_STATS:
-        selection = select(results, keys, select_by, sweep.diverged_params, stat)
+        if stat in known:
+            selection, table = known[stat]
+        else:
+            selection = select(results, keys, select_by, sweep.diverged_params, stat)
+            gaps = tuned_gaps(selection.chosen, reference)
+            table = tuned_comparisons(gaps, precision, "")
         settings = {
             row["model"]: ", ".join(f"{k}={row[k]}" for k in selection.tuned)
             for _, row in selection.table.iterrows()
         }
-        gaps = tuned_gaps(selection.chosen, reference)
-        for _, row in tuned_comparisons(gaps, precision, "").iterrows():
+        for _, row in table.iterrows():
             model = row["comparison"].split(" − ")[0]
             rows.append({
                 "select_stat": stat, "comparison": row["comparison"],
