@@ -61,7 +61,8 @@ def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "w") -> No
             if together is None:
                 os.fsync(f.fileno())
         if together is not None:
-            queued = together.add(partial, path)
+            together.add(partial, path)
+            queued = True
             return
         os.replace(partial, path)
         sync_directory(path.parent)
@@ -99,10 +100,9 @@ class Together:
     def __contains__(self, path: Path) -> bool:
         return path in self.paths
 
-    def add(self, partial: Path, path: Path) -> bool:
+    def add(self, partial: Path, path: Path) -> None:
         self.pending.append((partial, path))
         self.paths.add(path)
-        return True
 
     def commit(self) -> dict[Path, Exception]:
         """Sync the written files, rename them in order, sync the renames. A rename
