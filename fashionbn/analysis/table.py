@@ -116,6 +116,8 @@ def _describe_execution(job: Job) -> str:
             how += f", {e['launcher']} launcher"
             if e.get("cohort"):
                 how += f" in a cohort of {e['cohort']}"
+            if e.get("slurm_job"):
+                how += f" (SLURM job {e['slurm_job']})"
         runs.append(how)
     return " then ".join(runs) or "an unrecorded device"
 

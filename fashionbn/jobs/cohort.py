@@ -8,10 +8,9 @@ The launcher first sets every job up as Hydra's own launchers do (its dir, `.hyd
 its identity) and collects a PendingJob for each; `run_cohorts` then groups them by
 what must be equal (fashionbn.core.batched.cohort_key, the device, the data's copy,
 the epochs already done) and trains each group. Jobs the batched path cannot train
-(`PendingJob.alone`) run through the single-run path after the cohorts. Jobs that
-share one dir (`hydra.sweep.subdir` without the job's overrides) run in turns, as
-under the basic launcher: a later one finds what the earlier one left. One job's
-failure, of any kind, fails that job only.
+(`PendingJob.alone`) run through the single-run path after the cohorts. Jobs sharing
+one dir run in turns, as under the basic launcher: a later one finds what the earlier
+one left. One job's failure, of any kind, fails that job only.
 """
 
 import logging
@@ -60,8 +59,8 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
 
 @dataclass
 class PendingJob:
-    """A job set up by the launcher, waiting for its cohort: its settings resolved
-    in its own job context (fashionbn.config.settings)."""
+    """A job set up by the launcher, waiting for its cohort (its settings resolved in
+    its own job context)."""
 
     run: RunSettings
     out_dir: Path
@@ -69,6 +68,8 @@ class PendingJob:
     name: str
     job_num: int
     alone: Optional[str] = None  # why it runs through the single-run path, if it does
+    # what status.json's execution says of the launcher (and of the SLURM job)
+    launcher: dict = field(default_factory=lambda: {"launcher": "batched"})
     result: Any = None  # test_acc, None (skipped as busy), or the exception
     fresh: bool = False  # trained from epoch 1 (its loggers start new runs)
     # set while it trains
@@ -192,8 +193,7 @@ def settle(
 ) -> bool:
     """prepare_job_dir for one job: False when it is finished (result set), True
     when it is to be trained (from epoch 1 or its checkpoint)."""
-    previous, files = settle_job(job.run, job.out_dir, device, digest,
-                                 {"launcher": "batched"})  # fmt: skip
+    previous, files = settle_job(job.run, job.out_dir, device, digest, job.launcher)
     if files is None:
         job_log(job, logging.INFO, f"{job.out_dir.name} is {previous.status} already;"
                 " skipping it")  # fmt: skip

@@ -352,17 +352,20 @@ def make_diagnostics(
     )  # fmt: skip
 
 
+UNCOMPARED = ("cohort", "slurm_job")  # execution keys that change no run's numbers
+
+
 def with_execution(
     previous: Previous, device: torch.device, launcher: Optional[dict] = None
 ) -> list[dict]:
     """The run's execution history plus this process (and what `launcher` says of
-    it); warn when it changed. The size of a batched cohort changes no run's
-    numbers, so it is not compared."""
+    it); warn when it changed. The size of a batched cohort and the cluster job
+    that trained it change no run's numbers, so they are not compared."""
     now = {**execution_info(device), **(launcher or {})}
     history = list(previous.execution)
     if history:
-        last = {key: value for key, value in history[-1].items() if key != "cohort"}
-    if history and last != now:
+        last = {k: v for k, v in history[-1].items() if k not in UNCOMPARED}
+    if history and last != {k: v for k, v in now.items() if k not in UNCOMPARED}:
         log.warning(
             "this run continues with %s after %s: its numbers may differ in the last "
             "digits from an uninterrupted run (float reductions split differently)",

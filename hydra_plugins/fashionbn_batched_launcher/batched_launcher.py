@@ -137,8 +137,12 @@ class BatchedLauncher(Launcher):
                 self._set_up(overrides, initial_job_idx + idx)
                 for idx, overrides in enumerate(job_overrides)
             ]
-        train_pending(runs, self.max_cohort)
+        self.train(runs)
         return runs
+
+    def train(self, runs: list[JobReturn]) -> None:
+        """Train the jobs set up to train in cohorts (here, in this process)."""
+        train_pending(runs, self.max_cohort)
 
     def _set_up(self, overrides: Sequence[str], idx: int) -> JobReturn:
         """Run one job's task function in its job context, as the basic launcher
@@ -177,20 +181,34 @@ class BatchedLauncher(Launcher):
 def train_pending(runs: list[JobReturn], max_cohort: Optional[int]) -> None:
     """Train the jobs that returned a PendingJob in cohorts; each JobReturn then
     holds the job's result, or its failure (a FashionbnError as one line)."""
-    from fashionbn.config import FashionbnError
-    from fashionbn.jobs.cohort import PendingJob, run_cohorts
-    from fashionbn.jobs.launching import JobFailed
+    from fashionbn.jobs.cohort import run_cohorts
 
-    pending = [
+    pending = pending_returns(runs)
+    if not pending:
+        return
+    with stderr_logging("fashionbn"):  # as a job logs (stdout stays clean)
+        run_cohorts([ret.return_value for ret in pending], max_cohort)
+    settle_returns(pending)
+
+
+def pending_returns(runs: list[JobReturn]) -> list[JobReturn]:
+    """The JobReturns of the jobs set up to train in cohorts."""
+    from fashionbn.jobs.cohort import PendingJob
+
+    return [
         ret
         for ret in runs
         if ret.status == JobStatus.COMPLETED
         and isinstance(ret.return_value, PendingJob)
     ]
-    if not pending:
-        return
-    with stderr_logging("fashionbn"):  # as a job logs (stdout stays clean)
-        run_cohorts([ret.return_value for ret in pending], max_cohort)
+
+
+def settle_returns(pending: list[JobReturn]) -> None:
+    """Each JobReturn of a trained PendingJob holds its result, or its failure (a
+    FashionbnError as one line, as the other launchers print it)."""
+    from fashionbn.config import FashionbnError
+    from fashionbn.jobs.launching import JobFailed
+
     for ret in pending:
         result = ret.return_value.result
         if isinstance(result, FashionbnError):  # one line, as the others

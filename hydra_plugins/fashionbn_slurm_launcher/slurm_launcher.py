@@ -26,13 +26,20 @@ ADVICE = {
 
 def ended_line(index: int, overrides: Sequence[str], state: str, timeout: Any) -> str:
     """The one line of a job the scheduler ended before it finished."""
+    return f"error: {ended_message(index, overrides, state, timeout)}"
+
+
+def ended_message(
+    index: int, overrides: Sequence[str], state: str, timeout: Any, where: str = ""
+) -> str:
+    """ended_line without its `error: ` (`where`: which cluster job it ran in)."""
     word = state.split()[0] if state else "UNKNOWN"
     why = ADVICE.get(word, f"the scheduler says {state or 'nothing'}")
     return (
-        f"error: job #{index} ({' '.join(filter_overrides(overrides))}) ended on the "
-        f"scheduler as "
-        f"{word} before it finished; {why.format(timeout=timeout)}. Its dir keeps the "
-        "epochs saved so far: run the same command again to continue from there"
+        f"job #{index} ({' '.join(filter_overrides(overrides))}) ended on the "
+        f"scheduler{where} as {word} before it finished; "
+        f"{why.format(timeout=timeout)}. Its dir keeps the epochs saved so far: run "
+        "the same command again to continue from there"
     )
 
 

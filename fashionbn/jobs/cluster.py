@@ -1,0 +1,136 @@
+"""A sweep's cohorts as cluster jobs (hydra/launcher=batched_slurm): which jobs go to
+the scheduler together (`cohort_jobs`, in the submitting process) and what one cluster
+job runs on its node (`train_cohort_job`: fashionbn.jobs.cohort.run_cohorts on the
+PendingJobs it was sent, each job's result sent back as a plain value).
+
+The node does what the local batched launcher does, with the same job dirs and rules
+(lock, skip, resume, refuse, files after every epoch, one `error:` line per failed
+job in its run.log): the submitting process only sets the jobs up (their dirs and
+`.hydra/`, as Hydra's launchers do) and waits. A cluster job the scheduler stops
+(`scancel`, its time limit, preemption: SIGTERM) stops where the local command stops
+on Ctrl-C — the epochs saved so far stay, and the same command continues them.
+Nothing here imports submitit.
+"""
+
+import logging
+import os
+import signal
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from fashionbn.config import FashionbnError
+from fashionbn.core.stacking import cohort_key
+from fashionbn.jobs.cohort import PendingJob, run_cohorts, turns
+from fashionbn.jobs.sizing import cohort_limit, split
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A job of a cluster job that the scheduler stopped before it finished (its
+    dir keeps the epochs saved so far): the signal that stopped it on its node
+    (SIGKILL: the cluster job sent nothing back), and the cluster job's id and state
+    on the scheduler (filled in by the submitting process)."""
+
+    signal: str
+    state: str = ""
+    cluster_job: str = ""
+
+
+def cohort_jobs(
+    jobs: list[PendingJob], max_cohort: Optional[int]
+) -> list[list[list[PendingJob]]]:
+    """The jobs as cluster jobs, turn by turn (jobs sharing one dir run in turns, as
+    under every launcher; a turn starts when the one before has ended). Jobs that
+    can share one program, ask for the same device and read the same copy of the
+    data go together: `max_cohort` runs per cluster job at most; with null, as many
+    as the CPU cache rule gives for device=cpu (measured on the submitting machine:
+    set max_cohort where the nodes differ), all of them for cuda/auto (the node
+    splits them if half its free GPU memory does not hold them). A job the batched
+    path cannot train (`alone`) is a cluster job of its own."""
+    rounds = []
+    for turn in turns(jobs):
+        groups: dict[tuple, list[PendingJob]] = defaultdict(list)
+        cluster_jobs, alone = [], []
+        for job in turn:
+            if job.alone:
+                alone.append([job])
+                continue
+            where = (str(job.run.data.root), str(job.run.data.system_dir))
+            groups[(job.run.device, where, cohort_key(job.run.identity))].append(job)
+        for (device, _, _), members in groups.items():
+            limit = max_cohort
+            if limit is None:
+                limit = (
+                    cohort_limit(members[0].run, torch.device("cpu"))
+                    if device == "cpu"
+                    else len(members)
+                )
+            cluster_jobs += split(members, limit, even=max_cohort is None)
+        rounds.append(cluster_jobs + alone)
+    return rounds
+
+
+def interrupt(signum: int, frame) -> None:
+    """SIGTERM on the node -> KeyboardInterrupt: the cohort stops as on Ctrl-C."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def train_cohort_job(jobs: list[PendingJob], max_cohort: Optional[int]) -> list[Any]:
+    """What one cluster job runs: its jobs trained as the local batched launcher
+    trains them (fashionbn's lines on stderr, the scheduler's log, and in each job's
+    run.log). Returns each job's result as a value that pickles on any node: its
+    test accuracy, None (skipped: another process holds its dir), a FashionbnError
+    (its one line), a RuntimeError (anything else; the traceback is in the logs),
+    or Stopped when the scheduler stopped the cluster job first."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger = logging.getLogger("fashionbn")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    stopped: Optional[str] = None
+    # scancel, the time limit and preemption send SIGTERM (submitit's own handler
+    # ignores it, so the job would train on until SIGKILL); submitit's early warning
+    # of the time limit (SIGUSR2) needs nothing: the files are saved every epoch
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    for job in jobs:  # status.json's execution names the SLURM job
+        job.launcher = {"launcher": "batched", "slurm_job": slurm_job_id()}
+    try:
+        run_cohorts(jobs, max_cohort)
+    except KeyboardInterrupt as stop:
+        stopped = str(stop) or "SIGINT"
+        logger.warning(
+            "stopped by %s: finished epochs are saved; the same command continues "
+            "them", stopped,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        logger.removeHandler(handler)
+    return [plain(job.result, stopped) for job in jobs]
+
+
+def slurm_job_id() -> Optional[str]:
+    """This SLURM job's id as squeue shows it (`54_1` for an array's task)."""
+    array, task = (
+        os.environ.get("SLURM_ARRAY_JOB_ID"),
+        os.environ.get("SLURM_ARRAY_TASK_ID"),
+    )
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+def plain(result: Any, stopped: Optional[str]) -> Any:
+    """A job's result as a value that unpickles anywhere (an exception of a plug-in's
+    class might not)."""
+    if isinstance(result, FashionbnError):
+        return FashionbnError(str(result))
+    if isinstance(result, BaseException):
+        return RuntimeError(f"{type(result).__name__}: {result}")
+    if result is None and stopped is not None:
+        return Stopped(stopped)
+    return result
