@@ -164,3 +164,86 @@ def test_a_dataset_missing_on_the_node_fails_with_its_line(tmp_path) -> None:
     assert f"error: FashionMNIST not found: no IDX files in {missing}" in output
     assert "Traceback" not in output
     assert not list(sweep.glob("*/status.json"))  # nothing started
+
+
+BATCHED_SLURM = ["hydra/launcher=batched_slurm", *SLURM[1:]]
+
+
+def test_cohorts_through_slurm_equal_the_local_batched_launchers(real_data_root,
+                                                                 tmp_path):  # fmt: skip
+    """hydra/launcher=batched_slurm: one cluster job per cohort (here one per model),
+    the same job dirs and numbers as hydra/launcher=batched, status.json naming
+    the SLURM job that trained each run."""
+    common = ["model=baseline,batchnorm", "seed=0,1", "epochs=2", "threads=1",
+              f"data.root={real_data_root}", "data.train_size=600",
+              "data.test_size=500", "device=cpu"]  # fmt: skip
+    through = run_module(["fashionbn.run", "-m", *common, *BATCHED_SLURM,
+                          f"hydra.sweep.dir={tmp_path / 'slurm'}"], REPO)  # fmt: skip
+    assert through.returncode == 0, through.stderr[-3000:]
+    local = run_module(["fashionbn.run", "-m", *common, "hydra/launcher=batched",
+                        f"hydra.sweep.dir={tmp_path / 'local'}"], REPO)  # fmt: skip
+    assert local.returncode == 0, local.stderr[-3000:]
+    got, expected = metrics(tmp_path / "slurm"), metrics(tmp_path / "local")
+    assert len(got) == 4 and got == expected
+    submitted = [line for line in through.stdout.splitlines()
+                 if "cluster job" in line and ": 2 runs (" in line]  # fmt: skip
+    assert len(submitted) == 2, through.stdout
+    for job in (tmp_path / "slurm").glob("*model=*"):
+        execution = json.loads((job / "status.json").read_text())["execution"]
+        assert len(execution) == 1 and execution[0]["cohort"] == 2
+        assert execution[0]["slurm_job"] in " ".join(submitted)
+    if not accounting():
+        assert "sacct" not in through.stdout + through.stderr
+
+
+def test_a_cancelled_cohort_job_fails_its_jobs_and_the_same_command_resumes_them(
+    real_data_root, tmp_path
+):
+    """scancel of a running cohort job: its jobs fail, each with its one line (the
+    cluster job, CANCELLED, run the same command again) — the node stops at
+    SIGTERM, not at KillWait's SIGKILL —; the same command resumes them from their
+    last saved epoch, to the numbers of an uninterrupted local batched sweep."""
+    common = ["model=baseline", "seed=0,1", "epochs=20", "threads=1",
+              f"data.root={real_data_root}", "data.train_size=60000",
+              "data.test_size=500", "device=cpu"]  # fmt: skip
+    sweep = tmp_path / "slurm"
+    command = [sys.executable, "-m", "fashionbn.run", "-m", *common, *BATCHED_SLURM,
+               f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    running = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    saved = []
+    while time.time() < deadline and len(saved) < 2:
+        saved = [p for p in sweep.glob("*seed=*/metrics.csv")
+                 if len(p.read_text().splitlines()) >= 4]  # 3 epochs  # fmt: skip
+        time.sleep(0.2)
+    assert len(saved) == 2, "the cohort saved no 3 epochs in 300 s"
+    queue = ["squeue", "-h", "-n", "fashionbn-cohort", "-o", "%i"]
+    job = subprocess.run(queue, capture_output=True, text=True).stdout.split()
+    assert len(job) == 1, job
+    subprocess.run(["scancel", job[0]], check=True)
+    output, _ = running.communicate(timeout=300)
+    assert running.returncode == 1, output[-3000:]
+    assert (f"error: job #0 (model=baseline seed=0 epochs=20 threads=1 "
+            f"data.root={real_data_root}") in output  # fmt: skip
+    line = (f"ended on the scheduler (cluster job {job[0]}) as CANCELLED before it "
+            "finished; it was cancelled (scancel). Its dir keeps the epochs saved so "
+            "far: run the same command again to continue from there")  # fmt: skip
+    assert line in output
+    assert "Traceback" not in output
+    done = []
+    for path in saved:
+        status = json.loads((path.parent / "status.json").read_text())
+        assert status["status"] == "running" and 3 <= status["epochs_done"] < 20
+        done.append(status["epochs_done"])
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.err"))
+    assert "stopped by SIGTERM: finished epochs are saved" in logs
+    for epochs in done:  # resumed, not restarted
+        assert f"resuming after epoch {epochs}" in logs
+    local = run_module(["fashionbn.run", "-m", *common, "hydra/launcher=batched",
+                        f"hydra.sweep.dir={tmp_path / 'local'}"], REPO)  # fmt: skip
+    assert local.returncode == 0, local.stderr[-3000:]
+    assert metrics(sweep) == metrics(tmp_path / "local")

@@ -15,6 +15,7 @@ Nothing here imports submitit.
 import logging
 import os
 import signal
+import socket
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -99,10 +100,20 @@ def train_cohort_job(jobs: list[PendingJob], max_cohort: Optional[int]) -> list[
     # of the time limit (SIGUSR2) needs nothing: the files are saved every epoch
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    here = []
     for job in jobs:  # status.json's execution names the SLURM job
         job.launcher = {"launcher": "batched", "slurm_job": slurm_job_id()}
+        if job.out_dir.is_dir():
+            here.append(job)
+        else:  # set up by the submitting machine, in a dir this node does not see
+            job.result = FashionbnError(
+                f"{job.out_dir} does not exist on {socket.gethostname()}: "
+                "hydra.sweep.dir must be on a file system that the submitting "
+                "machine and the nodes share"
+            )
+            logger.error("%s: error: %s", job.name, job.result)
     try:
-        run_cohorts(jobs, max_cohort)
+        run_cohorts(here, max_cohort)
     except KeyboardInterrupt as stop:
         stopped = str(stop) or "SIGINT"
         logger.warning(

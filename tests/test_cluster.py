@@ -1,0 +1,230 @@
+"""Cohorts as cluster jobs (hydra/launcher=batched_slurm) without a cluster: which
+jobs go to the scheduler together, what a cluster job sends back, what its node does
+on SIGTERM (scancel, the time limit), and the line a job the scheduler stopped gets.
+The launcher against a real one-node cluster is in test_slurm.py."""
+
+import json
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+
+from fashionbn.config import ConfigError, FashionbnError
+from fashionbn.config.settings import run_settings
+from fashionbn.jobs import cluster
+from fashionbn.jobs.cluster import Stopped, cohort_jobs, plain, train_cohort_job
+from fashionbn.jobs.cohort import PendingJob
+from fashionbn.jobs.files import read_metrics, read_status
+from tests.conftest import REPO, compose_config
+
+TINY = ["data.train_size=600", "data.test_size=300", "threads=1", "epochs=1"]
+
+
+def pending(root: Path, data_root: Path, name: str, *overrides: str, dir_name=None):
+    cfg = compose_config([f"data.root={data_root}", *TINY, *overrides])
+    out = root / (dir_name or name)
+    out.mkdir(exist_ok=True)  # Hydra makes it when it sets the job up
+    return PendingJob(run_settings(cfg), out, root, name, 0)
+
+
+def names(rounds) -> list[list[list[str]]]:
+    return [[[job.name for job in cj] for cj in turn] for turn in rounds]
+
+
+def test_cluster_jobs_group_what_can_share_a_program(real_data_root, tmp_path,
+                                                     monkeypatch):  # fmt: skip
+    """Same model, device and data copy: one cluster job of max_cohort runs at most;
+    a job the batched path cannot train: one of its own, after them; a job sharing a
+    dir with an earlier one: in the next turn."""
+    jobs = [
+        *(pending(tmp_path, real_data_root, f"b{s}", "model=baseline", f"seed={s}",
+                  "device=cpu") for s in range(3)),
+        *(pending(tmp_path, real_data_root, f"n{s}", "model=batchnorm", f"seed={s}",
+                  "device=cpu") for s in range(2)),
+        pending(tmp_path, real_data_root, "adam", "optim=adam", "device=cpu"),
+        pending(tmp_path, real_data_root, "again", "model=baseline", "seed=5",
+                "device=cpu", dir_name="b0"),
+    ]  # fmt: skip
+    jobs[5].alone = "optim=adam"
+    assert names(cohort_jobs(jobs, 2)) == [
+        [["b0", "b1"], ["b2"], ["n0", "n1"], ["adam"]],
+        [["again"]],
+    ]
+    # null: the CPU cache rule for device=cpu (here made to say 2), even sizes
+    monkeypatch.setattr(cluster, "cohort_limit", lambda run, device: 2)
+    assert names(cohort_jobs(jobs[:5], None)) == [[["b0", "b1"], ["b2"], ["n0", "n1"]]]
+    # cuda/auto: every run that can share a program (the node splits by its memory)
+    auto = [pending(tmp_path, real_data_root, f"a{s}", f"seed={s}", "device=auto")
+            for s in range(3)]  # fmt: skip
+    assert names(cohort_jobs(auto, None)) == [[["a0", "a1", "a2"]]]
+    # another copy of the data trains apart
+    other = pending(tmp_path, real_data_root, "copy", "seed=9", "device=auto",
+                    f"data.system_dir={tmp_path}")  # fmt: skip
+    assert names(cohort_jobs([*auto, other], None)) == [[["a0", "a1", "a2"], ["copy"]]]
+
+
+def test_what_a_cluster_job_sends_back_unpickles_anywhere() -> None:
+    class PluginError(FashionbnError):
+        def __init__(self, a, b):
+            super().__init__(f"{a} and {b}")
+
+    back = [plain(0.8125, None), plain(None, None), plain(None, "SIGTERM"),
+            plain(PluginError("x", "y"), "SIGTERM"), plain(KeyError("k"), None),
+            plain(ConfigError("bad"), None)]  # fmt: skip
+    again = pickle.loads(pickle.dumps(back))
+    assert again[:3] == [0.8125, None, Stopped("SIGTERM")]
+    assert type(again[3]) is FashionbnError and str(again[3]) == "x and y"
+    assert type(again[4]) is RuntimeError and str(again[4]) == "KeyError: 'k'"
+    assert type(again[5]) is FashionbnError and str(again[5]) == "bad"
+
+
+def test_a_cluster_job_trains_its_cohort_as_the_local_launcher(real_data_root,
+                                                               tmp_path):  # fmt: skip
+    """The PendingJobs as the scheduler carries them (pickled), trained on the
+    'node': each job's test accuracy back, files as any batched run's, and
+    status.json naming the SLURM job."""
+    jobs = [pending(tmp_path, real_data_root, f"s{s}", f"seed={s}", "epochs=2",
+                    "device=cpu") for s in (0, 1)]  # fmt: skip
+    carried = pickle.loads(pickle.dumps(jobs))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_ARRAY_JOB_ID", "41")
+        patch.setenv("SLURM_ARRAY_TASK_ID", "3")
+        back = train_cohort_job(carried, None)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    for job, result in zip(jobs, back):
+        records = read_metrics(job.out_dir)
+        assert len(records) == 2 and result == records[-1]["test_acc"]
+        status = read_status(job.out_dir)[0]
+        assert status["status"] == "complete"
+        assert status["execution"][-1]["launcher"] == "batched"
+        assert status["execution"][-1]["slurm_job"] == "41_3"
+        assert status["execution"][-1]["cohort"] == 2
+    # sent again (a re-submitted sweep): nothing trains, the same results come back
+    assert train_cohort_job(pickle.loads(pickle.dumps(jobs)), None) == back
+
+
+NODE = """
+import json, sys
+from pathlib import Path
+from fashionbn.config.settings import run_settings
+from fashionbn.jobs.cluster import Stopped, train_cohort_job
+from fashionbn.jobs.cohort import PendingJob
+from fashionbn.api import compose_config
+root = Path(sys.argv[1])
+jobs = [PendingJob(run_settings(compose_config(
+            [f"data.root={sys.argv[2]}", "data.train_size=20000",
+             "data.test_size=300", "threads=1", "device=cpu", "epochs=200",
+             f"seed={s}"])), root / f"s{s}", root, f"s{s}", s) for s in (0, 1)]
+for job in jobs:
+    job.out_dir.mkdir()
+back = train_cohort_job(jobs, None)
+print(json.dumps([r.signal if isinstance(r, Stopped) else repr(r) for r in back]))
+"""
+
+
+def test_sigterm_on_the_node_stops_the_cohort_with_its_epochs_saved(
+    real_data_root, tmp_path
+):
+    """scancel and the time limit send SIGTERM (submitit's own handler ignores it,
+    and the job would train on until SIGKILL): the cohort stops as on Ctrl-C, each
+    unfinished job is sent back as Stopped, and its dir holds every epoch it
+    saved, to be resumed."""
+    script = tmp_path / "node.py"
+    script.write_text(textwrap.dedent(NODE))
+    node = subprocess.Popen([sys.executable, str(script), str(tmp_path),
+                             str(real_data_root)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = [p for p in tmp_path.glob("s*/metrics.csv")
+                if len(p.read_text().splitlines()) >= 3]  # fmt: skip
+        if len(done) == 2 or node.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert len(done) == 2, f"no two epochs saved: {node.communicate()[1][-3000:]}"
+    node.send_signal(signal.SIGTERM)
+    out, err = node.communicate(timeout=120)
+    assert node.returncode == 0, err[-3000:]
+    assert json.loads(out.splitlines()[-1]) == ["SIGTERM", "SIGTERM"]
+    assert "stopped by SIGTERM: finished epochs are saved" in err
+    assert "Traceback" not in err
+    for seed in (0, 1):
+        status = read_status(tmp_path / f"s{seed}")[0]
+        assert status["status"] == "running"
+        assert 2 <= status["epochs_done"] < 200
+        assert len(read_metrics(tmp_path / f"s{seed}")) == status["epochs_done"]
+
+
+def launcher_returns(tmp_path, real_data_root, results, monkeypatch):
+    """BatchedSlurmLauncher.train over two set-up jobs whose cluster jobs sent
+    `results` back (the scheduler replaced by a stand-in)."""
+    from hydra_plugins.fashionbn_slurm_launcher import batched_slurm
+
+    jobs = [pending(tmp_path, real_data_root, f"s{s}", f"seed={s}") for s in (0, 1)]
+    for k, job in enumerate(jobs):
+        job.job_num = 3 + k
+
+    def on_cluster(members, max_cohort, folder, parameters):
+        assert parameters["timeout_min"] == 7 and parameters["slurm_partition"] == "p"
+        for job, result in zip(members, results):
+            job.result = result
+
+    monkeypatch.setattr(batched_slurm, "train_on_cluster", on_cluster)
+    runs = []
+    for k, job in enumerate(jobs):
+        ret = JobReturn(overrides=[f"seed={k}", "model=baseline", "hydra.x=1"],
+                        status=JobStatus.COMPLETED)  # fmt: skip
+        ret.return_value = job
+        runs.append(ret)
+    batched_slurm.BatchedSlurmLauncher(timeout_min=7, partition="p").train(runs)
+    return runs
+
+
+def test_a_job_the_scheduler_stopped_fails_alone_with_its_line(
+    real_data_root, tmp_path, monkeypatch
+):
+    runs = launcher_returns(
+        tmp_path, real_data_root,
+        [0.75, Stopped("SIGTERM", "TIMEOUT", "12_4")], monkeypatch,
+    )  # fmt: skip
+    assert runs[0].status == JobStatus.COMPLETED and runs[0].return_value == 0.75
+    assert runs[1].status == JobStatus.FAILED
+    assert str(runs[1]._return_value) == (
+        "error: job #4 (seed=1 model=baseline) ended on the scheduler (cluster job "
+        "12_4) as TIMEOUT before it finished; it ran past "
+        "hydra.launcher.timeout_min=7: raise it. Its dir keeps the epochs saved so "
+        "far: run the same command again to continue from there"
+    )  # fmt: skip
+    # a state the scheduler had not settled: the signal says what stopped it
+    stopped = [Stopped("SIGKILL", "", "12_4"), Stopped("SIGTERM", "COMPLETED", "12_4")]
+    runs = launcher_returns(tmp_path, real_data_root, stopped, monkeypatch)
+    assert "as UNKNOWN before it finished; the scheduler says UNKNOWN (stopped by " \
+           "SIGKILL)." in str(runs[0]._return_value)  # fmt: skip
+    assert "the scheduler says COMPLETED (stopped by SIGTERM)." in str(
+        runs[1]._return_value
+    )
+    # a job's own failure keeps its line; anything else stays an exception
+    runs = launcher_returns(tmp_path, real_data_root,
+                            [FashionbnError("bad data"), RuntimeError("KeyError: 'k'")],
+                            monkeypatch)  # fmt: skip
+    assert str(runs[0]._return_value) == "error: bad data"
+    assert isinstance(runs[1]._return_value, RuntimeError)
+
+
+def test_without_submitit_the_launcher_says_what_to_install(real_data_root, tmp_path,
+                                                           monkeypatch):  # fmt: skip
+    from hydra_plugins.fashionbn_slurm_launcher.batched_slurm import (
+        BatchedSlurmLauncher,
+    )
+
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    ret = JobReturn(overrides=["seed=0"], status=JobStatus.COMPLETED)
+    ret.return_value = pending(tmp_path, real_data_root, "s0", "seed=0")
+    with pytest.raises(Exception, match=r"batched_slurm needs submitit: pip install"):
+        BatchedSlurmLauncher().train([ret])
