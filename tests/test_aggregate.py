@@ -231,7 +231,8 @@ def test_a_refusal_shows_every_digit_and_how_each_run_was_trained(tmp_path) -> N
         columns={"train_loss": [2.3, 2.308670043945]},
     )
     second = make_job(tmp_path / "b", ["model=baseline", "seed=0"], [0.5, 0.6],
-                      execution=[{**one[0], "launcher": "batched", "cohort": 4}],
+                      execution=[{**one[0], "launcher": "batched", "cohort": 4,
+                                  "slurm_job": "62_0"}],
                       columns={"train_loss": [2.3, 2.3086702823]})  # fmt: skip
     with pytest.raises(AggregateError) as info:
         read_sweep([tmp_path / "a", tmp_path / "b"])
@@ -240,7 +241,7 @@ def test_a_refusal_shows_every_digit_and_how_each_run_was_trained(tmp_path) -> N
     assert "train_loss at epoch 2: 2.308670043945 vs 2.3086702823" in message
     assert (
         "ran on cpu with 1 torch thread vs cpu with 1 torch thread, batched launcher "
-        "in a cohort of 4"
+        "in a cohort of 4 (SLURM job 62_0)"
     ) in message
 
 

@@ -284,7 +284,8 @@ def first_of_each_sweep(overrides: list[str]) -> list[str]:
 
 
 LAUNCHERS = {p.stem for p in (REPO / "conf" / "hydra" / "launcher").glob("*.yaml")}
-LAUNCHERS |= {"basic", "batched", "joblib", "submitit_local", "submitit_slurm"}
+LAUNCHERS |= {"basic", "batched", "batched_slurm", "joblib", "submitit_local",
+              "submitit_slurm"}  # fmt: skip
 
 
 def test_the_pages_show_commands_of_every_kind() -> None:
