@@ -13,15 +13,22 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.utils import JobReturn, JobStatus
 
 from fashionbn.config import ConfigError, FashionbnError
 from fashionbn.config.settings import run_settings
 from fashionbn.jobs import cluster
-from fashionbn.jobs.cluster import Stopped, cohort_jobs, plain, train_cohort_job
+from fashionbn.jobs.cluster import (
+    SKIPPED,
+    Stopped,
+    cohort_jobs,
+    plain,
+    train_cohort_job,
+)
 from fashionbn.jobs.cohort import PendingJob
 from fashionbn.jobs.files import read_metrics, read_status
-from tests.conftest import REPO, compose_config
+from tests.conftest import REPO, compose_config, run_module
 
 TINY = ["data.train_size=600", "data.test_size=300", "threads=1", "epochs=1"]
 
@@ -78,7 +85,7 @@ def test_what_a_cluster_job_sends_back_unpickles_anywhere() -> None:
             plain(PluginError("x", "y"), "SIGTERM"), plain(KeyError("k"), None),
             plain(ConfigError("bad"), None)]  # fmt: skip
     again = pickle.loads(pickle.dumps(back))
-    assert again[:3] == [0.8125, None, Stopped("SIGTERM")]
+    assert again[:3] == [0.8125, SKIPPED, Stopped("SIGTERM")]
     assert type(again[3]) is FashionbnError and str(again[3]) == "x and y"
     assert type(again[4]) is RuntimeError and str(again[4]) == "KeyError: 'k'"
     assert type(again[5]) is FashionbnError and str(again[5]) == "bad"
@@ -170,10 +177,11 @@ def launcher_returns(tmp_path, real_data_root, results, monkeypatch):
     for k, job in enumerate(jobs):
         job.job_num = 3 + k
 
-    def on_cluster(members, max_cohort, folder, parameters):
+    def on_cluster(members, max_cohort, folder, parameters, describe):
         assert parameters["timeout_min"] == 7 and parameters["slurm_partition"] == "p"
-        for job, result in zip(members, results):
-            job.result = result
+        for job, result in zip(members, results):  # as train_on_cluster sets them
+            stopped = isinstance(result, Stopped)
+            job.result = FashionbnError(describe(job, result)) if stopped else result
 
     monkeypatch.setattr(batched_slurm, "train_on_cluster", on_cluster)
     runs = []
@@ -206,9 +214,10 @@ def test_a_job_the_scheduler_stopped_fails_alone_with_its_line(
     runs = launcher_returns(tmp_path, real_data_root, stopped, monkeypatch)
     assert "as UNKNOWN before it finished; the scheduler says UNKNOWN (stopped by " \
            "SIGKILL)." in str(runs[0]._return_value)  # fmt: skip
-    assert "the scheduler says COMPLETED (stopped by SIGTERM)." in str(
+    assert ("as COMPLETED before it finished; its node had SIGTERM, though the "
+            "scheduler did not end it (e.g. scancel --signal=TERM).") in str(
         runs[1]._return_value
-    )
+    )  # fmt: skip
     # a job's own failure keeps its line; anything else stays an exception
     runs = launcher_returns(tmp_path, real_data_root,
                             [FashionbnError("bad data"), RuntimeError("KeyError: 'k'")],
@@ -228,3 +237,65 @@ def test_without_submitit_the_launcher_says_what_to_install(real_data_root, tmp_
     ret.return_value = pending(tmp_path, real_data_root, "s0", "seed=0")
     with pytest.raises(Exception, match=r"batched_slurm needs submitit: pip install"):
         BatchedSlurmLauncher().train([ret])
+
+
+@pytest.mark.parametrize(
+    "setting, line",
+    [
+        ("hydra.launcher.timeout_min=0", "error: hydra.launcher.timeout_min=0: must "
+         "be >= 1 (minutes per cluster job; SLURM reads 0 as no limit at all)"),
+        ("hydra.sweep.dir={tmp}/at_%u", "/at_%u/.submitit/%j: sbatch expands '%' in "
+         "its log paths (%u, %x, ...): choose a hydra.sweep.dir without '%'"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("launcher", ["batched_slurm", "slurm"])
+def test_settings_slurm_cannot_work_with_are_refused_first(tmp_path, launcher,
+                                                          setting, line):  # fmt: skip
+    """Refused in one line before any job is set up or submitted (no cluster is
+    asked: these run without one)."""
+    setting = setting.format(tmp=tmp_path)
+    sweep = [setting] if "sweep.dir" in setting else [
+        setting, f"hydra.sweep.dir={tmp_path / 's'}"]  # fmt: skip
+    done = run_module(["fashionbn.run", "-m", f"hydra/launcher={launcher}",
+                       "seed=0,1", *TINY, *sweep], REPO)  # fmt: skip
+    assert done.returncode == 1
+    assert line in done.stderr and "Traceback" not in done.stderr
+    assert not list(tmp_path.rglob(".hydra")) and not list(tmp_path.rglob(".submitit"))
+
+
+def test_an_sbatch_refusal_is_one_line() -> None:
+    from hydra_plugins.fashionbn_slurm_launcher.slurm_launcher import refused_line
+
+    said = ("Command '['sbatch', '/x/.submitit/submission_file_1.sh']' returned "
+            "non-zero exit status 1.\nsbatch: error: invalid partition specified: "
+            "nope\nsbatch: error: Batch job submission failed: Invalid partition "
+            "name specified\n")  # fmt: skip
+    assert refused_line(RuntimeError(said)) == (
+        "error: sbatch refused the jobs: sbatch: error: invalid partition specified: "
+        "nope (see hydra.launcher.*: partition, gpus_per_node, cpus_per_task, "
+        "mem_gb, timeout_min)"
+    )
+
+
+def test_execution_names_each_slurm_job_that_trained_the_run(monkeypatch) -> None:
+    """A run started in cluster job 90 and finished locally (or in job 91) has an
+    entry for each, without the 'numbers may differ' warning (same thread count,
+    device and torch); a resume in the same kind of process adds none."""
+    from fashionbn.jobs.job import execution_info, with_execution
+    from fashionbn.jobs.previous import RESUME, Previous
+
+    cpu = torch.device("cpu")
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    here = {**execution_info(cpu), "launcher": "batched"}
+    there = {**here, "slurm_job": "90", "cohort": 2}
+    previous = Previous(RESUME, execution=[there])
+    assert with_execution(previous, cpu, {"launcher": "batched"}) == [there, here]
+    monkeypatch.setenv("SLURM_JOB_ID", "91")
+    again = with_execution(previous, cpu, {"launcher": "batched"})
+    assert again == [there, {**here, "slurm_job": "91"}]
+    monkeypatch.setenv("SLURM_JOB_ID", "90")  # requeued: the same job again
+    assert with_execution(previous, cpu, {"launcher": "batched"}) == [there]
+    local = Previous(RESUME, execution=[{**here, "cohort": 4}])
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert with_execution(local, cpu, {"launcher": "batched"}) == local.execution

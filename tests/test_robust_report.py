@@ -222,8 +222,11 @@ def test_the_command_adds_the_missing_seeds_to_the_sweep_as_run(tmp_path) -> Non
     sweep = tmp_path / "my sweep"
     planted_sweep(sweep, CALM[:5])
     task = ["model=baseline,batchnorm", "seed=0,1,2,3,4", "epochs=2"]
-    choices = {"hydra/launcher": "batched"}
-    saved = {"hydra": {"overrides": {"task": task}, "runtime": {"choices": choices}}}
+    choices = {"hydra/launcher": "batched_slurm"}
+    given = ["hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}",
+             "hydra.launcher.setup=[a,b]", "hydra.launcher.mem_gb=1"]  # fmt: skip
+    saved = {"hydra": {"overrides": {"task": task, "hydra": given},
+                       "runtime": {"choices": choices}}}  # fmt: skip
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(saved))
     gaps = [round(0.80 + s / 1000 + g, 4) - round(0.80 + s / 1000, 4)
             for s, g in enumerate(CALM[:5])]  # fmt: skip
@@ -236,7 +239,8 @@ def test_the_command_adds_the_missing_seeds_to_the_sweep_as_run(tmp_path) -> Non
     assert (f"- batchnorm − baseline, epoch 2: n=5 pairs; its robust spread {sd:.4f} "
             f"needs {want} for ±0.001: {want - 5} more.") in report  # fmt: skip
     expected = ("python -m fashionbn.run -m model=baseline,batchnorm epochs=2 "
-                f"'seed=range(5,{want})' hydra/launcher=batched "
+                f"'seed=range(5,{want})' hydra/launcher=batched_slurm "
+                "hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=1 "
                 f"'hydra.sweep.dir={sweep}'")  # fmt: skip
     assert expected in report.splitlines()
     assert main([str(sweep), "--precision", "0.5"]) == 0

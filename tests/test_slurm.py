@@ -96,10 +96,9 @@ def test_a_cancelled_job_fails_alone_and_the_same_command_resumes_it(
     """scancel of one running job: that job fails with its one line (state
     CANCELLED, run the same command again), the other finishes; the same command
     then resumes it from its last saved epoch and both end with the numbers of an
-    uninterrupted sweep. (The whole train set and 40 epochs: submitit's job process
-    ignores SIGTERM, so a cancelled job trains on until KillWait's SIGKILL, 5 s on
-    the one-node cluster, and a short one would finish.)"""
-    common = ["model=batchnorm,baseline", "seed=0", "epochs=40", "threads=1",
+    uninterrupted sweep. The job stops at SIGTERM (submitit's own handler ignores
+    it: the job would train on until KillWait's SIGKILL, and might finish)."""
+    common = ["model=batchnorm,baseline", "seed=0", "epochs=20", "threads=1",
               f"data.root={real_data_root}", "data.train_size=60000",
               "data.test_size=500", "device=cpu"]  # fmt: skip
     sweep = tmp_path / "slurm"
@@ -127,7 +126,9 @@ def test_a_cancelled_job_fails_alone_and_the_same_command_resumes_it(
     assert "run the same command again to continue from there" in output
     assert "Traceback" not in output
     status = json.loads((batchnorm / "status.json").read_text())
-    assert status["status"] == "running" and 3 <= status["epochs_done"] < 40
+    assert status["status"] == "running" and 3 <= status["epochs_done"] < 20
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.err"))
+    assert "stopped by SIGTERM: finished epochs are saved" in logs
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                            timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
@@ -230,9 +231,11 @@ def test_a_cancelled_cohort_job_fails_its_jobs_and_the_same_command_resumes_them
             "finished; it was cancelled (scancel). Its dir keeps the epochs saved so "
             "far: run the same command again to continue from there")  # fmt: skip
     assert line in output
+    assert "error: job #1 (model=baseline seed=1 epochs=20" in output  # each job's
     assert "Traceback" not in output
     done = []
     for path in saved:
+        assert "stopped by SIGTERM" in (path.parent / "run.log").read_text()
         status = json.loads((path.parent / "status.json").read_text())
         assert status["status"] == "running" and 3 <= status["epochs_done"] < 20
         done.append(status["epochs_done"])
@@ -247,3 +250,26 @@ def test_a_cancelled_cohort_job_fails_its_jobs_and_the_same_command_resumes_them
                         f"hydra.sweep.dir={tmp_path / 'local'}"], REPO)  # fmt: skip
     assert local.returncode == 0, local.stderr[-3000:]
     assert metrics(sweep) == metrics(tmp_path / "local")
+
+
+def test_a_job_another_process_trains_is_skipped_with_its_line(real_data_root,
+                                                               tmp_path):  # fmt: skip
+    """A cohort job that finds a job's dir locked (the same sweep still training
+    elsewhere) leaves it alone, and the submitting process says so — who holds it —
+    instead of counting it done."""
+    from fashionbn.jobs.job import job_lock
+
+    sweep = tmp_path / "slurm"
+    (sweep / "seed0").mkdir(parents=True)
+    with job_lock(sweep / "seed0"):
+        done = run_module(["fashionbn.run", "-m", "seed=0,1", "epochs=1", "threads=1",
+                           f"data.root={real_data_root}", "data.train_size=600",
+                           "data.test_size=500", "device=cpu", *BATCHED_SLURM,
+                           f"hydra.sweep.dir={sweep}",
+                           "hydra.sweep.subdir=seed${seed}"], REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert f"skipped: its dir is being trained by pid {os.getpid()} on " in output
+    assert "ended: 1 of 2 runs done, 1 skipped" in output
+    assert not (sweep / "seed0" / "metrics.csv").exists()
+    assert (sweep / "seed1" / "metrics.csv").is_file()

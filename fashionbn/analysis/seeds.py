@@ -30,7 +30,8 @@ MAX_COMMANDS = 12  # settings that form no grid: a command each, up to this many
 # syntax (no lists, quotes, interpolations, spaces)
 PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*(/[A-Za-z0-9_.]+)*=[A-Za-z0-9_.+\-:@%/]*")
 SAFE_DIR = re.compile(r"[A-Za-z0-9_./+\-:@% ]+")
-LAUNCHERS = {"batched", "local_parallel", "slurm", "submitit_local", "submitit_slurm"}
+LAUNCHERS = {"batched", "batched_slurm", "local_parallel", "slurm", "submitit_local",
+             "submitit_slurm"}  # fmt: skip
 
 
 def needed(row: pd.Series) -> float:
@@ -102,15 +103,21 @@ def as_grid(every: list[list[str]]) -> Optional[list[str]]:
     return [f"{key}={','.join(values[key])}" for key in keys]
 
 
-def launcher_of(sweep_dir: Path) -> Optional[str]:
+def launcher_of(sweep_dir: Path) -> list[str]:
     """The launcher the sweep's last command chose (multirun.yaml), when it is one
-    of fashionbn's; None otherwise or when unreadable."""
+    of fashionbn's, with the hydra.launcher.* values it was given (plain ones
+    only); [] otherwise or when unreadable."""
     try:
         saved = read_yaml(sweep_dir, "multirun.yaml")
         chosen = saved["hydra"]["runtime"]["choices"]["hydra/launcher"]
+        given = list(saved["hydra"]["overrides"].get("hydra") or [])
     except Exception:  # noqa: BLE001 - the launcher is only a convenience
-        return None
-    return chosen if chosen in LAUNCHERS else None
+        return []
+    if chosen not in LAUNCHERS:
+        return []
+    values = [o for o in given if isinstance(o, str) and
+              o.startswith("hydra.launcher.") and PLAIN.fullmatch(o)]  # fmt: skip
+    return [f"hydra/launcher={chosen}", *values]
 
 
 def commands(runs: list[str], sweep_dir: Path, first: int, count: int) -> list[str]:
@@ -123,8 +130,7 @@ def commands(runs: list[str], sweep_dir: Path, first: int, count: int) -> list[s
     lines = [grid] if grid is not None else every
     if len(lines) > MAX_COMMANDS:
         return []
-    launcher = launcher_of(sweep_dir)
-    extra = [f"hydra/launcher={launcher}"] if launcher else []
+    extra = launcher_of(sweep_dir)
     seeds = f"seed=range({first},{first + count})"
     return [
         " ".join(

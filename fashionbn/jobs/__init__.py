@@ -11,7 +11,7 @@ runs a cohort holds), `writer` writes a run's files after
 every epoch, `resume` decides what a dir's contents allow (`previous`: what it found,
 `extension`: continuing a finished run to more epochs), `checkpoint` reads and writes
 the state, `preflight` refuses dirs Hydra would write through a link, `loggers` (a
-package, one module per sink) and `progress` report; `scheduler` asks SLURM for job
+package, one module per sink) and `progress` report; `scheduler` asks SLURM (job
 states where its accounting does not answer. May import fashionbn.config and
 fashionbn.core.
 """

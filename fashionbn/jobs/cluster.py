@@ -13,7 +13,6 @@ Nothing here imports submitit.
 """
 
 import logging
-import os
 import signal
 import socket
 import sys
@@ -25,7 +24,7 @@ import torch
 
 from fashionbn.config import FashionbnError
 from fashionbn.core.stacking import cohort_key
-from fashionbn.jobs.cohort import PendingJob, run_cohorts, turns
+from fashionbn.jobs.cohort import PendingJob, job_log, run_cohorts, turns
 from fashionbn.jobs.sizing import cohort_limit, split
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
@@ -41,6 +40,9 @@ class Stopped:
     signal: str
     state: str = ""
     cluster_job: str = ""
+
+
+SKIPPED = "skipped"  # a job another process was training: its dir was left alone
 
 
 def cohort_jobs(
@@ -86,7 +88,7 @@ def train_cohort_job(jobs: list[PendingJob], max_cohort: Optional[int]) -> list[
     """What one cluster job runs: its jobs trained as the local batched launcher
     trains them (fashionbn's lines on stderr, the scheduler's log, and in each job's
     run.log). Returns each job's result as a value that pickles on any node: its
-    test accuracy, None (skipped: another process holds its dir), a FashionbnError
+    test accuracy, SKIPPED (another process holds its dir), a FashionbnError
     (its one line), a RuntimeError (anything else; the traceback is in the logs),
     or Stopped when the scheduler stopped the cluster job first."""
     handler = logging.StreamHandler(sys.stderr)
@@ -101,8 +103,7 @@ def train_cohort_job(jobs: list[PendingJob], max_cohort: Optional[int]) -> list[
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     here = []
-    for job in jobs:  # status.json's execution names the SLURM job
-        job.launcher = {"launcher": "batched", "slurm_job": slurm_job_id()}
+    for job in jobs:
         if job.out_dir.is_dir():
             here.append(job)
         else:  # set up by the submitting machine, in a dir this node does not see
@@ -116,23 +117,16 @@ def train_cohort_job(jobs: list[PendingJob], max_cohort: Optional[int]) -> list[
         run_cohorts(here, max_cohort)
     except KeyboardInterrupt as stop:
         stopped = str(stop) or "SIGINT"
-        logger.warning(
-            "stopped by %s: finished epochs are saved; the same command continues "
-            "them", stopped,
-        )  # fmt: skip
+        line = (f"stopped by {stopped}: finished epochs are saved; the same command "
+                "continues them")  # fmt: skip
+        logger.warning(line)
+        for job in here:  # its run.log says so too
+            if job.result is None:
+                job_log(job, logging.WARNING, line)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         logger.removeHandler(handler)
     return [plain(job.result, stopped) for job in jobs]
-
-
-def slurm_job_id() -> Optional[str]:
-    """This SLURM job's id as squeue shows it (`54_1` for an array's task)."""
-    array, task = (
-        os.environ.get("SLURM_ARRAY_JOB_ID"),
-        os.environ.get("SLURM_ARRAY_TASK_ID"),
-    )
-    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 def plain(result: Any, stopped: Optional[str]) -> Any:
@@ -142,6 +136,6 @@ def plain(result: Any, stopped: Optional[str]) -> Any:
         return FashionbnError(str(result))
     if isinstance(result, BaseException):
         return RuntimeError(f"{type(result).__name__}: {result}")
-    if result is None and stopped is not None:
-        return Stopped(stopped)
+    if result is None:  # stopped, or skipped: another process trains its dir
+        return Stopped(stopped) if stopped is not None else SKIPPED
     return result

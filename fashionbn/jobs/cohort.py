@@ -68,8 +68,6 @@ class PendingJob:
     name: str
     job_num: int
     alone: Optional[str] = None  # why it runs through the single-run path, if it does
-    # what status.json's execution says of the launcher (and of the SLURM job)
-    launcher: dict = field(default_factory=lambda: {"launcher": "batched"})
     result: Any = None  # test_acc, None (skipped as busy), or the exception
     fresh: bool = False  # trained from epoch 1 (its loggers start new runs)
     # set while it trains
@@ -193,7 +191,8 @@ def settle(
 ) -> bool:
     """prepare_job_dir for one job: False when it is finished (result set), True
     when it is to be trained (from epoch 1 or its checkpoint)."""
-    previous, files = settle_job(job.run, job.out_dir, device, digest, job.launcher)
+    previous, files = settle_job(job.run, job.out_dir, device, digest,
+                                 {"launcher": "batched"})  # fmt: skip
     if files is None:
         job_log(job, logging.INFO, f"{job.out_dir.name} is {previous.status} already;"
                 " skipping it")  # fmt: skip

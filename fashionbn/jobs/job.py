@@ -60,6 +60,7 @@ from fashionbn.jobs.previous import (  # noqa: F401 - JobDirError: raised by run
 )
 from fashionbn.jobs.progress import EpochBar
 from fashionbn.jobs.resume import prepare_job_dir
+from fashionbn.jobs.scheduler import slurm_job_id
 from fashionbn.jobs.writer import JobFiles
 
 log = logging.getLogger(__name__)
@@ -114,12 +115,14 @@ def job_lock(job_dir: Path) -> Iterator[None]:
 
 
 def execution_info(device: torch.device) -> dict:
-    """How this process runs: what can change a run's last digits, not its identity."""
-    return {
+    """How this process runs: what can change a run's last digits, not its identity
+    (and the SLURM job it runs in, if it does: that changes no digit)."""
+    info = {
         "device": device.type,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    return {**info, "slurm_job": slurm_job_id()} if slurm_job_id() else info
 
 
 def run_job(
@@ -363,12 +366,18 @@ def with_execution(
     that trained it change no run's numbers, so they are not compared."""
     now = {**execution_info(device), **(launcher or {})}
     history = list(previous.execution)
-    if history:
-        last = {k: v for k, v in history[-1].items() if k not in UNCOMPARED}
-    if history and last != {k: v for k, v in now.items() if k not in UNCOMPARED}:
+    if not history:
+        return [now]
+    last = history[-1]
+    if without(last, UNCOMPARED) != without(now, UNCOMPARED):
         log.warning(
             "this run continues with %s after %s: its numbers may differ in the last "
             "digits from an uninterrupted run (float reductions split differently)",
-            now, history[-1],
+            now, last,
         )  # fmt: skip
-    return history if history and last == now else [*history, now]
+    # the same kind of process again (its cohort's size is set when it trains)
+    return history if without(last, ("cohort",)) == now else [*history, now]
+
+
+def without(entry: dict, keys: tuple) -> dict:
+    return {k: v for k, v in entry.items() if k not in keys}

@@ -6,7 +6,9 @@ jobs the controller still holds, finished ones included for MinJobAge), in sacct
 parsable format; with accounting nothing changes."""
 
 import functools
+import os
 import subprocess
+from typing import Optional
 
 
 @functools.cache
@@ -48,3 +50,13 @@ def ask_squeue_without_accounting() -> None:
 
     make_command.asks_squeue = True  # type: ignore[attr-defined]
     SlurmInfoWatcher._make_command = make_command
+
+
+def slurm_job_id() -> Optional[str]:
+    """The SLURM job this process runs in, as squeue shows it (`54_1` for a task of
+    a job array), or None outside SLURM."""
+    array, task = (
+        os.environ.get("SLURM_ARRAY_JOB_ID"),
+        os.environ.get("SLURM_ARRAY_TASK_ID"),
+    )
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")

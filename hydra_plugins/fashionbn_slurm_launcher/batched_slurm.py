@@ -12,7 +12,7 @@ extra); without it the launcher says so in one line.
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
@@ -89,10 +89,19 @@ class BatchedSlurmLauncher(BatchedLauncher):
         if partition is not None:
             self.parameters["slurm_partition"] = partition
 
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        from .slurm_launcher import settings_problem
+
+        problem = settings_problem(self.timeout_min, self.folder)
+        if problem:  # before anything is set up or submitted
+            raise LauncherSettingError(problem)
+        return super().launch(job_overrides, initial_job_idx)
+
     def train(self, runs: list[JobReturn]) -> None:
         """Send the sweep's cohorts to SLURM, wait for them, and settle each job's
         JobReturn from what its cluster job sent back."""
-        from fashionbn.config import FashionbnError
         from fashionbn.jobs.cluster import Stopped
 
         from .slurm_launcher import ADVICE, ended_message
@@ -107,43 +116,60 @@ class BatchedSlurmLauncher(BatchedLauncher):
                 "error: hydra/launcher=batched_slurm needs submitit: pip install -e "
                 '".[launchers]"'
             ) from None
+        overrides = {id(ret.return_value): ret.overrides or [] for ret in pending}
+
+        def describe(job, stopped: Stopped) -> str:
+            """The line of a job whose cluster job ended before it finished."""
+            state = stopped.state
+            if (state.split() or [""])[0] not in ADVICE:
+                state = f"{state or 'UNKNOWN'} (stopped by {stopped.signal})"
+            return ended_message(job.job_num, overrides[id(job)], state,
+                                 self.timeout_min,
+                                 f" (cluster job {stopped.cluster_job})")  # fmt: skip
+
         train_on_cluster([ret.return_value for ret in pending], self.max_cohort,
-                         self.folder, self.parameters)  # fmt: skip
-        for ret in pending:
-            job = ret.return_value
-            stopped = job.result
-            if isinstance(stopped, Stopped):
-                state = stopped.state
-                if (state.split() or [""])[0] not in ADVICE:
-                    state = f"{state or 'UNKNOWN'} (stopped by {stopped.signal})"
-                job.result = FashionbnError(ended_message(
-                    job.job_num, ret.overrides or [], state, self.timeout_min,
-                    f" (cluster job {stopped.cluster_job})",
-                ))  # fmt: skip
+                         self.folder, self.parameters, describe)  # fmt: skip
         settle_returns(pending)
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def train_on_cluster(
-    jobs: list, max_cohort: Optional[int], folder: str, parameters: dict
+    jobs: list,
+    max_cohort: Optional[int],
+    folder: str,
+    parameters: dict,
+    describe: Callable[[Any, Any], str],
 ) -> None:
     """Each cohort of `jobs` as one SLURM job, turn by turn; each job's `result` is
-    set from what its cluster job sent back (Stopped, with the cluster job's id and
-    state, where the scheduler ended it first)."""
+    set from what its cluster job sent back: a job the scheduler ended first gets
+    a FashionbnError with `describe`'s line, a skipped one (another process trains
+    its dir) None; each such job's line is logged as its cluster job ends."""
     import submitit
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from fashionbn.jobs.cluster import Stopped, cohort_jobs, train_cohort_job
+    from fashionbn.config import FashionbnError
+    from fashionbn.jobs.cluster import SKIPPED, Stopped, cohort_jobs, train_cohort_job
+    from fashionbn.jobs.reading import being_trained
     from fashionbn.jobs.scheduler import ask_squeue_without_accounting
+
+    from .slurm_launcher import SubmissionRefused, refused_line, still_on
 
     ask_squeue_without_accounting()
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     executor.update_parameters(**parameters)
     for turn in cohort_jobs(jobs, max_cohort):
-        submitted = executor.map_array(train_cohort_job, turn,
-                                       [max_cohort] * len(turn))  # fmt: skip
+        try:
+            submitted = executor.map_array(train_cohort_job, turn,
+                                           [max_cohort] * len(turn))  # fmt: skip
+        except FailedJobError as err:  # sbatch refused: nothing was submitted
+            raise SubmissionRefused(refused_line(err)) from None
         for members, cluster_job in zip(turn, submitted):
-            log.info("cluster job %s: %d runs (%s)", cluster_job.job_id,
-                     len(members), ", ".join(job.name for job in members))  # fmt: skip
+            log.info("cluster job %s: %s (%s)", cluster_job.job_id,
+                     plural(len(members), "run"),
+                     ", ".join(job.name for job in members))  # fmt: skip
         try:
             for members, cluster_job in zip(turn, submitted):
                 try:
@@ -156,20 +182,30 @@ def train_on_cluster(
                         f"cluster job {cluster_job.job_id} failed: {last} (its log: "
                         f"{cluster_job.paths.stderr})"
                     )] * len(members)  # fmt: skip
+                done = skipped = 0
                 for job, result in zip(members, results):
                     if isinstance(result, Stopped):
-                        result = Stopped(result.signal, scheduler_state(cluster_job),
-                                         cluster_job.job_id)  # fmt: skip
+                        result = FashionbnError(describe(job, Stopped(
+                            result.signal, scheduler_state(cluster_job),
+                            cluster_job.job_id,
+                        )))  # fmt: skip
+                    if isinstance(result, BaseException):
+                        log.error("%s: error: %s", job.name, result)
+                    elif result == SKIPPED:
+                        skipped, result = skipped + 1, None
+                        who = being_trained(job.out_dir) or "another process"
+                        log.warning("%s: skipped: its dir is being trained by %s; "
+                                    "run the same command again once that has "
+                                    "ended", job.name, who)  # fmt: skip
+                    else:
+                        done += 1
                     job.result = result
-                failed = sum(isinstance(job.result, BaseException | Stopped)
-                             for job in members)  # fmt: skip
-                log.info("cluster job %s ended: %d of %d runs done (its log: %s)",
-                         cluster_job.job_id, len(members) - failed, len(members),
+                log.info("cluster job %s ended: %d of %s done%s (its log: %s)",
+                         cluster_job.job_id, done, plural(len(members), "run"),
+                         f", {skipped} skipped" if skipped else "",
                          cluster_job.paths.stderr)  # fmt: skip
         except KeyboardInterrupt:
-            ids = " ".join(job.job_id for job in submitted)
-            log.warning("the cluster jobs go on: `scancel %s` stops them (their "
-                        "finished epochs are saved)", ids)  # fmt: skip
+            still_on(submitted)
             raise
 
 

@@ -7,10 +7,13 @@ every epoch saved so far; the same command continues it), where submitit would r
 for the first such job and lose the others' results in a traceback. It also makes
 submitit ask squeue where sacct does not answer (fashionbn.jobs.scheduler)."""
 
-from typing import Any, Sequence
+import logging
+import signal
+from typing import Any, Optional, Sequence
 from unittest import mock
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.errors import CompactHydraException
 
 from fashionbn.jobs.launching import JobFailed
 from fashionbn.jobs.scheduler import ask_squeue_without_accounting
@@ -21,7 +24,28 @@ ADVICE = {
     "PREEMPTED": "it was preempted",
     "NODE_FAIL": "its node failed",
     "OUT_OF_MEMORY": "it ran out of memory: raise hydra.launcher.mem_gb",
+    "COMPLETED": "its node had SIGTERM, though the scheduler did not end it (e.g. "
+    "scancel --signal=TERM)",
+    "FAILED": "it failed outside training (a hydra.launcher.setup line, the node's "
+    "environment, a signal): its log under hydra.launcher.submitit_folder says why",
 }
+
+
+def settings_problem(timeout_min: Any, folder: str) -> Optional[str]:
+    """Why these hydra.launcher values cannot work on SLURM, or None."""
+    if not isinstance(timeout_min, int) or isinstance(timeout_min, bool) or (
+        timeout_min < 1
+    ):  # fmt: skip
+        return (
+            f"error: hydra.launcher.timeout_min={timeout_min}: must be >= 1 (minutes "
+            "per cluster job; SLURM reads 0 as no limit at all)"
+        )
+    if "%" in str(folder).replace("%j", ""):
+        return (
+            f"error: hydra.launcher.submitit_folder={folder}: sbatch expands '%' in "
+            "its log paths (%u, %x, ...): choose a hydra.sweep.dir without '%'"
+        )
+    return None
 
 
 def ended_line(index: int, overrides: Sequence[str], state: str, timeout: Any) -> str:
@@ -41,6 +65,33 @@ def ended_message(
         f"{why.format(timeout=timeout)}. Its dir keeps the epochs saved so far: run "
         "the same command again to continue from there"
     )
+
+
+class SubmissionRefused(CompactHydraException):
+    """sbatch refused the sweep's jobs (one line)."""
+
+
+def refused_line(err: Exception) -> str:
+    """sbatch's own complaint, as one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = next((line for line in lines if "error" in line.lower()),
+                lines[-1] if lines else "")  # fmt: skip
+    return (
+        f"error: sbatch refused the jobs: {said} (see hydra.launcher.*: "
+        "partition, gpus_per_node, cpus_per_task, mem_gb, timeout_min)"
+    )
+
+
+def still_on(cluster_jobs: Sequence) -> None:
+    """On Ctrl-C in the submitting process: say that the cluster jobs go on, and
+    how to stop them."""
+    if cluster_jobs:
+        ids = " ".join(str(job.job_id) for job in cluster_jobs)
+        logging.getLogger(__name__).warning(
+            "the cluster jobs go on training: `scancel %s` stops them (their finished "
+            "epochs are saved); the same command run while they train skips their "
+            "jobs", ids,
+        )  # fmt: skip
 
 
 class Outcome:
@@ -82,21 +133,53 @@ except ImportError:  # without it there is no SLURM launcher (nor a warning from
 if SubmititSlurmLauncher is not None:
 
     class SlurmLauncher(SubmititSlurmLauncher):
+        def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+            """One job on its node; SIGTERM (scancel, the time limit, preemption)
+            stops it as Ctrl-C stops a local job, its finished epochs saved
+            (submitit's own handler ignores SIGTERM: the job would train on until
+            KillWait's SIGKILL, and might even finish a cancelled run)."""
+            from fashionbn.jobs.cluster import interrupt
+
+            signal.signal(signal.SIGTERM, interrupt)
+            try:
+                return super().__call__(*args, **kwargs)
+            except KeyboardInterrupt as stop:
+                logging.getLogger("fashionbn").warning(
+                    "stopped by %s: finished epochs are saved; the same command "
+                    "continues them", stop or "SIGINT",
+                )  # fmt: skip
+                raise
+
         def launch(
             self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
         ) -> Sequence[JobReturn]:
             import submitit
 
+            timeout = self.params.get("timeout_min")
+            folder = self.params.get("submitit_folder", "")
+            if problem := settings_problem(
+                timeout, folder
+            ):  # before anything is set up or submitted
+                raise SubmissionRefused(problem)
             ask_squeue_without_accounting()
             submit = submitit.AutoExecutor.map_array
-            timeout = self.params.get("timeout_min")
+
+            submitted: list = []
 
             def map_array(executor, function, *iterables):
-                jobs = submit(executor, function, *iterables)
+                try:
+                    jobs = submit(executor, function, *iterables)
+                except submitit.core.utils.FailedJobError as err:
+                    raise SubmissionRefused(refused_line(err)) from None
+                submitted.extend(jobs)
                 return [
                     Outcome(job, initial_job_idx + k, job_overrides[k], timeout)
                     for k, job in enumerate(jobs)
                 ]
 
             with mock.patch.object(submitit.AutoExecutor, "map_array", map_array):
-                return super().launch(job_overrides, initial_job_idx)
+                try:
+                    return super().launch(job_overrides, initial_job_idx)
+                except KeyboardInterrupt:
+                    still_on(submitted)
+                    raise
