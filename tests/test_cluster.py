@@ -299,3 +299,44 @@ def test_execution_names_each_slurm_job_that_trained_the_run(monkeypatch) -> Non
     local = Previous(RESUME, execution=[{**here, "cohort": 4}])
     monkeypatch.delenv("SLURM_JOB_ID")
     assert with_execution(local, cpu, {"launcher": "batched"}) == local.execution
+
+
+class FakeClusterJob:
+    """A submitit job as sent_back sees it: what it sends back each time it ends,
+    and the states the scheduler gives after each."""
+
+    def __init__(self, sent: list, states: list[str]):
+        self.job_id, self.sent, self.states = "5", list(sent), list(states)
+        self.paths = type("Paths", (), {"stderr": Path("/nonexistent/5.err")})()
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        return self.sent.pop(0)
+
+    def get_info(self, mode: str) -> dict:
+        return {"State": self.states.pop(0)}
+
+
+def test_a_requeued_cohort_job_is_waited_for_again(monkeypatch, caplog) -> None:
+    """Preemption or `scontrol requeue` after the node stopped: the job will run
+    the same cohort again (it resumes), so its end is waited for, not reported as
+    a failure; a job stopped for good gets the scheduler's final state."""
+    from hydra_plugins.fashionbn_slurm_launcher import batched_slurm
+
+    monkeypatch.setattr(batched_slurm, "SETTLE_S", 0.0)
+    monkeypatch.setattr(batched_slurm, "POLL_S", 0.0)
+    stopped = [Stopped("SIGTERM"), Stopped("SIGTERM")]
+    # stopped; then pending, running (its old results file still there: done()
+    # says True), and only then done for good
+    states = ["PENDING", "PENDING", "RUNNING", "COMPLETED"]
+    requeued = FakeClusterJob([stopped, [0.81, 0.82]], states)
+    with caplog.at_level("INFO"):
+        assert batched_slurm.sent_back(requeued, 2) == [0.81, 0.82]
+    assert requeued.states == []  # waited until the scheduler said it ended
+    assert caplog.text.count("cluster job 5 was requeued (the scheduler says "
+                             "PENDING): waiting for it again") == 1  # fmt: skip
+    cancelled = FakeClusterJob([[0.81, Stopped("SIGTERM")]], ["CANCELLED by 0"])
+    assert batched_slurm.sent_back(cancelled, 2) == [
+        0.81, Stopped("SIGTERM", "CANCELLED by 0", "5")]  # fmt: skip

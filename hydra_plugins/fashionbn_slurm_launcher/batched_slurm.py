@@ -10,6 +10,7 @@ extra); without it the launcher says so in one line.
 """
 
 import logging
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -148,7 +149,7 @@ def train_on_cluster(
     a FashionbnError with `describe`'s line, a skipped one (another process trains
     its dir) None; each such job's line is logged as its cluster job ends."""
     import submitit
-    from submitit.core.utils import FailedJobError, UncompletedJobError
+    from submitit.core.utils import FailedJobError
 
     from fashionbn.config import FashionbnError
     from fashionbn.jobs.cluster import SKIPPED, Stopped, cohort_jobs, train_cohort_job
@@ -172,23 +173,11 @@ def train_on_cluster(
                      ", ".join(job.name for job in members))  # fmt: skip
         try:
             for members, cluster_job in zip(turn, submitted):
-                try:
-                    results = cluster_job.result()
-                except UncompletedJobError:  # killed before it could answer
-                    results = [Stopped("SIGKILL")] * len(members)
-                except FailedJobError as err:  # not a job's failure: a bug
-                    last = str(err).strip().splitlines()[-1]
-                    results = [RuntimeError(
-                        f"cluster job {cluster_job.job_id} failed: {last} (its log: "
-                        f"{cluster_job.paths.stderr})"
-                    )] * len(members)  # fmt: skip
+                results = sent_back(cluster_job, len(members))
                 done = skipped = 0
                 for job, result in zip(members, results):
                     if isinstance(result, Stopped):
-                        result = FashionbnError(describe(job, Stopped(
-                            result.signal, scheduler_state(cluster_job),
-                            cluster_job.job_id,
-                        )))  # fmt: skip
+                        result = FashionbnError(describe(job, result))
                     if isinstance(result, BaseException):
                         log.error("%s: error: %s", job.name, result)
                     elif result == SKIPPED:
@@ -200,31 +189,113 @@ def train_on_cluster(
                     else:
                         done += 1
                     job.result = result
-                log.info("cluster job %s ended: %d of %s done%s (its log: %s)",
+                where = cluster_job.paths.stderr
+                log.info("cluster job %s ended: %d of %s done%s%s",
                          cluster_job.job_id, done, plural(len(members), "run"),
                          f", {skipped} skipped" if skipped else "",
-                         cluster_job.paths.stderr)  # fmt: skip
+                         f" (its log: {where})" if where.exists() else "")  # fmt: skip
         except KeyboardInterrupt:
             still_on(submitted)
             raise
 
 
-def scheduler_state(cluster_job, wait_s: float = 60.0) -> str:
+def sent_back(cluster_job, count: int) -> list:
+    """The results a cluster job of `count` jobs sent back, once it has ended, with
+    the scheduler's state in each Stopped. A job requeued after it stopped
+    (preemption, `scontrol requeue`) is waited for again: it runs the same cohort,
+    which resumes. One that can never start (its request does not fit the
+    partition) is cancelled, its jobs Stopped with the scheduler's reason."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from fashionbn.jobs.cluster import Stopped
+
+    requeued = False
+    while True:
+        reason = wait_for(cluster_job, by_state=requeued)
+        if reason is not None:
+            return [Stopped("scancel", f"PENDING ({reason})", cluster_job.job_id)
+                    ] * count  # fmt: skip
+        try:
+            results = cluster_job.result()
+        except UncompletedJobError:  # killed before it could answer
+            results = [Stopped("SIGKILL")] * count
+        except FailedJobError as err:  # not a job's failure: a bug
+            last = str(err).strip().splitlines()[-1]
+            return [RuntimeError(
+                f"cluster job {cluster_job.job_id} failed: {last} (its log: "
+                f"{cluster_job.paths.stderr})"
+            )] * count  # fmt: skip
+        if not any(isinstance(result, Stopped) for result in results):
+            return results
+        state = scheduler_state(cluster_job)
+        if state.split()[0] not in STILL_ON:
+            return [Stopped(r.signal, state, cluster_job.job_id)
+                    if isinstance(r, Stopped) else r for r in results]  # fmt: skip
+        log.info("cluster job %s was requeued (the scheduler says %s): waiting for "
+                 "it again", cluster_job.job_id, state)  # fmt: skip
+        requeued = True  # its results file is the last run's until it ends again
+
+
+# why a pending job can never start: its request does not fit the partition
+NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit",
+                "BadConstraints", "InvalidAccount", "InvalidQOS")  # fmt: skip
+
+
+def wait_for(cluster_job, by_state: bool = False) -> Optional[str]:
+    """Wait until the cluster job has ended (`by_state`: until the scheduler says
+    so, not its results file); if the scheduler holds it for a reason that never
+    passes, cancel it and return the reason."""
+    while not (ended(cluster_job) if by_state else cluster_job.done()):
+        try:
+            reason = subprocess.run(
+                ["squeue", "-h", "-t", "PENDING", "-o", "%r", "-j",
+                 str(cluster_job.job_id)],
+                capture_output=True, text=True, timeout=60,
+            ).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            reason = ""
+        if reason in NEVER_STARTS:
+            subprocess.run(["scancel", str(cluster_job.job_id)], check=False)
+            return reason
+        time.sleep(POLL_S)
+    return None
+
+
+POLL_S = 5.0  # seconds between two questions to the scheduler while waiting
+
+
+def ended(cluster_job) -> bool:
+    """Whether the scheduler says the cluster job has ended."""
+    try:
+        state = cluster_job.get_info(mode="force").get("State") or "UNKNOWN"
+    except Exception:  # noqa: BLE001 - asked again later
+        return False
+    return state.split()[0] not in STILL_ON
+
+
+SETTLE_S = 60.0  # how long a stopped job's state may say it still runs
+
+
+def scheduler_state(cluster_job) -> str:
     """What the scheduler says of a cluster job that has ended (CANCELLED, TIMEOUT,
     ...): a job stopped by SIGTERM sends its results back before the scheduler has
-    marked it, so it is asked again, up to `wait_s`, while it says it runs."""
-    deadline = time.monotonic() + wait_s
+    marked it, so it is asked again, up to SETTLE_S, while it says it runs."""
+    deadline = time.monotonic() + SETTLE_S
     state = "UNKNOWN"
     while True:
         try:
             state = cluster_job.get_info(mode="force").get("State") or "UNKNOWN"
         except Exception:  # noqa: BLE001 - only for the message
             return state
-        if state.split()[0] not in STILL_ON or time.monotonic() > deadline:
+        if state.split()[0] not in SETTLING or time.monotonic() > deadline:
             return state
         time.sleep(1.0)
 
 
 # the states of a job the scheduler has not finished with
 STILL_ON = ("RUNNING", "COMPLETING", "PENDING", "CONFIGURING", "REQUEUED",
-            "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT")  # fmt: skip
+            "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "STOPPED",
+            "SIGNALING", "STAGE_OUT")  # fmt: skip
+# of those, the states of a job whose process has ended but the scheduler has not
+# yet marked it (any other means it was requeued)
+SETTLING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT")

@@ -24,6 +24,9 @@ ADVICE = {
     "PREEMPTED": "it was preempted",
     "NODE_FAIL": "its node failed",
     "OUT_OF_MEMORY": "it ran out of memory: raise hydra.launcher.mem_gb",
+    "PENDING": "it could never start ({state}: its request does not fit the "
+    "partition: hydra.launcher.partition, cpus_per_task, gpus_per_node, mem_gb, "
+    "timeout_min), so it was cancelled",
     "COMPLETED": "its node had SIGTERM, though the scheduler did not end it (e.g. "
     "scancel --signal=TERM)",
     "FAILED": "it failed outside training (a hydra.launcher.setup line, the node's "
@@ -58,12 +61,15 @@ def ended_message(
 ) -> str:
     """ended_line without its `error: ` (`where`: which cluster job it ran in)."""
     word = state.split()[0] if state else "UNKNOWN"
-    why = ADVICE.get(word, f"the scheduler says {state or 'nothing'}")
+    why = (
+        ADVICE[word].format(timeout=timeout, state=state)
+        if word in ADVICE
+        else f"the scheduler says {state or 'nothing'}"
+    )
     return (
         f"job #{index} ({' '.join(filter_overrides(overrides))}) ended on the "
-        f"scheduler{where} as {word} before it finished; "
-        f"{why.format(timeout=timeout)}. Its dir keeps the epochs saved so far: run "
-        "the same command again to continue from there"
+        f"scheduler{where} as {word} before it finished; {why}. Its dir keeps the "
+        "epochs saved so far: run the same command again to continue from there"
     )
 
 
