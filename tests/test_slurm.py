@@ -99,7 +99,7 @@ def test_a_cancelled_job_fails_alone_and_the_same_command_resumes_it(
     uninterrupted sweep. The job stops at SIGTERM (submitit's own handler ignores
     it: the job would train on until KillWait's SIGKILL, and might finish)."""
     common = ["model=batchnorm,baseline", "seed=0", "epochs=20", "threads=1",
-              f"data.root={real_data_root}", "data.train_size=60000",
+              f"data.root={real_data_root}", "data.train_size=30000",
               "data.test_size=500", "device=cpu"]  # fmt: skip
     sweep = tmp_path / "slurm"
     command = [sys.executable, "-m", "fashionbn.run", "-m", *common, *SLURM,
@@ -205,7 +205,7 @@ def test_a_cancelled_cohort_job_fails_its_jobs_and_the_same_command_resumes_them
     SIGTERM, not at KillWait's SIGKILL —; the same command resumes them from their
     last saved epoch, to the numbers of an uninterrupted local batched sweep."""
     common = ["model=baseline", "seed=0,1", "epochs=20", "threads=1",
-              f"data.root={real_data_root}", "data.train_size=60000",
+              f"data.root={real_data_root}", "data.train_size=30000",
               "data.test_size=500", "device=cpu"]  # fmt: skip
     sweep = tmp_path / "slurm"
     command = [sys.executable, "-m", "fashionbn.run", "-m", *common, *BATCHED_SLURM,
