@@ -42,6 +42,26 @@ pytestmark = [
     ),  # fmt: skip
 ]
 
+
+@pytest.fixture(scope="module", autouse=True)
+def past_its_time_limit(real_data_root, tmp_path_factory):
+    """A cohort job with a 1-minute limit and hours of training, started when this
+    module starts (SLURM enforces limits about once a minute, so it ends a minute or
+    two later, while the other tests run beside it on the node's other core): the
+    last test reads what its sweep said."""
+    sweep = tmp_path_factory.mktemp("time_limit") / "sweep"
+    command = [sys.executable, "-m", "fashionbn.run", "-m", "seed=0", "epochs=1000",
+               "threads=1", f"data.root={real_data_root}", "data.train_size=30000",
+               "data.test_size=500", "device=cpu", "hydra/launcher=batched_slurm",
+               "hydra.launcher.mem_gb=1", "hydra.launcher.cpus_per_task=1",
+               "hydra.launcher.timeout_min=1", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    running = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    yield running, sweep
+    if running.poll() is None:
+        running.kill()
+
+
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.mem_gb=1",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"]  # fmt: skip
 
@@ -273,3 +293,19 @@ def test_a_job_another_process_trains_is_skipped_with_its_line(real_data_root,
     assert "ended: 1 of 2 runs done, 1 skipped" in output
     assert not (sweep / "seed0" / "metrics.csv").exists()
     assert (sweep / "seed1" / "metrics.csv").is_file()
+
+
+def test_a_cohort_job_past_its_time_limit_is_reported_as_such(past_its_time_limit):
+    """The scheduler ends the cohort job at its 1-minute limit (SIGTERM): its job
+    fails with the TIMEOUT line, and its dir keeps the epochs saved until then."""
+    running, sweep = past_its_time_limit
+    output, _ = running.communicate(timeout=400)
+    assert running.returncode == 1, output[-3000:]
+    assert "ended on the scheduler (cluster job " in output
+    assert ("as TIMEOUT before it finished; it ran past hydra.launcher.timeout_min=1: "
+            "raise it. Its dir keeps the epochs saved so far") in output  # fmt: skip
+    assert "Traceback" not in output
+    (job,) = [p for p in sweep.iterdir() if (p / "status.json").is_file()]
+    status = json.loads((job / "status.json").read_text())
+    assert status["status"] == "running" and 1 <= status["epochs_done"] < 1000
+    assert "stopped by SIGTERM" in (job / "run.log").read_text()
