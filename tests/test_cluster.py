@@ -102,8 +102,10 @@ def test_a_cluster_job_trains_its_cohort_as_the_local_launcher(real_data_root,
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SLURM_ARRAY_JOB_ID", "41")
         patch.setenv("SLURM_ARRAY_TASK_ID", "3")
+        term, usr2 = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR2)
         back = train_cohort_job(carried, None)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is term  # the process as it was
+    assert signal.getsignal(signal.SIGUSR2) is usr2
     for job, result in zip(jobs, back):
         records = read_metrics(job.out_dir)
         assert len(records) == 2 and result == records[-1]["test_acc"]

@@ -94,9 +94,11 @@ def train_cohort_job(jobs: list[PendingJob], max_cohort: Optional[int]) -> list[
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logger = logging.getLogger("fashionbn")
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     stopped: Optional[str] = None
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR2)
     # scancel, the time limit and preemption send SIGTERM (submitit's own handler
     # ignores it, so the job would train on until SIGKILL); submitit's early warning
     # of the time limit (SIGUSR2) needs nothing: the files are saved every epoch
@@ -123,9 +125,11 @@ def train_cohort_job(jobs: list[PendingJob], max_cohort: Optional[int]) -> list[
         for job in here:  # its run.log says so too
             if job.result is None:
                 job_log(job, logging.WARNING, line)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    finally:  # the process as it was (a test may call this in its own)
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGUSR2, before[1])
         logger.removeHandler(handler)
+        logger.setLevel(level)
     return [plain(job.result, stopped) for job in jobs]
 
 
