@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -253,3 +254,23 @@ def make_job(sweep: Path, overrides: list[str], accuracy: list[float], **kw) -> 
 def report_of(directory: Path) -> str:
     """The aggregate's report.md in `directory`."""
     return (directory / "report.md").read_text()
+
+
+def saved_epochs(
+    root: Path,
+    pattern: str,
+    count: int,
+    epochs: int,
+    process: subprocess.Popen,
+    timeout: float = 300,
+) -> list[Path]:
+    """The job dirs under `root` matching `pattern` whose metrics.csv holds at least
+    `epochs` epochs, once `count` of them do — or those there are when `process`
+    ends or `timeout` seconds pass (the caller asserts the count)."""
+    deadline = time.time() + timeout
+    while True:
+        found = root.glob(f"{pattern}/metrics.csv")  # a header, then one line an epoch
+        saved = [p.parent for p in found if len(p.read_text().splitlines()) > epochs]
+        if len(saved) >= count or process.poll() is not None or time.time() > deadline:
+            return saved
+        time.sleep(0.1)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from fashionbn.jobs.cluster import (
 )
 from fashionbn.jobs.cohort import PendingJob
 from fashionbn.jobs.files import read_metrics, read_status
-from tests.conftest import REPO, compose_config, run_module
+from tests.conftest import REPO, compose_config, run_module, saved_epochs
 
 TINY = ["data.train_size=600", "data.test_size=300", "threads=1", "epochs=1"]
 
@@ -149,13 +148,7 @@ def test_sigterm_on_the_node_stops_the_cohort_with_its_epochs_saved(
     node = subprocess.Popen([sys.executable, str(script), str(tmp_path),
                              str(real_data_root)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        done = [p for p in tmp_path.glob("s*/metrics.csv")
-                if len(p.read_text().splitlines()) >= 3]  # fmt: skip
-        if len(done) == 2 or node.poll() is not None:
-            break
-        time.sleep(0.1)
+    done = saved_epochs(tmp_path, "s*", 2, 2, node, timeout=120)
     assert len(done) == 2, f"no two epochs saved: {node.communicate()[1][-3000:]}"
     node.send_signal(signal.SIGTERM)
     out, err = node.communicate(timeout=120)

@@ -9,14 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from fashionbn.jobs.scheduler import accounting, squeue_command
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO, run_module, saved_epochs
 
 
 def cluster_answers() -> bool:
@@ -126,15 +125,9 @@ def test_a_cancelled_job_fails_alone_and_the_same_command_resumes_it(
                f"hydra.sweep.dir={sweep}"]  # fmt: skip
     running = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    deadline = time.time() + 300
-    batchnorm = None
-    while time.time() < deadline:
-        found = list(sweep.glob("*model=batchnorm*/metrics.csv"))
-        if found and len(found[0].read_text().splitlines()) >= 4:  # 3 epochs saved
-            batchnorm = found[0].parent
-            break
-        time.sleep(0.2)
-    assert batchnorm is not None, "the batchnorm job saved no 3 epochs in 300 s"
+    saved = saved_epochs(sweep, "*model=batchnorm*", 1, 3, running)
+    assert saved, "the batchnorm job saved no 3 epochs in 300 s"
+    batchnorm = saved[0]
     jobs = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True,
                           text=True, check=True).stdout.split()  # fmt: skip
     first = [job for job in jobs if job.endswith("_0")][0]  # #0: model=batchnorm
@@ -232,12 +225,7 @@ def test_a_cancelled_cohort_job_fails_its_jobs_and_the_same_command_resumes_them
                f"hydra.sweep.dir={sweep}"]  # fmt: skip
     running = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    deadline = time.time() + 300
-    saved = []
-    while time.time() < deadline and len(saved) < 2:
-        saved = [p for p in sweep.glob("*seed=*/metrics.csv")
-                 if len(p.read_text().splitlines()) >= 4]  # 3 epochs  # fmt: skip
-        time.sleep(0.2)
+    saved = saved_epochs(sweep, "*seed=*", 2, 3, running)
     assert len(saved) == 2, "the cohort saved no 3 epochs in 300 s"
     queue = ["squeue", "-h", "-n", "fashionbn-cohort", "-o", "%i"]
     job = subprocess.run(queue, capture_output=True, text=True).stdout.split()
@@ -254,9 +242,9 @@ def test_a_cancelled_cohort_job_fails_its_jobs_and_the_same_command_resumes_them
     assert "error: job #1 (model=baseline seed=1 epochs=20" in output  # each job's
     assert "Traceback" not in output
     done = []
-    for path in saved:
-        assert "stopped by SIGTERM" in (path.parent / "run.log").read_text()
-        status = json.loads((path.parent / "status.json").read_text())
+    for job_dir in saved:
+        assert "stopped by SIGTERM" in (job_dir / "run.log").read_text()
+        status = json.loads((job_dir / "status.json").read_text())
         assert status["status"] == "running" and 3 <= status["epochs_done"] < 20
         done.append(status["epochs_done"])
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True,

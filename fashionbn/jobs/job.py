@@ -122,7 +122,8 @@ def execution_info(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
-    return {**info, "slurm_job": slurm_job_id()} if slurm_job_id() else info
+    job = slurm_job_id()
+    return {**info, "slurm_job": job} if job else info
 
 
 def run_job(

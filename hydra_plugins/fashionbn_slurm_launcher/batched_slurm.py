@@ -20,6 +20,7 @@ from hydra.core.utils import JobReturn
 
 from hydra_plugins.fashionbn_batched_launcher.batched_launcher import (
     BatchedLauncher,
+    BatchedLauncherConf,
     LauncherSettingError,
     pending_returns,
     settle_returns,
@@ -29,16 +30,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class BatchedSlurmLauncherConf:
+class BatchedSlurmLauncherConf(BatchedLauncherConf):
+    """batched's keys — max_cohort here: runs per cluster job (one cohort) at most;
+    null: what the CPU cache rule gives for device=cpu (on the submitting machine:
+    set it where the nodes differ), every run that can share a program for
+    cuda/auto (the node splits them by its memory) — and the SLURM ones."""
+
     _target_: str = (
         "hydra_plugins.fashionbn_slurm_launcher.batched_slurm.BatchedSlurmLauncher"
     )
-    # runs per cluster job (one cohort) at most; null: what the CPU cache rule gives
-    # for device=cpu (on the submitting machine: set it where the nodes differ), every
-    # run that can share a program for cuda/auto (the node splits them by its memory)
-    max_cohort: Optional[int] = None
-    # jobs that choose the same config groups share one composition (as batched)
-    compose_once: bool = True
     # the scheduler's files of each cluster job (its stderr holds the cohort's lines)
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
     partition: Optional[str] = None  # null: the cluster's default partition
@@ -133,10 +133,6 @@ class BatchedSlurmLauncher(BatchedLauncher):
         settle_returns(pending)
 
 
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def train_on_cluster(
     jobs: list,
     max_cohort: Optional[int],
@@ -151,6 +147,7 @@ def train_on_cluster(
     import submitit
     from submitit.core.utils import FailedJobError
 
+    from fashionbn.analysis.markdown import plural
     from fashionbn.config import FashionbnError
     from fashionbn.jobs.cluster import SKIPPED, Stopped, cohort_jobs, train_cohort_job
     from fashionbn.jobs.reading import being_trained
