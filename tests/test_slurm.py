@@ -227,8 +227,10 @@ def test_a_cancelled_cohort_job_fails_its_jobs_and_the_same_command_resumes_them
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
     saved = saved_epochs(sweep, "*seed=*", 2, 3, running)
     assert len(saved) == 2, "the cohort saved no 3 epochs in 300 s"
-    queue = ["squeue", "-h", "-n", "fashionbn-cohort", "-o", "%i"]
-    job = subprocess.run(queue, capture_output=True, text=True).stdout.split()
+    # this sweep's one cohort job, as its runs' status.json name it (the time-limit
+    # test's cohort job may be in the queue too)
+    job = sorted({json.loads((d / "status.json").read_text())["execution"][-1]
+                  ["slurm_job"] for d in saved})  # fmt: skip
     assert len(job) == 1, job
     subprocess.run(["scancel", job[0]], check=True)
     output, _ = running.communicate(timeout=300)
