@@ -33,6 +33,16 @@ SYSTEM_DIR = Path(
 register_configs()
 
 
+@pytest.fixture
+def hydra_conf():
+    """Hydra initialised with the project's conf/ (its global state, for a test)."""
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+
+
 def write_idx_gz(path: Path, array: np.ndarray) -> None:
     """Write `array` (uint8) as a gzipped IDX file, the format FashionMNIST ships in."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(

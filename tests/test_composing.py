@@ -3,21 +3,22 @@ Hydra composes for each job itself, byte for byte (configs and `.hydra/` files),
 what cannot be derived is composed by Hydra (with Hydra's own error)."""
 
 import copy
+import os
 import shutil
 from pathlib import Path
 
 import pytest
-from hydra import initialize_config_dir
 from hydra._internal.callbacks import Callbacks  # (tests may read Hydra's internals)
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the expansion
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, run_job
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf, open_dict
 
-from fashionbn.config import register_configs
 from fashionbn.jobs.composing import ComposeOnce
+from fashionbn.jobs.setting_up import YamlParts, run_job_lean
 from tests.conftest import CONF_DIR
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -47,44 +48,74 @@ class Loaders:
                 self.once.load_sweep_config(self.master, job))  # fmt: skip
 
 
-@pytest.fixture
-def hydra_conf():
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        yield
-
-
-def hydra_files(cfg, job_num: int, context: HydraContext) -> dict[str, bytes]:
-    """The `.hydra/` files Hydra's run_job writes for cfg (then removed)."""
-    cfg = copy.deepcopy(cfg)  # run_job changes the config it is given
+def job_outcome(run, cfg, job_num: int, context: HydraContext, **kw) -> dict:
+    """Everything a job's set-up by `run` (Hydra's run_job, or run_job_lean) gives:
+    the `.hydra/` files, the JobReturn, and what the task function saw (its config,
+    the Hydra config, their flags) and returned; the job dir is then removed."""
+    cfg = copy.deepcopy(cfg)  # (each set-up changes the config it is given)
     with open_dict(cfg):
         cfg.hydra.job.id = cfg.hydra.job.num = job_num
-    ret: JobReturn = run_job(
-        hydra_context=context, task_function=lambda c: None, config=cfg,
-        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
-        configure_logging=False,
-    )  # fmt: skip
+    seen = {}
+
+    def task(task_cfg):
+        hydra_cfg = HydraConfig.get()
+        seen.update(
+            task=OmegaConf.to_yaml(task_cfg), hydra=OmegaConf.to_yaml(hydra_cfg),
+            subdir=hydra_cfg.sweep.subdir,  # (an interpolation, resolved now)
+            env=os.environ.get("FASHIONBN_TEST_ENV"), cwd=os.getcwd(),
+            flags=(OmegaConf.is_struct(task_cfg), OmegaConf.is_readonly(task_cfg),
+                   OmegaConf.is_readonly(hydra_cfg), "hydra" in task_cfg),
+        )  # fmt: skip
+        return f"job {job_num}"
+
+    try:
+        ret: JobReturn = run(
+            task_function=task, config=cfg, job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir", hydra_context=context,
+            configure_logging=False, **kw,
+        )  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - compared between the two set-ups
+        return {"raised": (type(err), str(err)), "seen": seen, "cwd": os.getcwd()}
     out = Path(ret.hydra_cfg.hydra.runtime.output_dir)
-    files = {p.name: p.read_bytes() for p in sorted((out / ".hydra").iterdir())}
+    hydra_dir = out / ".hydra"
+    files = {p.name: p.read_bytes() for p in sorted(hydra_dir.glob("*"))}
     shutil.rmtree(out)
-    return files
+    try:  # (the Hydra config handed back resolves what a run_job's copy does)
+        subdir = ret.hydra_cfg.hydra.sweep.subdir
+    except Exception as err:  # noqa: BLE001 - compared between the two set-ups
+        subdir = (type(err), str(err))
+    returned = {
+        "cfg": OmegaConf.to_yaml(ret.cfg),
+        "hydra_cfg": OmegaConf.to_yaml(ret.hydra_cfg),
+        "subdir": subdir, "overrides": ret.overrides, "working_dir": ret.working_dir,
+        "task_name": ret.task_name, "status": ret.status, "value": ret.return_value,
+        "types": (type(ret.cfg), type(ret.hydra_cfg)),
+    }  # fmt: skip
+    return {"files": files, "seen": seen, "returned": returned, "cwd": os.getcwd()}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_job_of_every_preset_is_composed_as_hydra_composes_it(
+def test_every_job_of_every_preset_is_composed_and_set_up_as_hydra_does_it(
     preset, hydra_conf, tmp_path
 ):
+    """ComposeOnce's configs equal Hydra's, and run_job_lean sets each job up as
+    Hydra's run_job does: the same `.hydra/` files byte for byte, JobReturn and
+    job context (the lean set-up's YAML cache warm from the jobs before, as in a
+    sweep)."""
     loaders = Loaders([f"experiment={preset}"], tmp_path / "sweep")
     assert len(loaders.jobs) > 1
     for job in loaders.jobs:  # the sweeper checks every job first
         loaders.once.load_sweep_config(loaders.master, job)
     context = HydraContext(config_loader=loaders.hydra, callbacks=Callbacks())
+    parts = YamlParts()
     for num, job in enumerate(loaders.jobs):
         plain, once = loaders.both(job)
         assert OmegaConf.to_yaml(once) == OmegaConf.to_yaml(plain), job
-        if num < 4 or num % 16 == 0:  # the files are that YAML's parts; a sample
-            assert hydra_files(once, num, context) == hydra_files(plain, num, context)
+        ours = job_outcome(run_job_lean, once, num, context, yaml_parts=parts)
+        if len(loaders.jobs) <= 64 or num % 4 == 0:  # (robust's 320: a quarter)
+            assert ours == job_outcome(run_job, plain, num, context), job
+        assert f"seed={once.seed}" in ours["seen"]["subdir"]  # the job's own dir
     # one composition per config-group choice (the jobs' lines without the values
     # the presets sweep), the other jobs derived
     choices = {tuple(o for o in job if o.split("=")[0] not in VALUES)

@@ -73,7 +73,8 @@ def run_settings(cfg) -> RunSettings:
     (one line naming the key) for a value that cannot work."""
     from fashionbn.config.validation import check_config
 
-    check_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    check_config(cfg, resolved)
     optim, diagnostics = cfg.optim, cfg.diagnostics
     every = diagnostics.every_steps
     return RunSettings(
@@ -110,7 +111,7 @@ def run_settings(cfg) -> RunSettings:
             step_sizes=tuple(float(s) for s in diagnostics.step_sizes),
             ics=bool(diagnostics.ics),
         ),
-        identity=run_identity(cfg),
+        identity=normalise_identity(resolved),
         model=read_only(cfg.model),
         data=read_only(cfg.data),
         logger=read_only(cfg.logger),
@@ -126,7 +127,18 @@ def run_identity(cfg) -> dict:
 
 def read_only(node):
     """A resolved, read-only copy of a config node (interpolations fixed now: a
-    spec handed on never changes under its holder)."""
-    copy = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
-    OmegaConf.set_readonly(copy, True)
+    spec handed on never changes under its holder). Equal specs (the same resolved
+    values, compared by repr: 1 is not 1.0 or True) share one copy: it cannot
+    change, and a sweep's jobs mostly have the same model, data and loggers."""
+    values = OmegaConf.to_container(node, resolve=True)
+    key = repr(values)
+    copy = _READ_ONLY.get(key)
+    if copy is None:
+        if len(_READ_ONLY) >= 256:
+            _READ_ONLY.clear()
+        copy = _READ_ONLY[key] = OmegaConf.create(values)
+        OmegaConf.set_readonly(copy, True)
     return copy
+
+
+_READ_ONLY: dict = {}  # read_only's copies, by the repr of their values

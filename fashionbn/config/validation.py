@@ -31,15 +31,18 @@ def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def check_config(cfg) -> None:
-    """Raise ConfigError (one line naming the key) for any value that cannot work."""
+def check_config(cfg, resolved: Optional[dict] = None) -> None:
+    """Raise ConfigError (one line naming the key) for any value that cannot work.
+    `resolved`: cfg as OmegaConf.to_container(resolve=True, enum_to_str=True)
+    (made here when not given)."""
     problems = [*_run_problems(cfg), *_model_problems(cfg.model)]
     problems += [*_optim_problems(cfg.optim), *_data_problems(cfg.data)]
     problems += _diagnostics_problems(cfg.diagnostics)
     # a key that cannot change what the run computes is not held against it (every
     # problem starts with the key it is about: "model.bn_momentum=2.0: ...")
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    ignored = tuple(f"{key}=" for key in not_applicable(flatten(config)))
+    if resolved is None:
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    ignored = tuple(f"{key}=" for key in not_applicable(flatten(resolved)))
     problems = [p for p in problems if not p.startswith(ignored)]
     if problems:
         raise ConfigError(problems[0])
