@@ -173,7 +173,8 @@ def durable_writes(cohorts: tuple[int, ...] = (1, 16, 150), epochs: int = 3) -> 
 def overhead(args) -> None:
     """What a sweep costs beyond its training, as whole processes under the batched
     launcher: 1 tiny job against `--jobs` of them (the cost per job, with jobs
-    composed once per config-group choice and by Hydra for every job), then
+    composed once per config-group choice and set up without run_job's copies,
+    and composed and set up by Hydra for every job; --repeats, median), then
     `--runs` runs of one epoch under the basic launcher and in cohorts of each
     `--cohorts` size (and the default size, named by the runs' status.json)."""
     python = [sys.executable, "-m"]
@@ -187,21 +188,29 @@ def overhead(args) -> None:
                        f"hydra.sweep.dir={sweep_dir}", *args.overrides]  # fmt: skip
             return process_seconds(command), sweep_dir
 
-        print(f"per job, batched launcher, a tiny job: {' '.join(TINY_JOB)}")
-        print(f"{'composed':<12} {'1 job s':>8} {f'{args.jobs} jobs s':>10} "
+        repeats = args.repeats or 3
+        print(f"per job, batched launcher, a tiny job: {' '.join(TINY_JOB)} "
+              f"({repeats} repeats, alternating; median)")  # fmt: skip
+        print(f"{'jobs set up':<22} {'1 job s':>8} {f'{args.jobs} jobs s':>10} "
               f"{'ratio':>6} {'per job ms':>11}")  # fmt: skip
-        for compose, setting in (("once", "true"), ("every job", "false")):
+        setups = (("once, lean (default)", "true"), ("by Hydra, every job", "false"))
+        for name, setting in setups:
             launcher = [
                 "hydra/launcher=batched",
                 f"hydra.launcher.compose_once={setting}",
                 *TINY_JOB,
             ]
-            one, _ = sweep(f"one-{setting}", [*launcher, "seed=0"])
-            many, _ = sweep(f"many-{setting}",
-                            [*launcher, f"seed=range(0,{args.jobs})"])  # fmt: skip
+            times: dict[int, list[float]] = {1: [], args.jobs: []}
+            for repeat in range(repeats):
+                for jobs in times:
+                    seeds = f"seed=range(0,{jobs})"
+                    wall, _ = sweep(f"{setting}-{jobs}-{repeat}", [*launcher, seeds])
+                    times[jobs].append(wall)
+            one = statistics.median(times[1])
+            many = statistics.median(times[args.jobs])
             per_job = (many - one) / (args.jobs - 1) * 1000
-            print(f"{compose:<12} {one:>8.1f} {many:>10.1f} {many / one:>5.1f}x "
-                  f"{per_job:>11.0f}")  # fmt: skip
+            print(f"{name:<22} {one:>8.2f} {many:>10.2f} {many / one:>5.2f}x "
+                  f"{per_job:>11.1f}")  # fmt: skip
         runs = [*COHORT_SWEEP, f"seed=range(0,{args.runs})"]
         print(f"{args.runs} runs x 1 epoch: {' '.join(COHORT_SWEEP)}")
         print(f"{'launcher':<10} {'cohort':>7} {'wall s':>7} {'ratio':>6}")

@@ -100,17 +100,21 @@ def test_a_pickle_copy_is_a_deep_copy_with_the_same_types_and_flags():
 
 
 def test_a_config_pickle_refuses_is_deep_copied():
-    cfg = OmegaConf.create({"a": 1}, flags={"allow_objects": True})
+    cfg = OmegaConf.create({"a": 1, "hydra": {"b": 2}}, flags={"allow_objects": True})
     cfg.fn = lambda: 1  # (a local function: pickle cannot write it)
     copy_ = copied(cfg)
     assert copy_.fn is cfg.fn and copy_.a == 1 and copy_ is not cfg
+    task = task_config(cfg)
+    assert list(task) == ["a", "fn"] and task.fn is cfg.fn
+    assert list(cfg) == ["a", "hydra", "fn"]  # the config as it was
 
 
 def test_the_task_config_is_a_copy_without_hydra(hydra_conf, tmp_path):
     loaders = Loaders(["seed=1,2"], tmp_path / "sweep")
     cfg = loaders.once.load_sweep_config(loaders.master, loaders.jobs[0])
+    keys = list(cfg)
     task = task_config(cfg)
-    assert "hydra" not in task and "hydra" in cfg
+    assert "hydra" not in task and list(cfg) == keys  # (the same order)
     deep = copy.deepcopy(cfg)
     OmegaConf.set_struct(deep, False)
     del deep["hydra"]

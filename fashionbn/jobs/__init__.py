@@ -6,7 +6,8 @@ fashionbn.analysis may import from here, with `reading`, which reads and verifie
 job dir, and `untrusted`, the one place a job dir is opened: a dir is untrusted input);
 `job` runs one job into its dir, `cohort` a sweep's jobs in cohorts (`cluster`: as
 SLURM jobs, one per cohort; `launching`: what a launcher and a job agree on;
-`composing`: a sweep's jobs composed once per config-group choice; `sizing`: how many
+`composing`: a sweep's jobs composed once per config-group choice, `setting_up`:
+each set up in its Hydra job context as run_job does it, cheaper; `sizing`: how many
 runs a cohort holds), `writer` writes a run's files after
 every epoch, `resume` decides what a dir's contents allow (`previous`: what it found,
 `extension`: continuing a finished run to more epochs), `checkpoint` reads and writes

@@ -3,10 +3,11 @@ it up (its dir, `.hydra/`, run in its own job context), then the fashionbn jobs 
 can share one program trained at once (fashionbn.jobs.cohort).
 
 Built on Hydra's public Launcher API: `setup` keeps what Hydra hands over, `launch`
-runs each job's task function through hydra.core.utils.run_job inside
-fashionbn.jobs.launching.deferred_jobs, where a fashionbn job returns what it would
-train (a PendingJob) instead of training; those are trained in cohorts and their
-JobReturns completed. Any other Hydra app's jobs ignore the block and run one after
+runs each job's task function through hydra.core.utils.run_job (with compose_once,
+the default: fashionbn.jobs.setting_up.run_job_lean, its equal without its copies)
+inside fashionbn.jobs.launching.deferred_jobs, where a fashionbn job returns what it
+would train (a PendingJob) instead of training; those are trained in cohorts and
+their JobReturns completed. Any other Hydra app's jobs ignore the block and run one after
 another as under the basic launcher, so this is a conformant Hydra launcher (Hydra's
 LauncherTestSuite runs it).
 """
@@ -46,8 +47,10 @@ class BatchedLauncherConf:
     # in cohorts of even size
     max_cohort: Optional[int] = None
     # jobs that choose the same config groups share one composition, their values
-    # applied as Hydra applies them (fashionbn.jobs.composing); false: Hydra
-    # composes every job itself, twice (the sweeper's check, then the launcher)
+    # applied as Hydra applies them (fashionbn.jobs.composing), and each job is
+    # set up as Hydra's run_job sets it up without its copies
+    # (fashionbn.jobs.setting_up); false: Hydra composes every job itself, twice
+    # (the sweeper's check, then the launcher), and sets it up with run_job
     compose_once: bool = True
 
 
