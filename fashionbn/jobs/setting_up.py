@@ -8,16 +8,22 @@ JobReturn, and writes `.hydra/`'s three files with PyYAML's pure-Python emitter:
 ~25 ms a job on a small CPU, ten times a tiny job's training. `run_job_lean` does
 the same steps in the same order, with the same results:
 
-- the Hydra config is set once; the job's output dir is then written into it as
-  into the job's config (run_job's second set_config copies that one value);
-- the task's config is a pickle copy (`copy_config`, same nodes, types and flags
-  as copy.deepcopy), the JobReturn's Hydra config the one the job ran with (read
-  only; run_job hands out a copy of it);
+- the Hydra config is set once and holds the job config's own `hydra` node
+  (`set_hydra_config`); the job's output dir is then written into that node
+  (run_job's second set_config copies that one value);
+- the task's config is a pickle copy of the others (`task_config`: same nodes,
+  types and flags as copy.deepcopy makes them);
+- the JobReturn's Hydra config is the one the job ran with, its `hydra` node's
+  parent its own root after the job, as in the copy run_job hands out; where
+  run_job reads that copy (`chdir`, `env_set`), the node is parented so too, so an
+  interpolation into the job's config fails as it fails there;
 - `.hydra/*.yaml` are OmegaConf.to_yaml's text (`YamlParts`), made from the parts
-  of the config earlier jobs of the sweep already wrote.
+  of the config that earlier jobs of the sweep already wrote.
 
 tests/test_composing.py runs every job of every preset through Hydra's run_job and
-through this, and compares the JobReturns and the `.hydra/` files byte for byte.
+through this, tests/test_setting_up.py odd settings, failing tasks and callbacks;
+both compare the `.hydra/` files byte for byte, the JobReturns and what the task
+saw.
 """
 
 import copy
