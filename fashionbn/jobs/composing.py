@@ -28,7 +28,6 @@ the configs and the `.hydra/` files byte for byte.
 """
 
 import copy
-import pickle
 import re
 from typing import Any, Callable, List, Optional
 
@@ -36,6 +35,8 @@ from hydra.core.config_loader import ConfigLoader
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from fashionbn.jobs.setting_up import pickled
 
 
 class ComposeOnce(ConfigLoader):
@@ -141,23 +142,24 @@ class ComposeOnce(ConfigLoader):
 
     def _apply(
         self,
-        cfg: DictConfig,
+        config: DictConfig,
         overrides: list[Override],
         changed: list[Override],
         master: DictConfig,
     ) -> DictConfig:
-        """The job's config: `cfg`, a copy of the base job's, with its values."""
+        """The job's config: `config`, a copy of the base job's, with its values."""
         for override in changed:
-            OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+            key, value = override.key_or_group, override.value()
+            OmegaConf.update(config, key, value, merge=True)
         task = [o.input_line for o in overrides if not o.is_hydra_override()]
-        cfg.hydra.overrides.task = task
-        naming = cfg.hydra.job.config.override_dirname
-        cfg.hydra.job.override_dirname = overrides_dirname(
+        config.hydra.overrides.task = task
+        naming = config.hydra.job.config.override_dirname
+        config.hydra.job.override_dirname = overrides_dirname(
             [o for o in overrides if not o.is_hydra_override()],
             list(naming.exclude_keys), naming.item_sep, naming.kv_sep,
         )  # fmt: skip
-        OmegaConf.copy_cache(from_config=master, to_config=cfg)
-        return cfg
+        OmegaConf.copy_cache(from_config=master, to_config=config)
+        return config
 
     # --- everything else is Hydra's own ----------------------------------------
 
@@ -200,17 +202,6 @@ def overrides_dirname(
         o.input_line for o in overrides if o.key_or_group not in exclude_keys
     )
     return re.sub("[=]", kv_sep, item_sep.join(lines))
-
-
-def pickled(cfg: DictConfig) -> Callable[[], DictConfig]:
-    """A maker of copies of cfg as it is now (unpickled: four times faster than
-    copy.deepcopy for Hydra's configs; copy.deepcopy where it cannot be pickled)."""
-    try:
-        data = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - anything pickle refuses: the slow copy
-        kept = copy.deepcopy(cfg)
-        return lambda: copy.deepcopy(kept)
-    return lambda: pickle.loads(data)
 
 
 def compose_once(hydra_context: Any) -> ComposeOnce:
