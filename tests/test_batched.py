@@ -583,6 +583,27 @@ def test_jobs_sharing_a_dir_take_turns_as_under_the_basic_launcher(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["batched", "basic"])
+def test_a_sweep_holding_the_same_job_twice_trains_it_once(
+    launcher, real_data_root, tmp_path
+):
+    """seed=1,0,1 and optim.lr=0.1,1e-1 (the sweeper writes both 0.1) give jobs
+    the same overrides: each is set up on its own config, the first of a dir
+    trains it, the second finds it complete (a hostile pass: the batched launcher
+    handed two jobs one config and stopped with a traceback)."""
+    result = batched_sweep(tmp_path, real_data_root, "s", "seed=1,0,1",
+                           "optim.lr=0.1,1e-1", "epochs=1",
+                           launcher=launcher == "batched")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    dirs = sorted(p.parent.name for p in (tmp_path / "s").glob("*/status.json"))
+    assert len(dirs) == 2 and all("optim.lr=0.1" in d for d in dirs)
+    for name in dirs:
+        assert read_status(tmp_path / "s" / name)[0]["status"] == "complete"
+        assert len(read_metrics(tmp_path / "s" / name)) == 1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["-1", "0"])
 def test_max_cohort_below_one_is_refused_before_anything_runs(
     value, real_data_root, tmp_path

@@ -42,10 +42,10 @@ class Loaders:
         self.jobs = BasicSweeper.split_arguments(parser.parse_overrides(task), None)[0]
 
     def both(self, job: list[str]):
-        """(Hydra's composition, ComposeOnce's) of one job, after ComposeOnce was
-        asked for it once before (the sweeper's check)."""
+        """(Hydra's composition, the one ComposeOnce gives the launcher) of one
+        job, after the sweeper's check asked ComposeOnce for it."""
         return (self.hydra.load_sweep_config(self.master, job),
-                self.once.load_sweep_config(self.master, job))  # fmt: skip
+                self.once.take(self.master, job))  # fmt: skip
 
 
 def job_outcome(run, cfg, job_num: int, context: HydraContext, **kw) -> dict:
@@ -157,11 +157,28 @@ def test_odd_sweeps_are_composed_as_hydra_composes_them(
     first = [outcome(lambda j: once.load_sweep_config(loaders.master, j), job)
              for job in loaders.jobs]  # fmt: skip
     for job, checked in zip(loaders.jobs, first):
-        ours = outcome(lambda j: once.load_sweep_config(loaders.master, j), job)
+        ours = outcome(lambda j: once.take(loaders.master, j), job)
         assert ours == checked  # the launcher gets what the sweeper checked
         assert ours == outcome(
             lambda j: hydra.load_sweep_config(loaders.master, j), job
         )
+
+
+def test_jobs_with_the_same_overrides_each_get_their_own_config(hydra_conf, tmp_path):
+    """A sweep may give two jobs the same overrides (seed=1,1; optim.lr=0.1,1e-1
+    both read 0.1): each job is set up (and changed) on a config of its own."""
+    loaders = Loaders(["seed=1,0,1", "optim.lr=0.1,1e-1"], tmp_path / "sweep")
+    assert len(loaders.jobs) == 6 and len({tuple(j) for j in loaders.jobs}) == 2
+    checked = [loaders.once.load_sweep_config(loaders.master, j) for j in loaders.jobs]
+    taken = [loaders.once.take(loaders.master, j) for j in loaders.jobs]
+    assert len({id(c) for c in taken}) == 6  # none handed out twice
+    assert sorted(map(id, taken)) == sorted(map(id, checked))  # what was checked
+    for job, cfg in zip(loaders.jobs, taken):
+        assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(
+            loaders.hydra.load_sweep_config(loaders.master, job)
+        )
+    assert loaders.once.take(loaders.master, loaders.jobs[0]) is not taken[0]  # anew
+    assert not loaders.once.made
 
 
 def test_a_value_hydra_refuses_gets_hydras_own_error(hydra_conf, tmp_path):

@@ -22,7 +22,8 @@ is derived only when every override that differs from the base job's is a plain
 `key=value` of a scalar to a key that is a value of the composed config (not a
 config group, not hydra.*, no +/++/~, no package); anything else, or any error, is
 composed by Hydra itself (whose error message a bad value then gets). The launcher
-asks again for a job the sweeper validated: it gets that composition, not a new one.
+`take`s the config the sweeper's check made for a job, not a new one: each config
+once (a sweep can hold the same overrides twice; each such job gets its own).
 tests/test_composing.py composes every job of every preset both ways and compares
 the configs and the `.hydra/` files byte for byte.
 """
@@ -47,20 +48,42 @@ class ComposeOnce(ConfigLoader):
         self.loader = loader
         self.parser = OverridesParser.create()
         self.bases: list[tuple[Any, list[Override], DictConfig, Callable]] = []
-        self.made: dict[tuple, DictConfig] = {}  # composed, not yet launched
+        self.made: dict[tuple, list[DictConfig]] = {}  # checked, not yet taken
         self.groups: Optional[set[str]] = None  # the top-level config groups
         self.composed = 0  # compositions by Hydra (a benchmark reads it)
         self.derived = 0
 
-    # --- the one method that changes -------------------------------------------
+    # --- the one method that changes, and what the launcher takes --------------
 
     def load_sweep_config(
         self, master_config: DictConfig, sweep_overrides: List[str]
     ) -> DictConfig:
+        """The job's config (the sweeper's check asks for every job first), kept
+        for the launcher's `take`."""
+        cfg = self._make(master_config, sweep_overrides)
         key = (id(master_config), tuple(sweep_overrides))
-        made = self.made.pop(key, None)
-        if made is not None:  # the sweeper validated it; the launcher takes it now
-            return made
+        self.made.setdefault(key, []).append(cfg)
+        return cfg
+
+    def take(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
+        """The job's config for the launcher to set the job up with (and change):
+        the one the sweeper's check made for these overrides, each handed out once
+        (a sweep may hold the same overrides twice: the first made is taken
+        first), or a new one."""
+        key = (id(master_config), tuple(sweep_overrides))
+        made = self.made.get(key)
+        if not made:
+            return self._make(master_config, sweep_overrides)
+        cfg = made.pop(0)
+        if not made:
+            del self.made[key]
+        return cfg
+
+    def _make(
+        self, master_config: DictConfig, sweep_overrides: List[str]
+    ) -> DictConfig:
+        """A new config of the job: derived from the first job of its config-group
+        choice, or composed by Hydra (then the base of the jobs after it)."""
         try:
             overrides = self.parser.parse_overrides(list(sweep_overrides))
         except Exception:  # noqa: BLE001 - Hydra's own error, from Hydra
@@ -74,7 +97,6 @@ class ComposeOnce(ConfigLoader):
                                    pickled(cfg)))  # fmt: skip
         else:
             self.derived += 1
-        self.made[key] = cfg
         return cfg
 
     def _derived(

@@ -7,9 +7,9 @@ runs each job's task function through hydra.core.utils.run_job (with compose_onc
 the default: fashionbn.jobs.setting_up.run_job_lean, its equal without its copies)
 inside fashionbn.jobs.launching.deferred_jobs, where a fashionbn job returns what it
 would train (a PendingJob) instead of training; those are trained in cohorts and
-their JobReturns completed. Any other Hydra app's jobs ignore the block and run one after
-another as under the basic launcher, so this is a conformant Hydra launcher (Hydra's
-LauncherTestSuite runs it).
+their JobReturns completed. Any other Hydra app's jobs ignore the block and run one
+after another as under the basic launcher, so this is a conformant Hydra launcher
+(Hydra's LauncherTestSuite runs it).
 """
 
 import gc
@@ -169,9 +169,10 @@ class BatchedLauncher(Launcher):
         assert self.hydra_context is not None and self.config is not None
         assert self.task_function is not None
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(
-            self.config, list(overrides)
-        )
+        loader = self.hydra_context.config_loader
+        # with compose_once: the config the sweeper's check made (each job its own)
+        take = getattr(loader, "take", loader.load_sweep_config)
+        sweep_config = take(self.config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = idx
             sweep_config.hydra.job.num = idx
