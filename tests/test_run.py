@@ -85,6 +85,28 @@ def test_single_run_with_documented_overrides(real_data_root: Path, tmp_path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["-m", "hydra/launcher=basic"],
+                                      ["-m", "hydra/launcher=batched"]])  # fmt: skip
+def test_hydras_disabled_job_logging_silences_a_run(launcher, real_data_root, tmp_path):
+    """hydra/job_logging=disabled (Hydra's own option) replaces fashionbn's job
+    logging: every job of a hostile pass failed with 'Unable to configure handler
+    console' while its console's stream was set on top of whatever was chosen."""
+    result = run_module(
+        ["fashionbn.run", *launcher, "hydra/job_logging=disabled", "epochs=1",
+         "seed=0,1" if launcher else "seed=0", "threads=1", "data.train_size=640",
+         "data.test_size=200", f"data.root={real_data_root}",
+         f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 's'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = [*tmp_path.glob("run/metrics.csv"), *tmp_path.glob("s/*/metrics.csv")]
+    assert len(metrics) == (2 if launcher else 1)
+    if launcher != ["-m", "hydra/launcher=batched"]:  # (a cohort logs for its runs)
+        assert "epoch 1/1" not in result.stderr
+        assert not [*tmp_path.glob("run/run.log"), *tmp_path.glob("s/*/run.log")]
+
+
+@pytest.mark.slow
 def test_missing_dataset_stops_with_one_clear_message(tmp_path: Path) -> None:
     result = run_module(
         ["fashionbn.run", "data.system_dir=null", f"data.root={tmp_path / 'empty'}",
