@@ -31,6 +31,7 @@ class Loaders:
     def __init__(self, arguments: list[str], sweep_dir: Path) -> None:
         self.hydra = GlobalHydra.instance().config_loader()
         self.once = ComposeOnce(self.hydra)
+        self.once.keep = True  # as the batched launcher has it (it `take`s)
         hydra_args = [f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=batched"]
         self.master = self.hydra.load_configuration(
             "config", [*arguments, *hydra_args], RunMode.MULTIRUN

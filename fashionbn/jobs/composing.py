@@ -46,6 +46,7 @@ class ComposeOnce(ConfigLoader):
 
     def __init__(self, loader: ConfigLoader) -> None:
         self.loader = loader
+        self.keep = False  # keep what the sweeper's check made for `take` (batched)
         self.parser = OverridesParser.create()
         self.bases: list[tuple[Any, list[Override], DictConfig, Callable]] = []
         self.made: dict[tuple, list[DictConfig]] = {}  # checked, not yet taken
@@ -58,11 +59,13 @@ class ComposeOnce(ConfigLoader):
     def load_sweep_config(
         self, master_config: DictConfig, sweep_overrides: List[str]
     ) -> DictConfig:
-        """The job's config (the sweeper's check asks for every job first), kept
-        for the launcher's `take`."""
+        """The job's config (the sweeper's check asks for every job first; a
+        launcher without `take` asks again), kept for the launcher's `take` when
+        `keep` says so."""
         cfg = self._make(master_config, sweep_overrides)
-        key = (id(master_config), tuple(sweep_overrides))
-        self.made.setdefault(key, []).append(cfg)
+        if self.keep:
+            key = (id(master_config), tuple(sweep_overrides))
+            self.made.setdefault(key, []).append(cfg)
         return cfg
 
     def take(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
@@ -204,7 +207,14 @@ class ComposeOnce(ConfigLoader):
         return self.loader.compute_defaults_list(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:  # anything else of Hydra's loader
+        if name == "loader":  # (not set yet: being unpickled)
+            raise AttributeError(name)
         return getattr(self.loader, name)
+
+    def __reduce__(self) -> tuple:
+        """Pickled (a joblib or SLURM launcher sends the context to its workers):
+        Hydra's loader in a new, empty ComposeOnce."""
+        return (ComposeOnce, (self.loader,))
 
 
 _ABSENT = object()
@@ -232,3 +242,11 @@ def compose_once(hydra_context: Any) -> ComposeOnce:
     if not isinstance(loader, ComposeOnce):
         loader = hydra_context.config_loader = ComposeOnce(loader)
     return loader
+
+
+def compose_by_hydra(hydra_context: Any) -> None:
+    """Hydra's own config loader back in the context (hydra.launcher.compose_once
+    =false: Hydra composes every job)."""
+    loader = hydra_context.config_loader
+    if isinstance(loader, ComposeOnce):
+        hydra_context.config_loader = loader.loader

@@ -119,13 +119,16 @@ class BatchedLauncher(Launcher):
         self.hydra_context = hydra_context
         self.task_function = task_function
         self.config = config
+        from fashionbn.jobs.composing import compose_by_hydra, compose_once
+
         if self.compose_once:  # the sweeper's checks share it (one HydraContext)
-            from fashionbn.jobs.composing import compose_once
             from fashionbn.jobs.setting_up import YamlParts
 
-            compose_once(hydra_context)
+            compose_once(hydra_context).keep = True  # for `take`
             self.yaml_parts = YamlParts()
             gc.freeze()  # (see launch)
+        else:  # (also where hydra/sweeper=fashionbn put one in)
+            compose_by_hydra(hydra_context)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int

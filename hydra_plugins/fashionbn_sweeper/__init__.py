@@ -1,0 +1,1 @@
+"""hydra/sweeper=fashionbn: Hydra's basic sweeper, jobs composed once (see sweeper)."""
