@@ -11,7 +11,9 @@ command line and `hydra.sweeper.params` into jobs, batches, checks and
 first one's composition (tests/test_composing.py: every preset's jobs equal Hydra's
 own composition, byte for byte). The basic sweeper is found as Hydra registers it
 (`hydra/sweeper=basic` in Hydra's ConfigStore), through Hydra's public API only.
-`hydra.sweeper.compose_once=false` (or `hydra/sweeper=basic`) is Hydra's own.
+`hydra.sweeper.compose_once=false` (or `hydra/sweeper=basic`) is Hydra's own
+composition, but for the batched launcher, which puts ComposeOnce in itself unless
+`hydra.launcher.compose_once=false` (which also undoes this sweeper's).
 """
 
 from dataclasses import dataclass
