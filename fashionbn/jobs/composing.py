@@ -28,7 +28,6 @@ tests/test_composing.py composes every job of every preset both ways and compare
 the configs and the `.hydra/` files byte for byte.
 """
 
-import copy
 import re
 from typing import Any, Callable, List, Optional
 
@@ -96,8 +95,8 @@ class ComposeOnce(ConfigLoader):
             cfg = self.loader.load_sweep_config(master_config, sweep_overrides)
             self.composed += 1
             if overrides is not None:
-                self.bases.append((master_config, overrides, copy.deepcopy(cfg),
-                                   pickled(cfg)))  # fmt: skip
+                copies = pickled(cfg)  # (before the launcher changes cfg)
+                self.bases.append((master_config, overrides, copies(), copies))
         else:
             self.derived += 1
         return cfg
