@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from fashionbn.config import FashionbnError, register_configs
+from fashionbn.config import FashionbnError, excluded_from_dirname, register_configs
 from fashionbn.config.settings import run_settings
 from fashionbn.config.validation import available_cores
 from fashionbn.jobs.files import METRICS_FILE
@@ -64,7 +64,7 @@ def stop_when_orphaned(interval: float = 0.1) -> None:
 
 def named_overrides(hydra_cfg) -> list[str]:
     """The job's overrides that name its dir (Hydra's override_dirname's items)."""
-    excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+    excluded = set(excluded_from_dirname(hydra_cfg.job.config.override_dirname))
     return [
         item
         for item in hydra_cfg.overrides.task

@@ -17,6 +17,11 @@ from hydra.core.utils import JobReturn, run_job
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf, open_dict
 
+from fashionbn.config.schema import (
+    dirname_exclude_keys,
+    excluded_from_dirname,
+    job_subdir,
+)
 from fashionbn.jobs.composing import ComposeOnce
 from fashionbn.jobs.setting_up import YamlParts, run_job_lean
 from tests.conftest import CONF_DIR
@@ -148,6 +153,9 @@ def outcome(compose, job: list[str]):
         ["model.norm=none,batchnorm", "optim=sgd,adam", "optim.lr=1e-3,3"],
         ["seed=0,1", "model.init_std='0.5',0.25", "model.init=normal"],
         ["model.name=a,'b c',null", "seed=0"],
+        ["seed=0,1", "optim.lr=0.1,0.2",  # a dir name of one's own choosing
+         "hydra.job.config.override_dirname.exclude_keys=[seed]",
+         "hydra.job.config.override_dirname.kv_sep=-"],
     ],
 )  # fmt: skip
 def test_odd_sweeps_are_composed_as_hydra_composes_them(
@@ -205,3 +213,38 @@ def test_only_plain_values_of_the_config_are_derived(hydra_conf, tmp_path):
     for job in odd.jobs:
         odd.once.load_sweep_config(odd.master, job)
     assert (odd.once.composed, odd.once.derived) == (2, 0)
+
+
+def test_a_line_given_twice_is_composed_by_hydra(hydra_conf, tmp_path):
+    """A job that gives one key twice is composed by Hydra, never derived from
+    another job, also where it is the same line twice (one parsed line in two
+    places; Hydra's own sweeper keeps one line a key, another sweeper may not)."""
+    loaders = Loaders(["seed=0"], tmp_path / "sweep")
+    jobs = [["seed=0", "seed=0"], ["seed=1", "seed=1"], ["seed=0", "seed=1"]]
+    for job in jobs:
+        ours = outcome(lambda j: loaders.once.load_sweep_config(loaders.master, j), job)
+        assert ours == outcome(
+            lambda j: loaders.hydra.load_sweep_config(loaders.master, j), job
+        )
+    assert (loaders.once.composed, loaders.once.derived) == (3, 0)
+
+
+@pytest.mark.parametrize(
+    "arguments, excluded, subdir",
+    [
+        (["seed=1,2"], None, "seed=2"),
+        (["seed=1,2", "hydra.job.config.override_dirname.exclude_keys=[seed]",
+          "hydra.sweep.subdir=s${seed}"], ["seed"], "s2"),
+    ],
+)  # fmt: skip
+def test_the_dirname_shortcuts_give_what_resolving_gives(
+    arguments, excluded, subdir, hydra_conf, tmp_path
+):
+    loaders = Loaders(arguments, tmp_path / "sweep")
+    cfg = loaders.once.take(loaders.master, loaders.jobs[1])
+    naming = cfg.hydra.job.config.override_dirname
+    assert excluded_from_dirname(naming) == list(naming.exclude_keys)
+    assert excluded_from_dirname(naming) == (excluded or dirname_exclude_keys())
+    assert "threads" in dirname_exclude_keys() and "seed" not in dirname_exclude_keys()
+    assert job_subdir(cfg) == str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+    assert job_subdir(cfg) == subdir

@@ -8,15 +8,22 @@ import enum
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import pytest
 from hydra._internal.callbacks import Callbacks  # (tests may read Hydra's internals)
 from hydra.core.utils import JobStatus, run_job
 from hydra.types import HydraContext
-from omegaconf import OmegaConf, ValidationError
+from omegaconf import MISSING, OmegaConf, ValidationError
 from omegaconf.errors import ConfigAttributeError
 
-from fashionbn.jobs.setting_up import YamlParts, copied, run_job_lean, task_config
+from fashionbn.jobs.setting_up import (
+    YamlParts,
+    copied,
+    plain,
+    run_job_lean,
+    task_config,
+)
 from tests.test_composing import Loaders, job_outcome
 
 
@@ -58,6 +65,46 @@ def test_parts_tell_equal_values_of_other_types_apart():
     for wrapped in ([], {}, [1], {"a": 1}, ""):  # (and empty ones of each kind)
         cfg = OmegaConf.create({"a": {"b": {"c": wrapped}}})
         assert parts.to_yaml(cfg) == OmegaConf.to_yaml(cfg), wrapped
+
+
+@dataclass
+class Odd:
+    colour: Colour = Colour.red
+    maybe: Optional[dict] = None  # a None container
+    later: dict = MISSING  # a '???' container
+    pointer: dict = "${by_colour}"  # an interpolation container
+    by_colour: Dict[Colour, int] = field(default_factory=lambda: {Colour.red: 3})
+    values: List[Any] = field(default_factory=lambda: [None, "???", b"x", 1.0])
+    path: Path = Path("/a/b")
+    ref: str = "${colour}"
+    missing: int = MISSING
+
+
+@pytest.mark.parametrize("values", [*ODD_VALUES, Odd, {"odd": Odd, 5: True}])
+def test_plain_is_omegaconfs_container(values):
+    """plain(node) == OmegaConf.to_container(node, resolve=False, enum_to_str=True),
+    with the same types (1 is not 1.0 or True) and key order, for the root and for
+    each of its nodes (containers and values)."""
+    cfg = OmegaConf.structured(values) if values is Odd else OmegaConf.create(values)
+    expected = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    assert repr(plain(cfg)) == repr(expected)
+    for key, value in zip(cfg, expected.values()):
+        assert repr(plain(cfg._get_node(key))) == repr(value)
+        node = cfg._get_node(key)
+        if OmegaConf.is_config(node):
+            assert repr(plain(node)) == repr(
+                OmegaConf.to_container(node, resolve=False, enum_to_str=True)
+            )
+
+
+def test_plain_of_odd_nodes_by_hand():
+    cfg = OmegaConf.structured(Odd)
+    assert plain(cfg) == {
+        "colour": "red", "maybe": None, "later": "???", "pointer": "${by_colour}",
+        "by_colour": {"red": 3}, "values": [None, "???", b"x", 1.0],
+        "path": Path("/a/b"), "ref": "${colour}", "missing": "???",
+    }  # fmt: skip
+    assert plain(OmegaConf.create([])) == [] and plain(OmegaConf.create({})) == {}
 
 
 def test_yaml_of_a_list_and_of_nothing():

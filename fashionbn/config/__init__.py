@@ -37,6 +37,7 @@ from fashionbn.config.schema import (  # noqa: F401 - the stage's public names
     OptimConfig,
     SGDConfig,
     dirname_exclude_keys,
+    excluded_from_dirname,
     is_plugin,
     not_applicable,
     register_configs,

@@ -222,6 +222,35 @@ def dirname_exclude_keys() -> list[str]:
     return [*NON_IDENTITY_KEYS, "logger", "experiment"]
 
 
+# conf/config.yaml's hydra.job.config.override_dirname.exclude_keys
+DIRNAME_EXCLUDE = "${fashionbn_dirname_exclude:}"
+
+
+def excluded_from_dirname(naming: Any) -> list[str]:
+    """list(naming.exclude_keys) of a hydra.job.config.override_dirname node.
+    Where it is conf/config.yaml's own interpolation, that is our resolver's
+    value (a constant): taken from it, not resolved again for every job of a
+    sweep (parsing the interpolation and wrapping the list cost ~0.5 ms)."""
+    if naming._get_node("exclude_keys")._value() == DIRNAME_EXCLUDE:
+        return dirname_exclude_keys()
+    return list(naming.exclude_keys)
+
+
+# conf/config.yaml's hydra.sweep.subdir
+JOB_SUBDIR = "${fashionbn_job_dirname:${hydra.job.override_dirname}}"
+
+
+def job_subdir(config: Any) -> str:
+    """str(OmegaConf.select(config, "hydra.sweep.subdir")) of a job's config. Where
+    it is conf/config.yaml's own interpolation, job_dirname of the job's
+    override_dirname (what the resolver returns), without parsing the
+    interpolation again for every job of a sweep."""
+    sweep = config.hydra.sweep
+    if sweep._get_node("subdir")._value() == JOB_SUBDIR:
+        return job_dirname(OmegaConf.select(config, "hydra.job.override_dirname"))
+    return str(OmegaConf.select(config, "hydra.sweep.subdir"))
+
+
 def register_configs() -> None:
     """Register the schemas (and the job-dir naming resolver) with Hydra."""
     cs = ConfigStore.instance()

@@ -36,6 +36,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from fashionbn.config import excluded_from_dirname
 from fashionbn.jobs.setting_up import pickled
 
 
@@ -47,6 +48,8 @@ class ComposeOnce(ConfigLoader):
         self.loader = loader
         self.keep = False  # keep what the sweeper's check made for `take` (batched)
         self.parser = OverridesParser.create()
+        self.lines: dict[str, Override] = {}  # parsed override lines (read only)
+        self.values: dict[tuple[int, str], bool] = {}  # _is_value's answers
         self.bases: list[tuple[Any, list[Override], DictConfig, Callable]] = []
         self.made: dict[tuple, list[DictConfig]] = {}  # checked, not yet taken
         self.groups: Optional[set[str]] = None  # the top-level config groups
@@ -86,10 +89,7 @@ class ComposeOnce(ConfigLoader):
     ) -> DictConfig:
         """A new config of the job: derived from the first job of its config-group
         choice, or composed by Hydra (then the base of the jobs after it)."""
-        try:
-            overrides = self.parser.parse_overrides(list(sweep_overrides))
-        except Exception:  # noqa: BLE001 - Hydra's own error, from Hydra
-            overrides = None
+        overrides = self._parsed(sweep_overrides)
         cfg = None if overrides is None else self._derived(master_config, overrides)
         if cfg is None:
             cfg = self.loader.load_sweep_config(master_config, sweep_overrides)
@@ -100,6 +100,23 @@ class ComposeOnce(ConfigLoader):
         else:
             self.derived += 1
         return cfg
+
+    def _parsed(self, lines: List[str]) -> Optional[list[Override]]:
+        """Hydra's parse of the override lines (each line parsed once a sweep:
+        a sweep's jobs share most of theirs), or None where Hydra refuses one."""
+        overrides = []
+        for line in lines:
+            override = self.lines.get(line)
+            if override is None:
+                try:
+                    (override,) = self.parser.parse_overrides([line])
+                except Exception:  # noqa: BLE001 - Hydra's own error, from Hydra
+                    return None
+                if len(self.lines) >= 4096:
+                    self.lines.clear()
+                self.lines[line] = override
+            overrides.append(override)
+        return overrides
 
     def _derived(
         self, master: DictConfig, overrides: list[Override]
@@ -123,25 +140,25 @@ class ComposeOnce(ConfigLoader):
         scalar value override of a value of `base` (None otherwise)."""
         if len(before) != len(after):
             return None
-        changed = []
-        for old, new in zip(before, after):
+        changed = []  # (position, override); a line's Override may be there twice
+        for position, (old, new) in enumerate(zip(before, after)):
             if old.input_line == new.input_line:
                 continue
             if old.key_or_group != new.key_or_group or not self._is_value(base, new):
                 return None
             if not self._is_value(base, old):
                 return None
-            changed.append(new)
+            changed.append((position, new))
         # Hydra applies value overrides in order: one that another override of the
         # same key (or a key within it) follows or precedes is not re-applied alone
-        for override in changed:
+        for position, override in changed:
             key = override.key_or_group
-            for other in after:
-                if other is override or self._is_group(other.key_or_group):
+            for other_position, other in enumerate(after):
+                if other_position == position or self._is_group(other.key_or_group):
                     continue
                 if _overlap(key, other.key_or_group):
                     return None
-        return changed
+        return [override for _, override in changed]
 
     def _is_group(self, key: str) -> bool:
         if self.groups is None:
@@ -149,6 +166,17 @@ class ComposeOnce(ConfigLoader):
         return "/" in key or ("." not in key and key in self.groups)
 
     def _is_value(self, base: DictConfig, override: Override) -> bool:
+        """Whether `override` is a plain scalar override of a value of `base`
+        (asked once per base and line: a base is kept, never changed)."""
+        memo = (id(base), override.input_line)
+        known = self.values.get(memo)
+        if known is None:
+            if len(self.values) >= 65536:
+                self.values.clear()
+            known = self.values[memo] = self._is_value_of(base, override)
+        return known
+
+    def _is_value_of(self, base: DictConfig, override: Override) -> bool:
         key = override.key_or_group
         if (
             override.type != OverrideType.CHANGE
@@ -180,7 +208,7 @@ class ComposeOnce(ConfigLoader):
         naming = config.hydra.job.config.override_dirname
         config.hydra.job.override_dirname = overrides_dirname(
             [o for o in overrides if not o.is_hydra_override()],
-            list(naming.exclude_keys), naming.item_sep, naming.kv_sep,
+            excluded_from_dirname(naming), naming.item_sep, naming.kv_sep,
         )  # fmt: skip
         OmegaConf.copy_cache(from_config=master, to_config=config)
         return config
