@@ -215,6 +215,25 @@ def test_keys_that_cannot_matter_are_not_refused() -> None:
             check_config(compose_config(overrides))
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["+model.args.width={a:1}"], "model.args={'width': {'a': 1}}: arguments "
+         "of a model._target_, but the model is the built-in MLP"),
+        (["model.norm={_target_:''}"], "model.norm._target_='': give a class"),
+        (["model.norm={x:1}"], "model.norm={'x': 1}: not a built-in normalisation"),
+        (["data=mnist", "+data.args.n=[1,2]"], "data.args={'n': [1, 2]}: arguments "
+         "of a data._target_"),
+    ],
+)  # fmt: skip
+def test_a_refused_value_is_written_as_a_plain_value(overrides, message) -> None:
+    """check_config reads the resolved values: a mapping or list in a message reads
+    as Python writes it, whole and nested."""
+    with pytest.raises(ConfigError) as refused:
+        check_config(compose_config(overrides))
+    assert str(refused.value).startswith(message)
+
+
 def test_run_settings_are_the_configs_values_read_once() -> None:
     """run_settings: plain values with the schema's defaults applied, the identity,
     and read-only plug-in specs; a value that cannot work is one ConfigError."""

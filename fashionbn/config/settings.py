@@ -71,24 +71,25 @@ class RunSettings:
 def run_settings(cfg) -> RunSettings:
     """cfg (a composed config) checked and resolved into a RunSettings; ConfigError
     (one line naming the key) for a value that cannot work."""
-    from fashionbn.config.validation import check_config
+    from fashionbn.config.validation import Values, check_config
 
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     check_config(cfg, resolved)
-    optim, diagnostics = cfg.optim, cfg.diagnostics
+    values = Values(resolved)  # (read at a dict's cost, not a config node's)
+    optim, diagnostics = values.optim, values.diagnostics
     every = diagnostics.every_steps
     return RunSettings(
-        seed=int(cfg.seed),
-        epochs=int(cfg.epochs),
-        batch_size=int(cfg.batch_size),
-        drop_last=bool(cfg.data.drop_last),
-        eval_batch_size=int(cfg.data.eval_batch_size),
-        precise_bn=bool(cfg.precise_bn),
-        divergence_loss=float(cfg.divergence_loss),
-        device=str(cfg.device),
-        threads=None if cfg.threads is None else int(cfg.threads),
-        force=bool(cfg.force),
-        extend=bool(cfg.extend),
+        seed=int(values.seed),
+        epochs=int(values.epochs),
+        batch_size=int(values.batch_size),
+        drop_last=bool(values.data.drop_last),
+        eval_batch_size=int(values.data.eval_batch_size),
+        precise_bn=bool(values.precise_bn),
+        divergence_loss=float(values.divergence_loss),
+        device=str(values.device),
+        threads=None if values.threads is None else int(values.threads),
+        force=bool(values.force),
+        extend=bool(values.extend),
         optim=OptimSettings(
             name=str(optim.name),
             lr=float(optim.lr),

@@ -35,17 +35,30 @@ def check_config(cfg, resolved: Optional[dict] = None) -> None:
     """Raise ConfigError (one line naming the key) for any value that cannot work.
     `resolved`: cfg as OmegaConf.to_container(resolve=True, enum_to_str=True)
     (made here when not given)."""
-    problems = [*_run_problems(cfg), *_model_problems(cfg.model)]
-    problems += [*_optim_problems(cfg.optim), *_data_problems(cfg.data)]
-    problems += _diagnostics_problems(cfg.diagnostics)
-    # a key that cannot change what the run computes is not held against it (every
-    # problem starts with the key it is about: "model.bn_momentum=2.0: ...")
     if resolved is None:
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    values = Values(resolved)  # the same values, read at a dict's cost
+    problems = [*_run_problems(values), *_model_problems(values.model)]
+    problems += [*_optim_problems(values.optim), *_data_problems(values.data)]
+    problems += _diagnostics_problems(values.diagnostics)
+    # a key that cannot change what the run computes is not held against it (every
+    # problem starts with the key it is about: "model.bn_momentum=2.0: ...")
     ignored = tuple(f"{key}=" for key in not_applicable(flatten(resolved)))
     problems = [p for p in problems if not p.startswith(ignored)]
     if problems:
         raise ConfigError(problems[0])
+
+
+class Values(dict):
+    """A resolved config's plain values (a dict), its keys also read as attributes
+    (values.model.hidden), as the checks read a config."""
+
+    def __getattr__(self, key: str):
+        try:
+            value = self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+        return Values(value) if type(value) is dict else value
 
 
 def _run_problems(cfg) -> list[str]:
