@@ -3,6 +3,7 @@ instantiate, checked at set-up, trained by both launchers (cohorts through the
 generic vmap path), measured, aggregated, and kept apart from the built-ins'
 identities."""
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from fashionbn import api
@@ -527,9 +529,14 @@ def test_a_sweep_checks_each_model_once(monkeypatch) -> None:
     runs = [run_settings(compose_config([*item, f"seed={s}", f"optim.lr={lr}"]))
             for s, lr in ((0, 0.1), (1, 0.1), (2, 0.5))]  # fmt: skip
     groupnorm = run_settings(compose_config(["model=groupnorm", "seed=3"]))
+    assert runs[0].model is runs[1].model  # equal specs: one read-only object
+    copied = dataclasses.replace(runs[2], model=OmegaConf.create(
+        OmegaConf.to_container(runs[2].model)))  # equal, another object  # fmt: skip
     with deferred_jobs():
-        answers = [unsupported(run, sweep_memo()) for run in [*runs, groupnorm]]
-    assert checked == [0, 3]  # ItemNorm once for three jobs, GroupNorm once
+        answers = [unsupported(run, sweep_memo())
+                   for run in [*runs, groupnorm, copied]]  # fmt: skip
+    assert checked == [0, 3]  # ItemNorm once for four jobs, GroupNorm once
+    assert answers[4] == answers[0]
     assert all("cannot be stacked for a cohort" in a for a in answers[:3])
     assert answers[3] is None
     with deferred_jobs():
