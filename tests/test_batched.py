@@ -566,6 +566,24 @@ def test_a_batched_jobs_bad_input_is_its_error_line_and_its_run_log(
 
 
 @pytest.mark.slow
+def test_a_model_that_cannot_be_built_fails_its_jobs_only(real_data_root, tmp_path):
+    """GroupNorm of 3 groups over 64 units cannot be built: with the cohort size
+    left to the launcher (which sizes a cohort by its model), those jobs fail with
+    their own line, as under the basic launcher, and the other jobs train."""
+    result = batched_sweep(
+        tmp_path, real_data_root, "s", "model=groupnorm", "epochs=1",
+        "model.norm.num_groups=3,2", "seed=0,1", "hydra.sweep.subdir=${hydra.job.num}",
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = "must be divisible by num_groups (3)"
+    logged = [x for x in result.stderr.splitlines() if "[ERROR]" in x and line in x]
+    assert len(logged) == 2  # each bad job's error line, once (Hydra repeats one)
+    for k in (0, 1):  # num_groups=3 (seed 0, seed 1), then num_groups=2
+        assert line in (tmp_path / "s" / str(k) / "run.log").read_text()
+        assert read_status(tmp_path / "s" / str(k + 2))[0]["status"] == "complete"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["batched", "basic"])
 def test_jobs_sharing_a_dir_take_turns_as_under_the_basic_launcher(
     launcher, real_data_root, tmp_path

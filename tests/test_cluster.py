@@ -17,7 +17,7 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from fashionbn.config import ConfigError, FashionbnError
 from fashionbn.config.settings import run_settings
-from fashionbn.jobs import cluster
+from fashionbn.jobs import sizing
 from fashionbn.jobs.cluster import (
     SKIPPED,
     Stopped,
@@ -63,7 +63,7 @@ def test_cluster_jobs_group_what_can_share_a_program(real_data_root, tmp_path,
         [["again"]],
     ]
     # null: the CPU cache rule for device=cpu (here made to say 2), even sizes
-    monkeypatch.setattr(cluster, "cohort_limit", lambda run, device: 2)
+    monkeypatch.setattr(sizing, "cohort_limit", lambda run, device: 2)
     assert names(cohort_jobs(jobs[:5], None)) == [[["b0", "b1"], ["b2"], ["n0", "n1"]]]
     # cuda/auto: every run that can share a program (the node splits by its memory)
     auto = [pending(tmp_path, real_data_root, f"a{s}", f"seed={s}", "device=auto")
@@ -73,6 +73,20 @@ def test_cluster_jobs_group_what_can_share_a_program(real_data_root, tmp_path,
     other = pending(tmp_path, real_data_root, "copy", "seed=9", "device=auto",
                     f"data.system_dir={tmp_path}")  # fmt: skip
     assert names(cohort_jobs([*auto, other], None)) == [[["a0", "a1", "a2"], ["copy"]]]
+
+
+def test_a_model_that_cannot_be_built_makes_cluster_jobs_of_one(
+    real_data_root, tmp_path
+):
+    """GroupNorm of 3 groups over 64 units cannot be built, so the CPU cache rule
+    cannot size its cohort: its jobs are cluster jobs of one each (each then fails
+    with its own line on its node), and no error reaches the submitting sweep."""
+    bad = [pending(tmp_path, real_data_root, f"g{s}", "model=groupnorm",
+                   "model.norm.num_groups=3", f"seed={s}", "device=cpu")
+           for s in range(2)]  # fmt: skip
+    good = [pending(tmp_path, real_data_root, f"b{s}", f"seed={s}", "device=cpu")
+            for s in range(2)]  # fmt: skip
+    assert names(cohort_jobs([*bad, *good], None)) == [[["g0"], ["g1"], ["b0", "b1"]]]
 
 
 def test_what_a_cluster_job_sends_back_unpickles_anywhere() -> None:

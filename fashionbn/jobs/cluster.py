@@ -25,7 +25,7 @@ import torch
 from fashionbn.config import FashionbnError
 from fashionbn.core.stacking import cohort_key
 from fashionbn.jobs.cohort import PendingJob, job_log, run_cohorts, turns
-from fashionbn.jobs.sizing import cohort_limit, split
+from fashionbn.jobs.sizing import cohort_size, split
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
 
@@ -70,7 +70,7 @@ def cohort_jobs(
             limit = max_cohort
             if limit is None:
                 limit = (
-                    cohort_limit(members[0].run, torch.device("cpu"))
+                    cohort_size(members[0].run, torch.device("cpu"), None)
                     if device == "cpu"
                     else len(members)
                 )

@@ -50,7 +50,7 @@ from fashionbn.jobs.job import (
 from fashionbn.jobs.preflight import file_problem
 from fashionbn.jobs.previous import FRESH, RESUME
 from fashionbn.jobs.progress import CohortProgress, EpochBar
-from fashionbn.jobs.sizing import cohort_limit, split
+from fashionbn.jobs.sizing import cohort_size, split
 from fashionbn.jobs.writer import JobFiles
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def run_turn(
         where = (str(job.run.data.root), str(job.run.data.system_dir))
         groups[(str(device), where, cohort_key(job.run.identity))].append(job)
     for (device, _, _), members in groups.items():
-        limit = max_cohort or cohort_limit(members[0].run, torch.device(device))
+        limit = cohort_size(members[0].run, torch.device(device), max_cohort)
         for cohort in split(members, limit, even=max_cohort is None):
             try:
                 train_group(cohort, torch.device(device), progress)

@@ -26,6 +26,18 @@ def cohort_limit(run: RunSettings, device: torch.device) -> int:
     return max(1, int(free * 0.5 // (4 * per_run)))
 
 
+def cohort_size(run: RunSettings, device: torch.device, max_cohort) -> int:
+    """Runs per cohort: max_cohort where it is set, else cohort_limit; 1 where the
+    run's model or data cannot be built to be measured (each such job then fails
+    on its own, with its own line, where its cohort is set up)."""
+    if max_cohort:
+        return max_cohort
+    try:
+        return cohort_limit(run, device)
+    except Exception:  # noqa: BLE001 - the job's own error comes where it is built
+        return 1
+
+
 def cpu_cache_bytes(cpu: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
     """The size of the CPU's largest (last-level) cache, from Linux's sysfs; 8 MiB
     where it cannot be read."""

@@ -136,6 +136,11 @@ class BatchedLauncher(Launcher):
         problem = max_cohort_problem(self.max_cohort)
         if problem:  # before anything is set up or written
             raise LauncherSettingError(problem)
+        # what a job's task imports, imported before any job: a Ctrl-C that lands
+        # while a class is made is turned into a RuntimeError by Python 3.11, which
+        # would fail that job and let the sweep go on
+        import fashionbn.core.stacking  # noqa: F401
+        import fashionbn.jobs.cohort  # noqa: F401
         from fashionbn.jobs.launching import deferred_jobs
 
         setup_globals()
