@@ -224,11 +224,14 @@ def test_keys_that_cannot_matter_are_not_refused() -> None:
         (["model.norm={x:1}"], "model.norm={'x': 1}: not a built-in normalisation"),
         (["data=mnist", "+data.args.n=[1,2]"], "data.args={'n': [1, 2]}: arguments "
          "of a data._target_"),
+        (["epochs=???"], "epochs=???: give it a value"),  # OmegaConf's missing value
+        (["model=batchnorm", "model.bn_momentum=???"], "model.bn_momentum=???: give"),
+        (["data.train_size=???"], "data.train_size=???: give it a value"),
     ],
 )  # fmt: skip
 def test_a_refused_value_is_written_as_a_plain_value(overrides, message) -> None:
     """check_config reads the resolved values: a mapping or list in a message reads
-    as Python writes it, whole and nested."""
+    as Python writes it, whole and nested; a missing value is refused by its key."""
     with pytest.raises(ConfigError) as refused:
         check_config(compose_config(overrides))
     assert str(refused.value).startswith(message)

@@ -51,14 +51,25 @@ def check_config(cfg, resolved: Optional[dict] = None) -> None:
 
 class Values(dict):
     """A resolved config's plain values (a dict), its keys also read as attributes
-    (values.model.hidden), as the checks read a config."""
+    (values.model.hidden), as the checks read a config; a missing value ('???',
+    as OmegaConf writes one) read either way is a ConfigError naming its key."""
+
+    def __init__(self, values: dict, path: str = "") -> None:
+        super().__init__(values)
+        self.values_path = path  # where they sit in the config ("model.")
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        where = f"{self.values_path}{key}"
+        if isinstance(value, str) and value == "???":
+            raise ConfigError(f"{where}=???: give it a value")
+        return Values(value, f"{where}.") if type(value) is dict else value
 
     def __getattr__(self, key: str):
         try:
-            value = self[key]
+            return self[key]
         except KeyError:
             raise AttributeError(key) from None
-        return Values(value) if type(value) is dict else value
 
 
 def _run_problems(cfg) -> list[str]:
