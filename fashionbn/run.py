@@ -14,9 +14,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from fashionbn.config import FashionbnError, excluded_from_dirname, register_configs
+from fashionbn.config import (
+    ConfigError,
+    FashionbnError,
+    excluded_from_dirname,
+    register_configs,
+)
 from fashionbn.config.settings import run_settings
 from fashionbn.config.validation import available_cores
 from fashionbn.jobs.files import METRICS_FILE
@@ -101,6 +106,10 @@ def job_place(cfg: DictConfig) -> JobPlace:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     single_run = hydra_cfg.mode == RunMode.RUN
+    # (read here; run_settings refuses any other value left missing)
+    for node, key in ((cfg.data, "data.root"), (cfg, "threads")):
+        if OmegaConf.is_missing(node, key.rsplit(".", 1)[-1]):
+            raise ConfigError(f"{key}=???: give it a value")
     cfg.data.root = to_absolute_path(cfg.data.root)  # jobs may run from another cwd
     if cfg.threads is None:
         threads = threads_per_job(hydra_cfg.launcher)

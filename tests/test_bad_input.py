@@ -67,6 +67,13 @@ from tests.conftest import compose_config, run_module
         (["optim=adam", "optim.betas=[0.9]"], r"optim.betas=\[0.9\]: give two"),
         (["optim=adam", "optim.eps=0"], "optim.eps=0.0: must be a finite number > 0"),
         (["divergence_loss=nan"], "divergence_loss=nan: must be > 0"),
+        # a value left missing (OmegaConf's ???), wherever it is: refused by its key
+        (["model.activation=???"], r"model.activation=\?\?\?: give it a value"),
+        (["model.hidden=[64,???]"], r"model.hidden\[1\]=\?\?\?: give it a value"),
+        (["model=groupnorm", "model.norm.eps=???"], r"model.norm.eps=\?\?\?: give"),
+        (["model=cnn", "model.args.kernel_size=???"], r"model.args.kernel_size=\?"),
+        (["data=digits", "data._target_=???"], r"data._target_=\?\?\?: give it"),
+        (["data.system_dir=???"], r"data.system_dir=\?\?\?: give it a value"),
     ],
 )
 def test_bad_values_fail_before_training(
@@ -102,6 +109,9 @@ def cli_error(args: list[str], cwd: Path) -> str:
 def test_cli_bad_input_is_one_line_and_exit_code_2(real_data_root, tmp_path) -> None:
     run_dir = f"hydra.run.dir={tmp_path / 'run'}"
     assert "epochs=0: must be >= 1" in cli_error(["epochs=0", run_dir], tmp_path)
+    for key in ("threads", "data.root"):  # read before the config is checked
+        line = cli_error([f"{key}=???", run_dir], tmp_path)
+        assert line.endswith(f"error: {key}=???: give it a value")
     line = cli_error(["data.train_size=100000", f"data.root={real_data_root}", run_dir],
                      tmp_path)  # fmt: skip
     assert "data.train_size=100000 but the train set has 60000" in line

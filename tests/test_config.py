@@ -7,7 +7,7 @@ from omegaconf.errors import ValidationError
 
 from fashionbn.config import ConfigError, normalise_identity
 from fashionbn.config.settings import run_identity, run_settings
-from fashionbn.config.validation import check_config
+from fashionbn.config.validation import check_config, missing_problem
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -235,6 +235,17 @@ def test_a_refused_value_is_written_as_a_plain_value(overrides, message) -> None
     with pytest.raises(ConfigError) as refused:
         check_config(compose_config(overrides))
     assert str(refused.value).startswith(message)
+
+
+def test_the_first_value_left_missing_is_named() -> None:
+    assert missing_problem({"a": 1, "b": [1, {"c": None}], "d": "x"}) is None
+    assert missing_problem({"a": {"b": {"c": "???"}}}) == "a.b.c=???: give it a value"
+    assert missing_problem({"a": [0, [1, "???"]]}) == "a[1][1]=???: give it a value"
+    assert (
+        missing_problem({"a": [{"b": "???"}], "c": "???"})
+        == "a[0].b=???: give it a value"
+    )
+    assert missing_problem({"a": "?? ?", "b": "???x"}) is None  # only '???' itself
 
 
 def test_run_settings_are_the_configs_values_read_once() -> None:

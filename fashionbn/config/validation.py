@@ -4,7 +4,7 @@ unknown keys): refused before anything is trained or written, one line naming th
 
 import math
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
@@ -37,6 +37,8 @@ def check_config(cfg, resolved: Optional[dict] = None) -> None:
     (made here when not given)."""
     if resolved is None:
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    if problem := missing_problem(resolved):
+        raise ConfigError(problem)
     values = Values(resolved)  # the same values, read at a dict's cost
     problems = [*_run_problems(values), *_model_problems(values.model)]
     problems += [*_optim_problems(values.optim), *_data_problems(values.data)]
@@ -51,25 +53,35 @@ def check_config(cfg, resolved: Optional[dict] = None) -> None:
 
 class Values(dict):
     """A resolved config's plain values (a dict), its keys also read as attributes
-    (values.model.hidden), as the checks read a config; a missing value ('???',
-    as OmegaConf writes one) read either way is a ConfigError naming its key."""
-
-    def __init__(self, values: dict, path: str = "") -> None:
-        super().__init__(values)
-        self.values_path = path  # where they sit in the config ("model.")
-
-    def __getitem__(self, key):
-        value = super().__getitem__(key)
-        where = f"{self.values_path}{key}"
-        if isinstance(value, str) and value == "???":
-            raise ConfigError(f"{where}=???: give it a value")
-        return Values(value, f"{where}.") if type(value) is dict else value
+    (values.model.hidden), as the checks read a config."""
 
     def __getattr__(self, key: str):
         try:
-            return self[key]
+            value = self[key]
         except KeyError:
             raise AttributeError(key) from None
+        return Values(value) if type(value) is dict else value
+
+
+def missing_problem(values: Any, path: str = "") -> Optional[str]:
+    """The first value of a resolved config left missing ('???', OmegaConf's
+    missing value; no config group leaves one), as a problem naming its key; None
+    where every value is given."""
+    if isinstance(values, dict):
+        items = ((f"{path}{key}", value) for key, value in values.items())
+        for key, value in items:
+            if isinstance(value, str) and value == "???":
+                return f"{key}=???: give it a value"
+            if problem := missing_problem(value, f"{key}."):
+                return problem
+    elif isinstance(values, list):
+        for index, value in enumerate(values):
+            where = f"{path[:-1]}[{index}]"
+            if isinstance(value, str) and value == "???":
+                return f"{where}=???: give it a value"
+            if problem := missing_problem(value, f"{where}."):
+                return problem
+    return None
 
 
 def _run_problems(cfg) -> list[str]:
