@@ -143,3 +143,25 @@ def test_the_default_sweeper_writes_hydras_job_dirs(launcher, real_data_root, tm
         assert without_seconds(read_metrics(ours / name)) == without_seconds(
             read_metrics(hydras / name)
         )
+
+
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        (["hydra/launcher=batched", "hydra.launcher.max_cohort=???"],
+         "hydra.launcher.max_cohort"),
+        (["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=???"],
+         "hydra.launcher.n_jobs"),
+    ],
+)  # fmt: skip
+def test_a_launcher_setting_left_missing_is_one_line(setting, key, tmp_path):
+    """A launcher is made from its settings before any job: a value left missing
+    (???) is one line naming it, not OmegaConf's traceback."""
+    result = run_module(
+        ["fashionbn.run", "-m", *setting, "seed=0", "epochs=1",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"{key}=???: give it a value\n"), result.stderr
+    assert not (tmp_path / "sweep").exists()

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass
@@ -71,6 +72,10 @@ class FashionbnSweeper(Sweeper):
         task_function: TaskFunction,
         config: DictConfig,
     ) -> None:
+        for group in ("launcher", "sweeper"):  # (made from them next: one line)
+            missing = sorted(OmegaConf.missing_keys(config.hydra[group]))
+            if missing:
+                raise CompactHydraException(f"{missing[0]}=???: give it a value")
         if self.compose_once:  # before the launcher is made: it shares the context
             from fashionbn.jobs.composing import compose_once
 
