@@ -292,8 +292,10 @@ def test_a_cohort_job_past_its_time_limit_is_reported_as_such(past_its_time_limi
     output, _ = running.communicate(timeout=400)
     assert running.returncode == 1, output[-3000:]
     assert "ended on the scheduler (cluster job " in output
-    assert ("as TIMEOUT before it finished; it ran past hydra.launcher.timeout_min=1: "
-            "raise it. Its dir keeps the epochs saved so far") in output  # fmt: skip
+    said = [line for line in output.splitlines() if "ended on the scheduler" in line]
+    timeout = ("as TIMEOUT before it finished; it ran past hydra.launcher.timeout_min"
+               "=1: raise it. Its dir keeps the epochs saved so far")  # fmt: skip
+    assert timeout in output, said
     assert "Traceback" not in output
     (job,) = [p for p in sweep.iterdir() if (p / "status.json").is_file()]
     status = json.loads((job / "status.json").read_text())
