@@ -23,7 +23,7 @@ from fashionbn.config import (
     register_configs,
 )
 from fashionbn.config.settings import run_settings
-from fashionbn.config.validation import available_cores
+from fashionbn.config.validation import available_cores, missing_line
 from fashionbn.jobs.files import METRICS_FILE
 from fashionbn.jobs.job import JobBusy, run_job
 from fashionbn.jobs.launching import JobFailed, deferring, sweep_memo
@@ -109,7 +109,7 @@ def job_place(cfg: DictConfig) -> JobPlace:
     # (read here; run_settings refuses any other value left missing)
     for node, key in ((cfg.data, "data.root"), (cfg, "threads")):
         if OmegaConf.is_missing(node, key.rsplit(".", 1)[-1]):
-            raise ConfigError(f"{key}=???: give it a value")
+            raise ConfigError(missing_line(key))
     cfg.data.root = to_absolute_path(cfg.data.root)  # jobs may run from another cwd
     if cfg.threads is None:
         threads = threads_per_job(hydra_cfg.launcher)

@@ -68,20 +68,22 @@ def missing_problem(values: Any, path: str = "") -> Optional[str]:
     missing value; no config group leaves one), as a problem naming its key; None
     where every value is given."""
     if isinstance(values, dict):
-        items = ((f"{path}{key}", value) for key, value in values.items())
-        for key, value in items:
-            if isinstance(value, str) and value == "???":
-                return f"{key}=???: give it a value"
-            if problem := missing_problem(value, f"{key}."):
-                return problem
+        items = [(f"{path}{key}", value) for key, value in values.items()]
     elif isinstance(values, list):
-        for index, value in enumerate(values):
-            where = f"{path[:-1]}[{index}]"
-            if isinstance(value, str) and value == "???":
-                return f"{where}=???: give it a value"
-            if problem := missing_problem(value, f"{where}."):
-                return problem
+        items = [(f"{path[:-1]}[{i}]", value) for i, value in enumerate(values)]
+    else:
+        return None
+    for where, value in items:
+        if isinstance(value, str) and value == "???":
+            return missing_line(where)
+        if problem := missing_problem(value, f"{where}."):
+            return problem
     return None
+
+
+def missing_line(key: str) -> str:
+    """The problem of a value left missing ('???'), naming its key."""
+    return f"{key}=???: give it a value"
 
 
 def _run_problems(cfg) -> list[str]:

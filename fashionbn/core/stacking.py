@@ -86,7 +86,8 @@ def unsupported(run: RunSettings, memo: Optional[dict] = None) -> Optional[str]:
     memo = {} if memo is None else memo
     # equal specs are mostly one read-only object (config.settings.read_only): the
     # answer for these very objects (kept with it, so their ids stay theirs)
-    same = memo.get(("unsupported-of", id(run.model), id(run.data)))
+    of_these = ("unsupported-of", id(run.model), id(run.data))
+    same = memo.get(of_these)
     if same is not None and same[0] is run.model and same[1] is run.data:
         return same[2]
     specs = [OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
@@ -94,9 +95,7 @@ def unsupported(run: RunSettings, memo: Optional[dict] = None) -> Optional[str]:
     key = ("unsupported", json.dumps(specs, sort_keys=True, default=repr))
     if key not in memo:  # a sweep's jobs mostly share their model
         memo[key] = model_problem(run)
-    memo[("unsupported-of", id(run.model), id(run.data))] = (
-        run.model, run.data, memo[key]
-    )  # fmt: skip
+    memo[of_these] = (run.model, run.data, memo[key])
     return memo[key]
 
 

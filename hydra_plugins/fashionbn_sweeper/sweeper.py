@@ -72,10 +72,12 @@ class FashionbnSweeper(Sweeper):
         task_function: TaskFunction,
         config: DictConfig,
     ) -> None:
+        from fashionbn.config.validation import missing_line
+
         for group in ("launcher", "sweeper"):  # (made from them next: one line)
             missing = sorted(OmegaConf.missing_keys(config.hydra[group]))
             if missing:
-                raise CompactHydraException(f"{missing[0]}=???: give it a value")
+                raise CompactHydraException(missing_line(missing[0]))
         if self.compose_once:  # before the launcher is made: it shares the context
             from fashionbn.jobs.composing import compose_once
 
