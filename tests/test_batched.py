@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fashionbn.config.settings import run_identity, run_settings
 from fashionbn.core.batched import Cohort, train_cohort
 from fashionbn.core.order import epoch_order, shuffled_batches
-from fashionbn.core.stacking import cohort_key
+from fashionbn.core.stacking import StackedLinear, cohort_key
 from fashionbn.core.train import (
     checked_data,
     start_training,
@@ -75,6 +76,44 @@ KINDS = {
         "batch_size=60",
     ],
 }  # fmt: skip
+
+
+class MatrixProducts(TorchDispatchMode):
+    """Counts torch.bmm calls (the matrix products of a backward pass)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bmm = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.bmm += func is torch.ops.aten.bmm.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("input_needs_grad", [False, True])
+def test_a_stacked_layer_forms_the_gradients_one_runs_linear_forms(input_needs_grad):
+    """Per run, StackedLinear's gradients are F.linear's bit for bit, and the
+    input's gradient is formed only where the input needs one (the first layer's
+    images do not: it would be a third of a step's matrix products)."""
+    generator = torch.Generator().manual_seed(3)
+    x, weight, bias, upstream = (
+        torch.randn(*shape, generator=generator)
+        for shape in ((2, 5, 7), (2, 3, 7), (2, 3), (2, 5, 3))
+    )
+    x.requires_grad_(input_needs_grad)
+    weight.requires_grad_()
+    bias.requires_grad_()
+    with MatrixProducts() as counted:
+        StackedLinear.apply(x, weight, bias).backward(upstream)
+    assert counted.bmm == (2 if input_needs_grad else 1)
+    assert (x.grad is not None) == input_needs_grad
+    for k in range(2):
+        alone = [t[k].detach().clone().requires_grad_() for t in (x, weight, bias)]
+        torch.nn.functional.linear(*alone).backward(upstream[k])
+        assert torch.equal(weight.grad[k], alone[1].grad)
+        assert torch.equal(bias.grad[k], alone[2].grad)
+        if input_needs_grad:
+            assert torch.equal(x.grad[k], alone[0].grad)
 
 
 @pytest.mark.parametrize("extra", KINDS.values(), ids=KINDS.keys())

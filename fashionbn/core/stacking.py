@@ -196,8 +196,11 @@ class StackedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
         return (
-            torch.bmm(grad, weight),  # (K, B, I)
-            torch.bmm(grad.transpose(1, 2), x),  # (K, O, I)
-            grad.sum(dim=1),  # (K, O)
+            # not for the first layer's input (the images), as autograd skips it
+            # for one run: a third of a step's matrix products on the MLP
+            torch.bmm(grad, weight) if needs_x else None,  # (K, B, I)
+            torch.bmm(grad.transpose(1, 2), x) if needs_weight else None,  # (K, O, I)
+            grad.sum(dim=1) if needs_bias else None,  # (K, O)
         )
