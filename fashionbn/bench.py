@@ -153,7 +153,7 @@ def agreement(args) -> None:
         data = checked_data(runs[0], None, device)
         together = [[] for _ in cfgs]
         trainings = [start_training(run, device) for run in runs]
-        train_cohort(runs, trainings, data, together, None, device.type == "cpu")
+        train_cohort(runs, trainings, data, together)
         largest: dict = {}
         for runs in zip(alone, together):
             for a, b in zip(*runs):

@@ -50,13 +50,18 @@ def configs(real_data_root, extra: list[str], lrs=(0.01, 0.1), seeds=(0, 1), epo
     ]
 
 
-def cohort_records(cfgs, exact_losses: bool = True) -> tuple[list, list]:
-    data = checked_data(run_settings(cfgs[0]), None, CPU)
+def cohort_records(cfgs, exact_losses=None, threads=None) -> tuple[list, list]:
+    """The runs trained as one cohort at `threads` (None: the runs' own, as the
+    launcher sets them; TINY's is 1)."""
+    run = run_settings(cfgs[0])
+    data = checked_data(run, None, CPU)
     trainings = [start_training(run_settings(cfg), CPU) for cfg in cfgs]
     records = [[] for _ in cfgs]
-    statuses = train_cohort(
-        [run_settings(c) for c in cfgs], trainings, data, records, None, exact_losses
-    )
+    with torch_threads(run.threads if threads is None else threads):
+        statuses = train_cohort(
+            [run_settings(c) for c in cfgs], trainings, data, records, None,
+            exact_losses,
+        )  # fmt: skip
     return records, statuses
 
 
@@ -137,6 +142,21 @@ def test_a_seed_starts_from_the_same_weights_and_batch_order(real_data_root):
         # the single-run path's batches, concatenated, are the cohort's order
         batches = torch.cat(list(shuffled_batches(1000, 64, alone.generator)))
         assert torch.equal(epoch_order(1000, 64, trainings[k].generator), batches)
+
+
+def test_a_cpu_cohort_reports_each_runs_own_loss_only_where_it_is_exact(
+    real_data_root,
+):
+    """At one thread each run's loss value is computed as alone (the cohort's
+    numbers are bit for bit the run's); with more threads they differ in the last
+    digits anyway, and the batched mean is used."""
+    cfgs = configs(real_data_root, ["model=baseline"], lrs=(0.1,), seeds=(3, 4))
+    runs = [run_settings(c) for c in cfgs]
+    for threads, exact in ((1, True), (2, False)):
+        with torch_threads(threads):
+            trainings = [start_training(run, CPU) for run in runs]
+            assert Cohort(trainings, runs).exact_losses is exact
+    assert Cohort(trainings, runs, exact_losses=True).exact_losses is True
 
 
 def test_a_diverging_run_changes_no_other_run(real_data_root):
@@ -357,10 +377,10 @@ def test_on_cuda_a_cohort_replays_a_graph_and_stays_close_to_alone(real_data_roo
 def test_with_two_threads_a_cohort_stays_within_the_stated_tolerance(real_data_root):
     """torch.mm for one run splits its sums across threads unlike torch.bmm: the
     last digits differ (docs/launchers.md: the measured differences); pinned here."""
-    cfgs = configs(real_data_root, ["model=batchnorm"])
-    with torch_threads(2):
-        alone = [train_and_evaluate(cfg) for cfg in cfgs]
-        together, _ = cohort_records(cfgs)
+    cfgs = configs(real_data_root, ["model=batchnorm", "threads=2"])
+    assert {run_settings(cfg).threads for cfg in cfgs} == {2}
+    alone = [train_and_evaluate(cfg) for cfg in cfgs]
+    together, _ = cohort_records(cfgs)  # the batched mean loss (not exact_losses)
     for runs in zip(alone, together):
         for a, b in zip(*runs):
             assert b["test_acc"] == pytest.approx(a["test_acc"], abs=0.002)

@@ -277,7 +277,7 @@ def train_members(
     try:
         statuses = train_cohort(
             [job.run for job in jobs], [job.training for job in jobs], data,
-            [job.records for job in jobs], on_epoch, device.type == "cpu",
+            [job.records for job in jobs], on_epoch, None,
             bar.step if bar.enabled else None, saving=saving,
         )  # fmt: skip
     except Exception as err:  # the finished epochs stay; a re-run continues
