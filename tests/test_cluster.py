@@ -270,6 +270,7 @@ def test_settings_slurm_cannot_work_with_are_refused_first(tmp_path, launcher,
     assert done.returncode == 1
     assert line in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.rglob(".hydra")) and not list(tmp_path.rglob(".submitit"))
+    assert not list(tmp_path.rglob("multirun.yaml"))  # nothing written at all
 
 
 def test_an_sbatch_refusal_is_one_line() -> None:

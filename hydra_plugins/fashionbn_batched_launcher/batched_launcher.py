@@ -109,6 +109,10 @@ class BatchedLauncher(Launcher):
         self.hydra_context: Optional[HydraContext] = None
         self.yaml_parts = None  # with compose_once: the jobs' `.hydra/` YAML, by parts
 
+    def settings_problem(self) -> Optional[str]:
+        """Why this launcher's hydra.launcher values cannot work, or None."""
+        return max_cohort_problem(self.max_cohort)
+
     def setup(
         self,
         *,
@@ -116,6 +120,9 @@ class BatchedLauncher(Launcher):
         task_function: TaskFunction,
         config: DictConfig,
     ) -> None:
+        problem = self.settings_problem()
+        if problem:  # before the sweeper writes anything (its multirun.yaml)
+            raise LauncherSettingError(problem)
         self.hydra_context = hydra_context
         self.task_function = task_function
         self.config = config
@@ -133,9 +140,6 @@ class BatchedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        problem = max_cohort_problem(self.max_cohort)
-        if problem:  # before anything is set up or written
-            raise LauncherSettingError(problem)
         # what a job's task imports, imported before any job: a Ctrl-C that lands
         # while a class is made is turned into a RuntimeError by Python 3.11, which
         # would fail that job and let the sweep go on

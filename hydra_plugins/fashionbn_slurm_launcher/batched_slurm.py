@@ -13,7 +13,7 @@ import logging
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
@@ -90,15 +90,13 @@ class BatchedSlurmLauncher(BatchedLauncher):
         if partition is not None:
             self.parameters["slurm_partition"] = partition
 
-    def launch(
-        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-    ) -> Sequence[JobReturn]:
+    def settings_problem(self) -> Optional[str]:
+        """batched's, then SLURM's (checked at set-up: nothing is written first)."""
         from .slurm_launcher import settings_problem
 
-        problem = settings_problem(self.timeout_min, self.folder)
-        if problem:  # before anything is set up or submitted
-            raise LauncherSettingError(problem)
-        return super().launch(job_overrides, initial_job_idx)
+        return super().settings_problem() or settings_problem(
+            self.timeout_min, self.folder
+        )
 
     def train(self, runs: list[JobReturn]) -> None:
         """Send the sweep's cohorts to SLURM, wait for them, and settle each job's

@@ -156,17 +156,21 @@ if SubmititSlurmLauncher is not None:
                 )  # fmt: skip
                 raise
 
+        def setup(self, **kwargs: Any) -> None:
+            """The settings checked first: before the sweeper writes anything (its
+            multirun.yaml) and before any job is set up or submitted."""
+            if problem := settings_problem(
+                self.params.get("timeout_min"), self.params.get("submitit_folder", "")
+            ):  # fmt: skip
+                raise SubmissionRefused(problem)
+            super().setup(**kwargs)
+
         def launch(
             self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
         ) -> Sequence[JobReturn]:
             import submitit
 
             timeout = self.params.get("timeout_min")
-            folder = self.params.get("submitit_folder", "")
-            if problem := settings_problem(
-                timeout, folder
-            ):  # before anything is set up or submitted
-                raise SubmissionRefused(problem)
             ask_squeue_without_accounting()
             submit = submitit.AutoExecutor.map_array
 
