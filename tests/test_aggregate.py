@@ -610,3 +610,23 @@ def test_a_pipe_in_a_cell_cannot_split_a_markdown_table() -> None:
 
     frame = pd.DataFrame({"model": ["bn|after"], "n": [3]})
     assert markdown_table(frame) == "| model | n |\n|---|---|\n| bn\\|after | 3 |"
+
+
+def test_a_key_that_does_not_apply_to_a_group_is_a_dash_in_the_summary() -> None:
+    """model.bn_momentum of the baseline (null in its runs) is '—', not 'nan'."""
+    from fashionbn.analysis.markdown import summary_markdown
+
+    frame = pd.DataFrame({
+        "model": ["baseline", "batchnorm"], "model.bn_momentum": [float("nan"), 0.01],
+        "epoch": [1, 1], "n": [2, 2],
+        "test_acc_mean": [0.5, 0.75], "test_acc_std": [0.125, 0.25],
+    })  # fmt: skip
+    for metric in ("test_loss", "train_acc", "train_loss", "val_acc", "val_loss"):
+        frame[f"{metric}_mean"] = frame[f"{metric}_std"] = float("nan")
+    frame["seconds_mean"] = frame["seconds_std"] = 1.0
+    assert summary_markdown(frame, ["model", "model.bn_momentum"]) == (
+        "| model | model.bn_momentum | epoch | test_acc |\n"
+        "|---|---|---|---|\n"
+        "| baseline | — | 1 | 0.5000 ± 0.1250 (n=2) |\n"
+        "| batchnorm | 0.01 | 1 | 0.7500 ± 0.2500 (n=2) |"
+    )

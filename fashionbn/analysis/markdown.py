@@ -46,8 +46,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def summary_markdown(summary: pd.DataFrame, group_keys: list[str]) -> str:
-    """The summary as a markdown table of 'mean ± std (n)' cells."""
+    """The summary as a markdown table of 'mean ± std (n)' cells; a key that does
+    not apply to a group (null, e.g. model.bn_momentum of the baseline) is '—'."""
     table = summary[[*group_keys, "epoch"]].copy()
+    for key in group_keys:
+        table[key] = ["—" if is_null(v) else v for v in table[key]]
     metrics = [m for m in SUMMARISED  # without timings, or columns no run measured
                if m != "seconds" and summary[f"{m}_mean"].notna().any()]  # fmt: skip
     for metric in metrics:
