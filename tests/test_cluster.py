@@ -350,3 +350,76 @@ def test_a_requeued_cohort_job_is_waited_for_again(monkeypatch, caplog) -> None:
     cancelled = FakeClusterJob([[0.81, Stopped("SIGTERM")]], ["CANCELLED by 0"])
     assert batched_slurm.sent_back(cancelled, 2) == [
         0.81, Stopped("SIGTERM", "CANCELLED by 0", "5")]  # fmt: skip
+
+
+def finished_job(tmp_path: Path, data_root: Path, name: str, *overrides: str):
+    """A PendingJob whose dir holds its run finished (trained here, alone)."""
+    from fashionbn.jobs.job import run_job
+
+    job = pending(tmp_path, data_root, name, *overrides)
+    cfg = compose_config([f"data.root={data_root}", *TINY, *overrides])
+    records = run_job(cfg, job.out_dir)
+    return job, records
+
+
+def test_a_finished_run_needs_no_cluster_job_and_the_launcher_sends_none(
+    real_data_root, tmp_path, monkeypatch
+):
+    """A re-run of a finished batched_slurm sweep: each finished job is settled from
+    its files on the submitting machine (its test_acc, its line), nothing is sent —
+    not even submitit is needed — and its dir is left as it was."""
+    from fashionbn.jobs.cluster import finished_here
+    from hydra_plugins.fashionbn_slurm_launcher.batched_slurm import (
+        BatchedSlurmLauncher,
+    )
+
+    job, records = finished_job(tmp_path, real_data_root, "s0", "seed=0")
+    before = {p.name: p.read_bytes() for p in job.out_dir.iterdir()}
+    again = pending(tmp_path, real_data_root, "s0", "seed=0")
+    assert finished_here(again, {}) and again.result == records[-1]["test_acc"]
+    monkeypatch.setitem(sys.modules, "submitit", None)  # would be needed to send
+    ret = JobReturn(overrides=["seed=0"], status=JobStatus.COMPLETED)
+    ret.return_value = pending(tmp_path, real_data_root, "s0", "seed=0")
+    BatchedSlurmLauncher().train([ret])
+    assert ret.status == JobStatus.COMPLETED
+    assert ret.return_value == records[-1]["test_acc"]
+    assert {p.name: p.read_bytes() for p in job.out_dir.iterdir()} == before
+
+
+def test_anything_but_a_finished_run_as_it_is_goes_to_the_node(
+    real_data_root, tmp_path
+):
+    """finished_here says no (the node's checks decide, as before) for force=true,
+    another config, an unfinished run, a changed metrics.csv, a killed writer's
+    debris, an extension under way, other data, and data this machine lacks; it
+    changes nothing in the dir, nor in a data.root without the dataset."""
+    from fashionbn.jobs.cluster import finished_here
+
+    def says(*overrides, data_root=real_data_root, dir_name="s0") -> bool:
+        job = pending(tmp_path, data_root, "x", *overrides, dir_name=dir_name)
+        return finished_here(job, {})
+
+    job, _ = finished_job(tmp_path, real_data_root, "s0", "seed=0")
+    assert says("seed=0")
+    assert not says("seed=0", "force=true")
+    assert not says("seed=1")  # another config in the dir
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    assert not says("seed=0", "data.system_dir=null", data_root=empty)
+    assert list(empty.iterdir()) == []  # nothing prepared there
+    metrics = job.out_dir / "metrics.csv"
+    kept = metrics.read_bytes()
+    metrics.write_bytes(kept.replace(b"\n1,", b"\n1,9", 1))
+    assert not says("seed=0")
+    metrics.write_bytes(kept)
+    assert says("seed=0")
+    for debris in (".status.json.partial-1", "checkpoint.finished.pt"):
+        (job.out_dir / debris).write_bytes(b"")
+        assert not says("seed=0")
+        (job.out_dir / debris).unlink()
+    status = json.loads((job.out_dir / "status.json").read_text())
+    for change in ({"status": "running"}, {"data_sha256": "0" * 64}):
+        (job.out_dir / "status.json").write_text(json.dumps({**status, **change}))
+        assert not says("seed=0")
+    (job.out_dir / "status.json").write_text(json.dumps(status))
+    assert says("seed=0")

@@ -208,6 +208,15 @@ def test_cohorts_through_slurm_equal_the_local_batched_launchers(real_data_root,
         assert execution[0]["slurm_job"] in " ".join(submitted)
     if not accounting():
         assert "sacct" not in through.stdout + through.stderr
+    cluster_jobs = sorted((tmp_path / "slurm" / ".submitit").iterdir())
+    again = run_module(["fashionbn.run", "-m", *common, *BATCHED_SLURM,
+                        f"hydra.sweep.dir={tmp_path / 'slurm'}"], REPO)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    # a re-run of the finished sweep: settled from the job dirs, nothing submitted
+    assert again.stdout.count("already; skipping it (no cluster job)") == 4
+    assert "cluster job" not in again.stdout.replace("(no cluster job)", "")
+    assert sorted((tmp_path / "slurm" / ".submitit").iterdir()) == cluster_jobs
+    assert metrics(tmp_path / "slurm") == expected
 
 
 def test_a_cancelled_cohort_job_fails_its_jobs_and_the_same_command_resumes_them(

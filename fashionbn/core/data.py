@@ -292,6 +292,17 @@ def data_digest(data_cfg) -> str:
     return dataset_digest(_file_digests(root, name, _prepared(data_cfg)))
 
 
+def digest_if_present(data_cfg) -> Optional[str]:
+    """data_digest where the dataset's files are already in data.root, else None:
+    nothing is prepared, downloaded or built (a data plug-in's tensors: None)."""
+    if is_source(data_cfg):
+        return None
+    root, name = Path(data_cfg.root).resolve(), dataset_name(data_cfg)
+    if name not in TORCHVISION or not _has_raw_files(root, name):
+        return None
+    return data_digest(data_cfg)
+
+
 def _prepared(data_cfg) -> tuple:
     """Make sure the raw files exist; their sizes and times (a changed file is read
     again, by the caches below)."""

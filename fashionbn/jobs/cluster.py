@@ -23,10 +23,13 @@ from typing import Any, Optional
 import torch
 
 from fashionbn.config import FashionbnError
+from fashionbn.core.data import digest_if_present
 from fashionbn.core.stacking import cohort_key
 from fashionbn.jobs.cohort import PendingJob, job_log, run_cohorts, turns
+from fashionbn.jobs.resume import finished_as_it_is
 from fashionbn.jobs.sizing import cohort_size, split
 
+log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
 
 
@@ -43,6 +46,29 @@ class Stopped:
 
 
 SKIPPED = "skipped"  # a job another process was training: its dir was left alone
+
+
+def finished_here(job: PendingJob, digests: dict) -> bool:
+    """True, with the job's result set and its line logged, where its dir holds this
+    run finished as it is and the data its run names is here to say it is the
+    same (`digests`: by data spec, filled in): a re-run of a finished sweep sends
+    nothing to the scheduler. Anything else — and data this machine does not have —
+    goes to the node, whose checks decide, as before."""
+    key = repr(job.run.data)  # (a read-only config node: its content)
+    if key not in digests:
+        try:
+            digests[key] = digest_if_present(job.run.data)
+        except (FashionbnError, OSError):
+            digests[key] = None
+    finished = finished_as_it_is(job.out_dir, job.run.identity, job.run.force,
+                                 digests[key])  # fmt: skip
+    if finished is None:
+        return False
+    status, records = finished
+    job.result = records[-1]["test_acc"]
+    log.info("%s: %s is %s already; skipping it (no cluster job)", job.name,
+             job.out_dir.name, status)  # fmt: skip
+    return True
 
 
 def cohort_jobs(

@@ -29,6 +29,7 @@ from fashionbn.jobs.files import (
     COMPLETE,
     DIAGNOSTICS_FILE,
     DIVERGED,
+    FINISHED_CHECKPOINT_FILE,
     LOCK_FILE,
     METRICS_FILE,
     RESULTS_FORMAT,
@@ -149,6 +150,41 @@ def prepare_job_dir(
         )  # fmt: skip
     discard(job_dir)
     return Previous(FRESH)
+
+
+def finished_as_it_is(
+    job_dir: Path, identity: dict, force: bool, data_sha256: Optional[str]
+) -> Optional[tuple[str, list[dict]]]:
+    """(its status, its records) of this run, finished in job_dir, where
+    prepare_job_dir would keep it as it is (DONE) — read without the lock, nothing
+    changed; None wherever anything else might hold (not finished, force, another
+    config, other or unknown data, damage, a killed writer's debris, an extension
+    under way, another format): prepare_job_dir decides those where the job
+    trains. A launcher that sends jobs away (batched_slurm) skips a finished run
+    with it, without a job."""
+    if force or data_sha256 is None:
+        return None
+    try:
+        names = (*RUN_FILES, LOCK_FILE, "loggers.json")
+        if any(entry_problem(job_dir, name) for name in names) or (
+            partial_debris(job_dir) or (job_dir / FINISHED_CHECKPOINT_FILE).exists()
+        ):  # fmt: skip
+            return None
+        status, problem = read_status(job_dir)
+        if (
+            status is None or problem or status["format"] != RESULTS_FORMAT
+            or status["status"] not in (COMPLETE, DIVERGED)
+            or status["epochs_done"] < 1 or status.get("data_sha256") != data_sha256
+            or normalise_identity(status["config"]) != identity
+            or diagnostics_problem(job_dir, status)
+        ):  # fmt: skip
+            return None
+        records, problem = read_checked(job_dir, METRICS_FILE, parse_metrics,
+                                        status.get("metrics_sha256"),
+                                        status["epochs_done"])  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):  # (a dir being changed)
+        return None
+    return None if problem else (status["status"], records)
 
 
 def refuse_other_format(job_dir: Path, version: int) -> None:

@@ -101,12 +101,16 @@ class BatchedSlurmLauncher(BatchedLauncher):
     def train(self, runs: list[JobReturn]) -> None:
         """Send the sweep's cohorts to SLURM, wait for them, and settle each job's
         JobReturn from what its cluster job sent back."""
-        from fashionbn.jobs.cluster import Stopped
+        from fashionbn.jobs.cluster import Stopped, finished_here
 
         from .slurm_launcher import ADVICE, ended_message
 
         pending = pending_returns(runs)
-        if not pending:
+        digests: dict = {}  # (a finished run needs no cluster job to say so)
+        sending = [ret for ret in pending if not finished_here(ret.return_value,
+                                                                digests)]  # fmt: skip
+        if not sending:
+            settle_returns(pending)
             return
         try:
             import submitit  # noqa: F401
@@ -126,7 +130,7 @@ class BatchedSlurmLauncher(BatchedLauncher):
                                  self.timeout_min,
                                  f" (cluster job {stopped.cluster_job})")  # fmt: skip
 
-        train_on_cluster([ret.return_value for ret in pending], self.max_cohort,
+        train_on_cluster([ret.return_value for ret in sending], self.max_cohort,
                          self.folder, self.parameters, describe)  # fmt: skip
         settle_returns(pending)
 
