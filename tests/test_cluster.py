@@ -27,6 +27,7 @@ from fashionbn.jobs.cluster import (
 )
 from fashionbn.jobs.cohort import PendingJob
 from fashionbn.jobs.files import read_metrics, read_status
+from fashionbn.jobs.job import job_lock
 from tests.conftest import REPO, compose_config, run_module, saved_epochs
 
 TINY = ["data.train_size=600", "data.test_size=300", "threads=1", "epochs=1"]
@@ -366,15 +367,22 @@ def test_a_finished_run_needs_no_cluster_job_and_the_launcher_sends_none(
     real_data_root, tmp_path, monkeypatch
 ):
     """A re-run of a finished batched_slurm sweep: each finished job is settled from
-    its files on the submitting machine (its test_acc, its line), nothing is sent —
-    not even submitit is needed — and its dir is left as it was."""
+    its files on the submitting machine (its test_acc, its line, in its run.log
+    too), nothing is sent — not even submitit is needed — and its files are left as
+    they were."""
     from fashionbn.jobs.cluster import finished_here
     from hydra_plugins.fashionbn_slurm_launcher.batched_slurm import (
         BatchedSlurmLauncher,
     )
 
     job, records = finished_job(tmp_path, real_data_root, "s0", "seed=0")
-    before = {p.name: p.read_bytes() for p in job.out_dir.iterdir()}
+
+    def files() -> dict:
+        return {p.name: p.read_bytes() for p in job.out_dir.iterdir()
+                if p.name != "run.log"}  # fmt: skip
+
+    run_log = job.out_dir / "run.log"  # (Hydra's: none here, trained by run_job)
+    before, log_before = files(), run_log.read_text() if run_log.exists() else ""
     again = pending(tmp_path, real_data_root, "s0", "seed=0")
     assert finished_here(again, {}) and again.result == records[-1]["test_acc"]
     monkeypatch.setitem(sys.modules, "submitit", None)  # would be needed to send
@@ -383,7 +391,11 @@ def test_a_finished_run_needs_no_cluster_job_and_the_launcher_sends_none(
     BatchedSlurmLauncher().train([ret])
     assert ret.status == JobStatus.COMPLETED
     assert ret.return_value == records[-1]["test_acc"]
-    assert {p.name: p.read_bytes() for p in job.out_dir.iterdir()} == before
+    assert files() == before
+    added = run_log.read_text()[len(log_before) :].splitlines()
+    assert len(added) == 2  # once by finished_here, once by the launcher
+    assert all(line.endswith(" - s0 is complete already; skipping it (no cluster "
+                             "job)") for line in added)  # fmt: skip
 
 
 def test_anything_but_a_finished_run_as_it_is_goes_to_the_node(
@@ -401,6 +413,8 @@ def test_anything_but_a_finished_run_as_it_is_goes_to_the_node(
 
     job, _ = finished_job(tmp_path, real_data_root, "s0", "seed=0")
     assert says("seed=0")
+    with job_lock(job.out_dir):  # another process's (e.g. extending it right now)
+        assert not says("seed=0")
     assert not says("seed=0", "force=true")
     assert not says("seed=1")  # another config in the dir
     empty = tmp_path / "no_data"

@@ -25,11 +25,16 @@ import torch
 from fashionbn.config import FashionbnError
 from fashionbn.core.data import digest_if_present
 from fashionbn.core.stacking import cohort_key
-from fashionbn.jobs.cohort import PendingJob, job_log, run_cohorts, turns
+from fashionbn.jobs.cohort import (
+    PendingJob,
+    job_file_log,
+    job_log,
+    run_cohorts,
+    turns,
+)
 from fashionbn.jobs.resume import finished_as_it_is
 from fashionbn.jobs.sizing import cohort_size, split
 
-log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
 
 
@@ -66,8 +71,10 @@ def finished_here(job: PendingJob, digests: dict) -> bool:
         return False
     status, records = finished
     job.result = records[-1]["test_acc"]
-    log.info("%s: %s is %s already; skipping it (no cluster job)", job.name,
-             job.out_dir.name, status)  # fmt: skip
+    job.file_log = job_file_log(job.out_dir)  # (closed after the line)
+    job_log(job, logging.INFO, f"{job.out_dir.name} is {status} already; skipping "
+            "it (no cluster job)")  # fmt: skip
+    job.file_log = None
     return True
 
 

@@ -12,9 +12,12 @@ is restored from its checkpoint, or refused with what to do. A finished run is n
 lost to an extension: see `fashionbn.jobs.extension`.
 """
 
+import fcntl
 import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from fashionbn.config import normalise_identity
 from fashionbn.jobs.checkpoint import Checkpoint
@@ -156,35 +159,63 @@ def finished_as_it_is(
     job_dir: Path, identity: dict, force: bool, data_sha256: Optional[str]
 ) -> Optional[tuple[str, list[dict]]]:
     """(its status, its records) of this run, finished in job_dir, where
-    prepare_job_dir would keep it as it is (DONE) — read without the lock, nothing
-    changed; None wherever anything else might hold (not finished, force, another
-    config, other or unknown data, damage, a killed writer's debris, an extension
-    under way, another format): prepare_job_dir decides those where the job
-    trains. A launcher that sends jobs away (batched_slurm) skips a finished run
-    with it, without a job."""
+    prepare_job_dir would keep it as it is (DONE) — read under the dir's lock held
+    shared, nothing created or changed; None wherever anything else might hold (not
+    finished, force, another config, other or unknown data, damage, a killed
+    writer's debris, an extension under way, a process holding the dir, another
+    format): prepare_job_dir decides those where the job trains. A launcher that
+    sends jobs away (batched_slurm) skips a finished run with it, without a job."""
     if force or data_sha256 is None:
         return None
+    names = (*RUN_FILES, LOCK_FILE, "loggers.json")
     try:
-        names = (*RUN_FILES, LOCK_FILE, "loggers.json")
-        if any(entry_problem(job_dir, name) for name in names) or (
-            partial_debris(job_dir) or (job_dir / FINISHED_CHECKPOINT_FILE).exists()
-        ):  # fmt: skip
+        if any(entry_problem(job_dir, name) for name in names):
             return None
-        status, problem = read_status(job_dir)
-        if (
-            status is None or problem or status["format"] != RESULTS_FORMAT
-            or status["status"] not in (COMPLETE, DIVERGED)
-            or status["epochs_done"] < 1 or status.get("data_sha256") != data_sha256
-            or normalise_identity(status["config"]) != identity
-            or diagnostics_problem(job_dir, status)
-        ):  # fmt: skip
-            return None
-        records, problem = read_checked(job_dir, METRICS_FILE, parse_metrics,
-                                        status.get("metrics_sha256"),
-                                        status["epochs_done"])  # fmt: skip
+        with shared_lock(job_dir) as free:
+            if not free or partial_debris(job_dir) or (
+                job_dir / FINISHED_CHECKPOINT_FILE
+            ).exists():  # fmt: skip
+                return None
+            status, problem = read_status(job_dir)
+            if (
+                status is None or problem or status["format"] != RESULTS_FORMAT
+                or status["status"] not in (COMPLETE, DIVERGED)
+                or status["epochs_done"] < 1
+                or status.get("data_sha256") != data_sha256
+                or normalise_identity(status["config"]) != identity
+                or diagnostics_problem(job_dir, status)
+            ):  # fmt: skip
+                return None
+            records, problem = read_checked(job_dir, METRICS_FILE, parse_metrics,
+                                            status.get("metrics_sha256"),
+                                            status["epochs_done"])  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):  # (a dir being changed)
         return None
     return None if problem else (status["status"], records)
+
+
+@contextmanager
+def shared_lock(job_dir: Path) -> Iterator[bool]:
+    """job_dir's lock held shared within the block (no process can start writing the
+    dir meanwhile; nothing is created): False where another process holds it or its
+    `.lock` cannot be opened, True where there is none (nothing trained there)."""
+    try:
+        fd = os.open(job_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        yield True
+        return
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def refuse_other_format(job_dir: Path, version: int) -> None:
