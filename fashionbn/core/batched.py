@@ -65,9 +65,9 @@ class Cohort:
         """`exact_losses`: each run's loss value computed as alone, run by run
         (None: where a cohort's numbers are the runs' own, on the CPU at one thread;
         with more threads they differ in the last digits anyway, and the batched
-        mean saves ~6% of a step). `generic`: None = the fast path when the model
-        is on it (FAST_PATH), True = the generic path whatever the model (tests
-        compare the two)."""
+        mean saves ~10% of an epoch: docs/launchers.md). `generic`: None = the
+        fast path when the model is on it (FAST_PATH), True = the generic path
+        whatever the model (tests compare the two)."""
         self.trainings, self.runs = trainings, runs
         template = self.template = trainings[0].model
         self.generic = bool(generic) or not on_fast_path(template)
