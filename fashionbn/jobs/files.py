@@ -15,11 +15,14 @@ reported as one line (WriteError), not as a library's traceback.
 """
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -328,3 +331,29 @@ def _value(key: str, text: str) -> Optional[float]:
     if text == "" and key not in REQUIRED_COLUMNS:
         return None
     return float(text)
+
+
+@contextmanager
+def shared_lock(job_dir: Path) -> Iterator[Optional[str]]:
+    """job_dir's lock held shared within the block (no process can start writing the
+    dir meanwhile; nothing is created). Yields None where it is held (or there is
+    no `.lock`: nothing has trained there), else who holds it — its line ('pid N on
+    host since ...'), 'a process' where it wrote none — or '' where `.lock` cannot
+    be opened."""
+    try:
+        fd = os.open(job_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        yield None
+        return
+    except OSError:
+        yield ""
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield os.pread(fd, 1000, 0).decode(errors="replace").strip() or "a process"
+            return
+        yield None
+    finally:
+        os.close(fd)

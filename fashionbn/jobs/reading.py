@@ -4,9 +4,7 @@ fashionbn.jobs.files;
 fashionbn.analysis.table combines many of them into one table.
 """
 
-import fcntl
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +32,7 @@ from fashionbn.jobs.files import (
     parse_metrics,
     read_checked,
     read_status,
+    shared_lock,
 )
 from fashionbn.jobs.untrusted import UnsafeEntry, entry_problem, read_yaml, unreadable
 
@@ -101,17 +100,8 @@ def being_trained(job_dir: Path) -> Optional[str]:
     A `.lock` that is not a file (a symbolic link) is not opened."""
     if entry_problem(job_dir, LOCK_FILE):
         return None
-    try:
-        fd = os.open(job_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None
-    except BlockingIOError:
-        return os.pread(fd, 1000, 0).decode(errors="replace").strip() or "a process"
-    finally:
-        os.close(fd)
+    with shared_lock(job_dir) as holder:
+        return holder or None  # ('': a `.lock` that cannot be opened)
 
 
 def as_frame(records: list[dict]) -> pd.DataFrame:

@@ -12,12 +12,9 @@ is restored from its checkpoint, or refused with what to do. A finished run is n
 lost to an extension: see `fashionbn.jobs.extension`.
 """
 
-import fcntl
 import logging
-import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from fashionbn.config import normalise_identity
 from fashionbn.jobs.checkpoint import Checkpoint
@@ -44,6 +41,7 @@ from fashionbn.jobs.files import (
     partial_debris,
     read_checked,
     read_status,
+    shared_lock,
     write_diagnostics,
     write_metrics,
     write_status,
@@ -73,15 +71,21 @@ def discard(job_dir: Path) -> None:
         remove_entry(job_dir / name)
 
 
-def foreign_entries(job_dir: Path) -> None:
-    """Refuse a dir where a file fashionbn reads or replaces is something else (a
-    symbolic link, a directory, a device): it is neither read, replaced nor removed,
-    not even with force=true."""
-    problems = [
+def foreign_problems(job_dir: Path) -> list[str]:
+    """What is not a file among the entries fashionbn reads or replaces in job_dir
+    (a symbolic link, a directory, a device), one problem each."""
+    return [
         problem
         for name in (*RUN_FILES, LOCK_FILE, "loggers.json")
         if (problem := entry_problem(job_dir, name))
     ]
+
+
+def foreign_entries(job_dir: Path) -> None:
+    """Refuse a dir where a file fashionbn reads or replaces is something else (a
+    symbolic link, a directory, a device): it is neither read, replaced nor removed,
+    not even with force=true."""
+    problems = foreign_problems(job_dir)
     if problems:
         raise JobDirError(
             f"{job_dir}: {'; '.join(problems)}: this is not a job dir as fashionbn "
@@ -167,12 +171,11 @@ def finished_as_it_is(
     sends jobs away (batched_slurm) skips a finished run with it, without a job."""
     if force or data_sha256 is None:
         return None
-    names = (*RUN_FILES, LOCK_FILE, "loggers.json")
     try:
-        if any(entry_problem(job_dir, name) for name in names):
+        if foreign_problems(job_dir):
             return None
-        with shared_lock(job_dir) as free:
-            if not free or partial_debris(job_dir) or (
+        with shared_lock(job_dir) as holder:
+            if holder is not None or partial_debris(job_dir) or (
                 job_dir / FINISHED_CHECKPOINT_FILE
             ).exists():  # fmt: skip
                 return None
@@ -183,39 +186,12 @@ def finished_as_it_is(
                 or status["epochs_done"] < 1
                 or status.get("data_sha256") != data_sha256
                 or normalise_identity(status["config"]) != identity
-                or diagnostics_problem(job_dir, status)
             ):  # fmt: skip
                 return None
-            records, problem = read_checked(job_dir, METRICS_FILE, parse_metrics,
-                                            status.get("metrics_sha256"),
-                                            status["epochs_done"])  # fmt: skip
+            records, problem = finished_files(job_dir, status)
     except (OSError, ValueError, KeyError, TypeError):  # (a dir being changed)
         return None
     return None if problem else (status["status"], records)
-
-
-@contextmanager
-def shared_lock(job_dir: Path) -> Iterator[bool]:
-    """job_dir's lock held shared within the block (no process can start writing the
-    dir meanwhile; nothing is created): False where another process holds it or its
-    `.lock` cannot be opened, True where there is none (nothing trained there)."""
-    try:
-        fd = os.open(job_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        yield True
-        return
-    except OSError:
-        yield False
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 def refuse_other_format(job_dir: Path, version: int) -> None:
@@ -234,11 +210,7 @@ def finished_run(job_dir: Path, identity: dict, status: dict) -> Previous:
     """A complete/diverged run: DONE if its files are intact (the checkpoint is then
     not even read), else restored from the checkpoint, else refused."""
     epochs = status["epochs_done"]
-    digest = status.get("metrics_sha256")
-    records, problem = read_checked(
-        job_dir, METRICS_FILE, parse_metrics, digest, epochs
-    )
-    problem = problem or diagnostics_problem(job_dir, status)
+    records, problem = finished_files(job_dir, status)
     if problem is None:
         return Previous(DONE, records, status=status["status"])
     checkpoint, checkpoint_problem = trusted_checkpoint(job_dir, identity, status)
@@ -257,6 +229,15 @@ def finished_run(job_dir: Path, identity: dict, status: dict) -> Previous:
         f"{problem}, and {why_not}: nothing trustworthy to restore it from; "
         f"{FORCE_HINT}"
     )
+
+
+def finished_files(job_dir: Path, status: dict) -> tuple[list[dict], Optional[str]]:
+    """A finished run's records from metrics.csv, and why its metrics.csv or
+    diagnostics.csv is not what status.json says was written (None: both are)."""
+    records, problem = read_checked(job_dir, METRICS_FILE, parse_metrics,
+                                    status.get("metrics_sha256"),
+                                    status["epochs_done"])  # fmt: skip
+    return records, problem or diagnostics_problem(job_dir, status)
 
 
 def diagnostics_problem(job_dir: Path, status: dict) -> Optional[str]:
